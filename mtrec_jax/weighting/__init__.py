@@ -1,0 +1,46 @@
+"""Task-weighting strategies: registry, optax wrapper and the pure aggregator.
+
+Every module in this package registers its strategies in
+`mtrec_jax.registry.STRATEGIES`; importing the package imports them all.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mtrec_jax import _autoimport
+from mtrec_jax.registry import STRATEGIES
+from mtrec_jax.weighting.base import (OptaxStrategyState, Strategy, Weighting,
+                                      apply_strategy, as_optax, combine_tree,
+                                      cosines, gramian, gramian_of_tree)
+
+_autoimport.import_submodules(__name__, __path__)
+
+
+def build(name: str, **hparams) -> Strategy:
+  """Builds the strategy registered as `name` with the given hyper-parameters."""
+  return STRATEGIES.get(name)(**hparams)
+
+
+def aggregate(name: str, jacobian: jax.Array, *, key=None, losses=None,
+              **hparams) -> jax.Array:
+  """Maps a [K, P] Jacobian to the combined [P] update of strategy `name`.
+
+  Stateful strategies start from a fresh state; `losses` defaults to ones.
+  Strategies with a random task order use `key`, or the fixed order 0..K-1
+  when `key` is None.
+  """
+  jacobian = jnp.asarray(jacobian)
+  if jacobian.ndim != 2:
+    raise ValueError(f"aggregate: jacobian must be [K, P], got {jacobian.shape}")
+  strategy = build(name, **hparams)
+  k = jacobian.shape[0]
+  losses = jnp.ones((k,), jacobian.dtype) if losses is None else jnp.asarray(losses)
+  update, _ = apply_strategy(strategy, strategy.init(k), losses=losses,
+                             stacked_grads=jacobian, step=0, key=key)
+  return update
+
+
+__all__ = ["Strategy", "Weighting", "OptaxStrategyState", "STRATEGIES",
+           "aggregate", "apply_strategy", "as_optax", "build", "combine_tree",
+           "cosines", "gramian", "gramian_of_tree"]
