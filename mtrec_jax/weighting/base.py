@@ -60,7 +60,8 @@ class Strategy:
     name: the registry name.
     kind: "loss", "gramian" or "jacobian" (see the module docstring).
     init: ``num_tasks -> state`` (any pytree of arrays; ``()`` when stateless).
-    weigh: for "loss": ``(state, *, losses, step, key) -> Weighting``;
+    weigh: for "loss": ``(state, *, losses, step, key) -> Weighting``
+      (``key`` may be None: see `apply_strategy`);
       for "gramian": ``(state, *, gramian, losses, step, key) -> Weighting``.
     aggregate: for "jacobian" only:
       ``(state, *, jacobian, losses, step, key) -> (update [P], Weighting)``.
@@ -141,8 +142,9 @@ def apply_strategy(strategy: Strategy, state: PyTree, *, losses: jax.Array,
   no gradients were given (the caller back-propagates ``sum_k w_k L_k``).
   """
   step = jnp.asarray(step)
-  if key is None:
-    key = jax.random.PRNGKey(0)
+  # key stays None when not given: strategies with a random task order
+  # (PCGrad, GradVac) then use the fixed order 0..K-1; purely random ones
+  # (RLW) fall back to PRNGKey(0).
   if strategy.kind == "loss":
     out = strategy.weigh(state, losses=losses, step=step, key=key)
     update = None if stacked_grads is None else combine_tree(out.weights,

@@ -1,0 +1,141 @@
+"""The full multi-task model: feature encoder -> connection -> task towers.
+
+The parameter tree is fixed as ``{'shared': ..., 'towers': {task: ...}}``
+because the weighting engine splits parameters that way: everything under
+``shared`` receives every task's gradient, ``towers[task]`` only its own.
+``represent`` and ``heads`` are exposed separately so the engine can take
+gradients w.r.t. the shared representation (representation mode).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mtrec_jax.models.embeddings import Batch, FeatureEncoder
+from mtrec_jax.models.encoder import EncoderConfig
+from mtrec_jax.models.features import FeatureSpec
+from mtrec_jax.models.towers import MLP
+
+Dtype = Any
+
+
+class SharedTrunk(nn.Module):
+  """FeatureEncoder + connection: batch -> [K, B, H] float32."""
+  features: tuple[FeatureSpec, ...]
+  connection: nn.Module
+  encoder: EncoderConfig = EncoderConfig()
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.feature_encoder = FeatureEncoder(self.features, self.encoder,
+                                          self.dtype)
+
+  def __call__(self, batch: Batch, *, train: bool = False) -> jax.Array:
+    x = self.feature_encoder(batch, train=train)
+    rep = self.connection(x, train=train)
+    k = self.connection.num_tasks
+    if rep.ndim != 3 or rep.shape[:2] != (k, x.shape[0]):
+      raise ValueError(f"{type(self.connection).__name__} returned shape "
+                       f"{rep.shape}; connections must return [K={k}, B, H]")
+    return rep.astype(jnp.float32)
+
+
+class TaskTowers(nn.Module):
+  """One MLP tower per task, named by the task; tower k reads rep[k]."""
+  task_dims: tuple[tuple[str, int], ...]
+  hidden: tuple[int, ...] = (32,)
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, rep: jax.Array, *, train: bool = False
+               ) -> dict[str, jax.Array]:
+    if rep.ndim != 3 or rep.shape[0] != len(self.task_dims):
+      raise ValueError(f"towers expect a [K={len(self.task_dims)}, B, H] "
+                       f"representation, got shape {rep.shape}")
+    return {
+        task: MLP(self.hidden, dim, self.dropout_rate, dtype=self.dtype,
+                  name=task)(rep[k], train=train).astype(jnp.float32)
+        for k, (task, dim) in enumerate(self.task_dims)
+    }
+
+
+class MultiTaskModel(nn.Module):
+  """Multi-task recommender with a pluggable cross-task connection.
+
+  Attributes:
+    features: the input features (see `features.FeatureSpec`).
+    task_dims: (task name, output width) pairs, in task order.
+    connection: an (unbound) registered connection module, num_tasks == K.
+    tower_hidden: hidden widths of every task tower.
+    dropout_rate: dropout inside the towers.
+    encoder: hyper-parameters of the sequence-feature encoders.
+    dtype: compute dtype; parameters stay float32 and outputs are float32.
+  """
+  features: tuple[FeatureSpec, ...]
+  task_dims: tuple[tuple[str, int], ...]
+  connection: nn.Module
+  tower_hidden: tuple[int, ...] = (32,)
+  dropout_rate: float = 0.0
+  encoder: EncoderConfig = EncoderConfig()
+  dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    names = [task for task, _ in self.task_dims]
+    if not names:
+      raise ValueError("MultiTaskModel needs at least one task in task_dims")
+    if len(set(names)) != len(names):
+      raise ValueError(f"task names must be unique, got {names}")
+    bad = [(t, d) for t, d in self.task_dims if not isinstance(d, int) or d < 1]
+    if bad:
+      raise ValueError(f"task output widths must be positive ints, got {bad}")
+    k = getattr(self.connection, "num_tasks", None)
+    if k != len(names):
+      raise ValueError(f"connection {type(self.connection).__name__} has "
+                       f"num_tasks={k} but task_dims lists {len(names)} tasks "
+                       f"{names}")
+    super().__post_init__()
+
+  @property
+  def task_names(self) -> tuple[str, ...]:
+    return tuple(task for task, _ in self.task_dims)
+
+  def setup(self):
+    # A fresh copy, so the connection's parameters live under 'shared'
+    # rather than being adopted by this module as a top-level child.
+    self.shared = SharedTrunk(self.features, self.connection.clone(),
+                              self.encoder, self.dtype)
+    self.towers = TaskTowers(self.task_dims, self.tower_hidden,
+                             self.dropout_rate, self.dtype)
+
+  def represent(self, batch: Batch, *, train: bool = False) -> jax.Array:
+    """The shared part: batch -> [K, B, H] float32, one row per task."""
+    return self.shared(batch, train=train)
+
+  def heads(self, rep: jax.Array, *, train: bool = False
+            ) -> dict[str, jax.Array]:
+    """Task towers: rep [K, B, H] -> {task: [B, out_dim] float32}."""
+    return self.towers(rep, train=train)
+
+  def __call__(self, batch: Batch, *, train: bool = False
+               ) -> dict[str, jax.Array]:
+    return self.heads(self.represent(batch, train=train), train=train)
+
+  def embedding_table(self, name: str) -> jax.Array:
+    """Float32 embedding table of feature `name` (e.g. the shared item table
+    for next-item scoring); use with `apply(..., method='embedding_table')`."""
+    return self.shared.feature_encoder.embedding_table(name)
+
+  def embed_ids(self, name: str, ids) -> jax.Array:
+    """Embeds ids of feature `name` exactly as the model does (hash, pad=0)."""
+    return self.shared.feature_encoder.embed_ids(name, ids)
+
+
+def task_dims_tuple(task_dims: Mapping[str, int] | Any
+                    ) -> tuple[tuple[str, int], ...]:
+  """Normalises a {task: dim} mapping or (task, dim) pairs to a tuple."""
+  items = task_dims.items() if isinstance(task_dims, Mapping) else task_dims
+  return tuple((str(task), int(dim)) for task, dim in items)

@@ -1,0 +1,142 @@
+"""Model config -> `MultiTaskModel`.
+
+One flat model config serves every connection module: it holds the union of
+all registered modules' hyper-parameters (read off their dataclass fields, so
+a new module's keys appear without editing this file), and `build_model`
+passes each module only the keys it declares.  A key no module uses is an
+error naming the closest valid keys, so typos never pass silently.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Mapping
+
+import jax.numpy as jnp
+import ml_collections
+
+from mtrec_jax.models import sharing  # noqa: F401  (registers the connections)
+from mtrec_jax.models.assembled import MultiTaskModel, task_dims_tuple
+from mtrec_jax.models.encoder import EncoderConfig
+from mtrec_jax.models.features import FeatureSpec
+from mtrec_jax.registry import MODELS, closest
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Connection fields that build_model sets itself rather than from a same-named
+# config key ('dropout' feeds dropout_rate).
+_SET_BY_BUILD = frozenset({"num_tasks", "dtype", "dropout_rate", "parent",
+                           "name"})
+# Model-level keys, with their defaults.
+_MODEL_KEYS = {"name": "shared_bottom", "tower_hidden": (32,), "dropout": 0.0,
+               "dtype": "float32"}
+# Config key -> EncoderConfig field.
+_ENCODER_KEYS = {"num_layers": "num_layers", "num_heads": "num_heads",
+                 "hidden_dim": "hidden_dim", "mlp_dim": "mlp_dim",
+                 "dropout": "dropout_rate",
+                 "attention_dropout": "attention_dropout_rate",
+                 "causal": "causal", "pooling": "pooling"}
+
+
+def connection_fields(cls) -> dict[str, Any]:
+  """The config-settable fields of a registered module -> their defaults."""
+  if not dataclasses.is_dataclass(cls):
+    return {}
+  return {f.name: f.default for f in dataclasses.fields(cls)
+          if f.name not in _SET_BY_BUILD
+          and f.default is not dataclasses.MISSING}
+
+
+def connection_defaults() -> dict[str, Any]:
+  """Union of every registered module's config keys with their defaults."""
+  union: dict[str, Any] = {}
+  owner: dict[str, str] = {}
+  for name in MODELS.names():
+    for key, default in connection_fields(MODELS.get(name)).items():
+      if key in union and union[key] != default:
+        raise ValueError(f"config key {key!r} has default {union[key]!r} in "
+                         f"{owner[key]!r} but {default!r} in {name!r}; "
+                         "connection modules must agree on shared defaults")
+      if key in _MODEL_KEYS or key == "encoder":
+        raise ValueError(f"connection {name!r} field {key!r} clashes with a "
+                         "model-level config key; rename the field")
+      union.setdefault(key, default)
+      owner.setdefault(key, name)
+  return union
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+  """The model config with every key any registered model understands."""
+  enc = EncoderConfig()
+  encoder = {key: getattr(enc, field) for key, field in _ENCODER_KEYS.items()}
+  return ml_collections.ConfigDict(_plain({
+      **_MODEL_KEYS,
+      "encoder": encoder,
+      **connection_defaults(),
+  }))
+
+
+def _plain(value: Any) -> Any:
+  """Fresh copies with lists -> tuples (flax fields must be hashable)."""
+  if isinstance(value, Mapping):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return tuple(_plain(v) for v in value)
+  return value
+
+
+def _as_dict(cfg: Mapping[str, Any] | ml_collections.ConfigDict
+             ) -> dict[str, Any]:
+  if isinstance(cfg, (ml_collections.ConfigDict,
+                      ml_collections.FrozenConfigDict)):
+    return cfg.to_dict()
+  return dict(cfg)
+
+
+def _check_keys(where: str, given: Iterable[str], valid: Iterable[str]) -> None:
+  valid = sorted(valid)
+  for key in given:
+    if key not in valid:
+      close = closest(key, valid)
+      hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+      raise ValueError(f"unknown {where} key {key!r}.{hint} Valid keys: "
+                       f"{', '.join(valid)}.")
+
+
+def encoder_config(cfg: Mapping[str, Any]) -> EncoderConfig:
+  """The `encoder` sub-config -> `EncoderConfig` (unknown keys raise)."""
+  cfg = _as_dict(cfg)
+  _check_keys("model.encoder config", cfg, _ENCODER_KEYS)
+  return EncoderConfig(**{_ENCODER_KEYS[k]: v for k, v in cfg.items()})
+
+
+def build_model(model_cfg: Mapping[str, Any] | ml_collections.ConfigDict,
+                features: Iterable[FeatureSpec],
+                task_dims: Mapping[str, int] | Iterable[tuple[str, int]]
+                ) -> MultiTaskModel:
+  """Builds the `MultiTaskModel` that `model_cfg` describes.
+
+  Args:
+    model_cfg: a (possibly partial) `default_model_config()`; missing keys
+      take the module defaults.
+    features: the dataset's feature specs.
+    task_dims: {task: output width} or (task, width) pairs, in task order.
+  """
+  cfg = _as_dict(model_cfg)
+  _check_keys("model config", cfg,
+              set(_MODEL_KEYS) | {"encoder"} | set(connection_defaults()))
+  cfg = {**_MODEL_KEYS, **cfg}
+  cls = MODELS.get(cfg["name"])  # Unknown names list the closest ones.
+  if cfg["dtype"] not in DTYPES:
+    raise ValueError(f"model dtype must be one of {sorted(DTYPES)}, got "
+                     f"{cfg['dtype']!r}")
+  dtype = DTYPES[cfg["dtype"]]
+  tasks = task_dims_tuple(task_dims)
+  kwargs = {key: _plain(cfg[key]) for key in connection_fields(cls)
+            if key in cfg}
+  if "dropout_rate" in {f.name for f in dataclasses.fields(cls)}:
+    kwargs["dropout_rate"] = float(cfg["dropout"])
+  connection = cls(num_tasks=len(tasks), dtype=dtype, **kwargs)
+  return MultiTaskModel(
+      features=tuple(features), task_dims=tasks, connection=connection,
+      tower_hidden=_plain(cfg["tower_hidden"]),
+      dropout_rate=float(cfg["dropout"]),
+      encoder=encoder_config(cfg.get("encoder", {})), dtype=dtype)

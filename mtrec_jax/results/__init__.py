@@ -1,0 +1,1 @@
+"""Run outputs, provenance and (later) the results store."""

@@ -1,0 +1,231 @@
+"""train_and_evaluate(config, workdir): one run, from config to result.json.
+
+Model selection and early stopping look at validation metrics only; the test
+split is evaluated once, with the selected parameters, at the end.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import pathlib
+import sys
+import time
+import traceback
+from typing import Any
+
+import jax
+
+from mtrec_jax import config as config_lib
+from mtrec_jax import weighting
+from mtrec_jax.data.dataset import Dataset
+from mtrec_jax.data.pipeline import train_batches
+from mtrec_jax.models.build import build_model
+from mtrec_jax.registry import DATASETS, UnknownNameError, closest
+from mtrec_jax.results import provenance as provenance_lib
+from mtrec_jax.results import run_files
+from mtrec_jax.tasks.metrics import direction
+from mtrec_jax.train import state as state_lib
+from mtrec_jax.train.evaluate import evaluate, make_predict_fn
+from mtrec_jax.train.optim import make_optimizer
+from mtrec_jax.train.step import make_train_step
+
+
+def _freeze(x):
+  if isinstance(x, dict):
+    return tuple(sorted((k, _freeze(v)) for k, v in x.items()))
+  if isinstance(x, list):
+    return tuple(_freeze(v) for v in x)
+  return x
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_dataset(name: str, frozen_kwargs, seed: int) -> Dataset:
+  builder = DATASETS.get(name)
+  return builder(seed=seed, **{k: (list(v) if isinstance(v, tuple) else v)
+                               for k, v in frozen_kwargs})
+
+
+def load_dataset(config) -> Dataset:
+  """Builds (or reuses) the dataset a config names; data seed = run seed."""
+  kwargs = config_lib.to_dict(config.data)
+  name = kwargs.pop("name")
+  DATASETS.get(name)  # unknown names fail here, with suggestions
+  try:
+    return _cached_dataset(name, _freeze(kwargs), int(config.seed))
+  except TypeError as e:
+    raise TypeError(f"dataset {name!r} rejected its config (data.*): {e}") from e
+
+
+def select_tasks(dataset: Dataset, names) -> tuple:
+  by_name = {t.name: t for t in dataset.tasks}
+  if not names:
+    return tuple(dataset.tasks)
+  for n in names:
+    if n not in by_name:
+      raise UnknownNameError(
+          f"dataset {dataset.name!r} has no task {n!r}"
+          + (f"; did you mean {', '.join(closest(n, by_name))}?"
+             if closest(n, by_name) else "")
+          + f" Tasks: {', '.join(by_name)}")
+  return tuple(by_name[n] for n in names)
+
+
+def build_strategy(config):
+  hparams = config_lib.to_dict(config.strategy.hparams)
+  hparams = {k: (tuple(v) if isinstance(v, list) else v)
+             for k, v in hparams.items()}
+  try:
+    return weighting.build(config.strategy.name, **hparams)
+  except TypeError as e:
+    raise TypeError(f"strategy {config.strategy.name!r} rejected its "
+                    f"hyper-parameters (strategy.hparams.*): {e}") from e
+
+
+class Components:
+  """Everything a run builds from its config, built before anything runs."""
+
+  def __init__(self, config):
+    self.config = config
+    self.dataset = load_dataset(config)
+    self.tasks = select_tasks(self.dataset, tuple(config.tasks))
+    self.model = build_model(config.model, self.dataset.features,
+                             tuple((t.name, t.out_dim) for t in self.tasks))
+    self.strategy = build_strategy(config)
+    self.optimizer = make_optimizer(config.optimizer, config.train.num_steps)
+    sel = config.train.selection_metric
+    parts = sel.split("/")
+    if not (sel == "val/loss" or (len(parts) == 3 and parts[0] == "val" and
+                                  parts[1] in {t.name for t in self.tasks})):
+      raise ValueError(f"train.selection_metric {sel!r} must be 'val/loss' or "
+                       f"'val/<task>/<metric>' with a task of this run "
+                       f"({', '.join(t.name for t in self.tasks)})")
+    self.selection_mode = "min" if parts[-1] == "loss" else direction(parts[-1])
+
+
+def init_state(c: Components):
+  cfg = c.config
+  root = jax.random.PRNGKey(cfg.seed)
+  init_key, dropout_key, train_key = jax.random.split(root, 3)
+  sample = {k: v[:2] for k, v in c.dataset.splits["train"].items()}
+  params = c.model.init({"params": init_key, "dropout": dropout_key}, sample,
+                        train=False)["params"]
+  return state_lib.create(params, c.optimizer, c.strategy, len(c.tasks),
+                          train_key)
+
+
+def _better(a: float, b: float | None, mode: str) -> bool:
+  if b is None or math.isnan(b):
+    return not math.isnan(a)
+  return a < b if mode == "min" else a > b
+
+
+def _progress(enabled: bool, total: int):
+  from rich.progress import (BarColumn, MofNCompleteColumn, Progress,
+                             TextColumn, TimeRemainingColumn)
+  return Progress(TextColumn("{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeRemainingColumn(),
+                  disable=not enabled, transient=True)
+
+
+def train_and_evaluate(config, workdir: str | pathlib.Path | None = None, *,
+                       experiment: str = "", grid: dict | None = None,
+                       progress: bool | None = None,
+                       components: Components | None = None) -> dict[str, Any]:
+  """Trains one run and returns its result dict (also ``workdir/result.json``).
+
+  A non-finite loss stops the run with status ``diverged`` at its step; an
+  exception gives status ``failed`` (with the error) and is re-raised.
+  """
+  start = time.time()
+  workdir = pathlib.Path(workdir) if workdir is not None else None
+  progress = sys.stderr.isatty() if progress is None else progress
+  c = components or Components(config)
+  cfg = c.config
+  result: dict[str, Any] = {
+      "experiment": experiment, "grid": dict(grid or {"seed": int(cfg.seed)}),
+      "seed": int(cfg.seed), "config_hash": config_lib.config_hash(cfg),
+      "strategy": cfg.strategy.name, "model": cfg.model.name,
+      "tasks": [t.name for t in c.tasks], **provenance_lib.provenance()}
+  if workdir is not None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "metrics.jsonl").unlink(missing_ok=True)
+    run_files.write_json(workdir / "config.json", config_lib.to_dict(cfg))
+  try:
+    result.update(_train(c, workdir, progress))
+  except Exception as e:  # recorded, then re-raised for the caller to decide
+    result.update(status="failed", error=f"{type(e).__name__}: {e}",
+                  traceback=traceback.format_exc(limit=20))
+    result["wall_time_s"] = time.time() - start
+    if workdir is not None:
+      run_files.write_json(workdir / "result.json", result)
+    raise
+  result["wall_time_s"] = time.time() - start
+  if workdir is not None:
+    run_files.write_json(workdir / "result.json", result)
+  return result
+
+
+def _train(c: Components, workdir, progress: bool) -> dict[str, Any]:
+  cfg = c.config
+  tcfg = cfg.train
+  state = init_state(c)
+  step_fn = jax.jit(make_train_step(c.model, c.tasks, c.strategy, c.optimizer,
+                                    cfg.strategy.mode))
+  predict = make_predict_fn(c.model, c.tasks)
+  splits = c.dataset.splits
+  batches = train_batches(splits["train"], tcfg.batch_size, cfg.seed)
+  best_params, best_value, best_step, bad_evals = state.params, None, 0, 0
+  history_weights = []
+  status, diverged_at = "done", None
+  compile_start = time.time()
+  with _progress(progress, tcfg.num_steps) as bar:
+    bar_task = bar.add_task("training", total=tcfg.num_steps)
+    step = 0
+    while step < tcfg.num_steps:
+      state, metrics = step_fn(state, next(batches))
+      step += 1
+      if step == 1:
+        jax.block_until_ready(state)
+        compile_s = time.time() - compile_start
+      bar.advance(bar_task)
+      last = step == tcfg.num_steps
+      if step % tcfg.log_every == 0 or step % tcfg.eval_every == 0 or last:
+        host = jax.device_get(metrics)
+        if int(state.diverged_step) >= 0:
+          status, diverged_at = "diverged", int(state.diverged_step)
+          break
+        desc = " ".join(f"{t.name}={float(host['loss/' + t.name]):.4g}"
+                        for t in c.tasks)
+        bar.update(bar_task, description=desc)
+        history_weights.append({"step": step, **{
+            k: float(v) for k, v in host.items()
+            if k.startswith(("weight/", "cos/", "loss/"))}})
+      if step % tcfg.eval_every == 0 or last:
+        ev = evaluate(predict, state.params, splits["val"], c.tasks,
+                      tcfg.eval_batch_size, "val")
+        value = ev[tcfg.selection_metric]
+        record = {"step": step, **ev, **history_weights[-1]}
+        if workdir is not None:
+          run_files.append_jsonl(workdir / "metrics.jsonl", record)
+        if _better(value, best_value, c.selection_mode):
+          best_params, best_value, best_step, bad_evals = (
+              state.params, value, step, 0)
+        else:
+          bad_evals += 1
+          if tcfg.patience and bad_evals >= tcfg.patience:
+            break
+  out: dict[str, Any] = {"status": status, "steps": step,
+                         "best_step": best_step,
+                         "compile_time_s": compile_s if step else None}
+  if status == "diverged":
+    out["diverged_step"] = diverged_at
+    out["error"] = f"non-finite loss at step {diverged_at}"
+  final = {}
+  for split in ("val", "test"):
+    final.update(evaluate(predict, best_params, splits[split], c.tasks,
+                          tcfg.eval_batch_size, split))
+  out["metrics"] = final
+  out["selection"] = {"metric": tcfg.selection_metric, "value": best_value,
+                      "mode": c.selection_mode}
+  out["train_log"] = history_weights
+  return out

@@ -1,0 +1,153 @@
+"""The jitted train step: per-task losses -> strategy -> optimizer.
+
+Per-task gradients are computed once, fused (DESIGN.md): one forward pass and
+the K backward passes batched with ``jax.vmap`` over the cotangents of one
+``jax.vjp``.  Three paths, by the strategy's kind and gradient mode:
+
+* loss strategies: weights from the loss vector, then ONE backward pass of
+  ``sum_k w_k L_k`` through the same VJP.
+* gradient strategies, ``params`` mode: the Jacobian of the losses w.r.t.
+  ``params['shared']`` (K rows), its Gramian, the strategy's weights (or
+  update), and ``sum_k w_k g_k``; towers get their own task's gradient.
+* gradient strategies, ``rep`` mode (LibMTL's ``rep_grad``): gradients w.r.t.
+  the shared representation [K, B, H] (tower k reads slot k, so one backward
+  pass of ``sum_k L_k`` yields every task's row), the weights from their
+  Gramian, then ONE VJP through the shared part with the weighted cotangent.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtrec_jax.tasks.spec import TaskSpec
+from mtrec_jax.train.state import TrainState
+from mtrec_jax.weighting.base import (Strategy, apply_strategy, cosines,
+                                      gramian_of_tree)
+
+Metrics = dict[str, jax.Array]
+
+
+def task_losses(outputs: dict, batch: dict, tasks: Sequence[TaskSpec]) -> jax.Array:
+  """The [K] vector of per-task losses, in task order."""
+  return jnp.stack([t.loss(outputs[t.name], batch) for t in tasks])
+
+
+def _weighting_metrics(tasks, weights, gram=None) -> Metrics:
+  m = {f"weight/{t.name}": weights[i] for i, t in enumerate(tasks)}
+  if gram is not None:
+    cos = cosines(gram)
+    for i in range(len(tasks)):
+      for j in range(i + 1, len(tasks)):
+        m[f"cos/{tasks[i].name}/{tasks[j].name}"] = cos[i, j]
+  return m
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
+                    optimizer: optax.GradientTransformation,
+                    mode: str = "") -> Callable:
+  """Returns ``step(state, batch) -> (state, metrics)`` (not yet jitted)."""
+  tasks = tuple(tasks)
+  k = len(tasks)
+  mode = mode or strategy.default_mode
+  if mode not in ("params", "rep"):
+    raise ValueError(f"gradient mode {mode!r} is not 'params' or 'rep'")
+  eye = jnp.eye(k, dtype=jnp.float32)
+
+  def forward(params, batch, rng):
+    out = model.apply({"params": params}, batch, train=True,
+                      rngs={"dropout": rng})
+    return task_losses(out, batch, tasks)
+
+  def grads_loss_kind(state, batch, rng, key):
+    losses, vjp = jax.vjp(lambda p: forward(p, batch, rng), state.params)
+    out = strategy.weigh(state.strategy_state, losses=losses, step=state.step,
+                         key=key)
+    (grads,) = vjp(jax.lax.stop_gradient(out.weights).astype(losses.dtype))
+    return losses, grads, out, None
+
+  def grads_params_mode(state, batch, rng, key):
+    losses, vjp = jax.vjp(lambda p: forward(p, batch, rng), state.params)
+    (jac,) = jax.vmap(vjp)(eye.astype(losses.dtype))  # leading task axis
+    gram = gramian_of_tree(jac["shared"])
+    shared_update, out = apply_strategy(
+        strategy, state.strategy_state, losses=losses,
+        stacked_grads=jac["shared"], gram=gram, step=state.step, key=key)
+    tower_w = out.weights if strategy.weight_task_params else jnp.ones((k,))
+    towers = jax.tree_util.tree_map(
+        lambda g: jnp.tensordot(tower_w.astype(g.dtype), g, axes=1),
+        jac["towers"])
+    return losses, {"shared": shared_update, "towers": towers}, out, gram
+
+  def grads_rep_mode(state, batch, rng, key):
+    params = state.params
+    r_enc, r_head = jax.random.split(rng)
+
+    def represent(p):
+      return model.apply({"params": p}, batch, train=True,
+                         rngs={"dropout": r_enc}, method="represent")
+
+    def heads(p, rep):
+      out = model.apply({"params": p}, rep, train=True,
+                        rngs={"dropout": r_head}, method="heads")
+      return task_losses(out, batch, tasks)
+
+    rep, vjp_rep = jax.vjp(represent, params)
+    losses, vjp_heads = jax.vjp(heads, params, rep)
+    head_grads, rep_grads = vjp_heads(jnp.ones_like(losses))  # [K, B, H]
+    rows = rep_grads.reshape(k, -1)
+    gram = rows.astype(jnp.float32) @ rows.astype(jnp.float32).T
+    if strategy.kind == "jacobian":
+      vec, out = strategy.aggregate(state.strategy_state, jacobian=rows,
+                                    losses=losses, step=state.step, key=key)
+      # Every task slot receives the combined update / K, so a representation
+      # broadcast to all tasks (shared-bottom) gets exactly the combined one.
+      cot = jnp.broadcast_to(vec.reshape(rep.shape[1:]) / k, rep.shape)
+    else:
+      out = strategy.weigh(state.strategy_state, gramian=gram, losses=losses,
+                           step=state.step, key=key)
+      cot = out.weights.astype(rep_grads.dtype)[:, None, None] * rep_grads
+    (shared_grads,) = vjp_rep(cot.astype(rep.dtype))
+    if strategy.weight_task_params:
+      head_grads, _ = vjp_heads(out.weights.astype(losses.dtype))
+    grads = {"shared": shared_grads["shared"], "towers": head_grads["towers"]}
+    return losses, grads, out, gram
+
+  if strategy.kind == "loss":
+    compute = grads_loss_kind
+  elif mode == "params":
+    compute = grads_params_mode
+  else:
+    compute = grads_rep_mode
+
+  def train_step(state: TrainState, batch) -> tuple[TrainState, Metrics]:
+    rng = jax.random.fold_in(state.rng, state.step)
+    rng, key = jax.random.split(rng)
+    losses, grads, out, gram = compute(state, batch, rng, key)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.all(jnp.isfinite(losses)) & _all_finite(grads)
+    # A non-finite step changes nothing but records where the run diverged.
+    keep = lambda new, old: jax.tree_util.tree_map(
+        lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        strategy_state=keep(out.state, state.strategy_state),
+        diverged_step=jnp.where((state.diverged_step < 0) & ~finite,
+                                state.step, state.diverged_step))
+    metrics = {f"loss/{t.name}": losses[i] for i, t in enumerate(tasks)}
+    metrics["loss/total"] = jnp.sum(out.weights * losses)
+    metrics.update(_weighting_metrics(tasks, out.weights, gram))
+    metrics.update({f"strategy/{n}": v for n, v in out.metrics.items()})
+    return new_state, metrics
+
+  return train_step

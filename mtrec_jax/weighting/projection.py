@@ -1,0 +1,311 @@
+"""Gradient-surgery strategies: `pcgrad`, `gradvac` and `graddrop`.
+
+PCGrad and GradVac edit each task gradient by adding multiples of the other
+(original) task gradients, so every edited gradient stays a linear
+combination ``g_i' = sum_k C[i, k] g_k`` of the rows of the Jacobian.  Both
+are therefore "gramian" strategies: they track the coefficient matrix ``C``,
+whose inner products follow from the Gramian alone
+(``g_i' . g_j = (C G)[i, j]``, ``||g_i'||^2 = (C G C^T)[i, i]``), and report
+``w = sum_i C[i, :]``, so the update ``sum_i g_i' = sum_k w_k g_k``.
+
+Task order.  Both visit the other tasks in a random order per task, drawn
+from the step's key: ``jax.random.split(key, K)[i]`` permutes ``0..K-1`` for
+task ``i``.  A key of None, or ``random_order=False``, gives the fixed order
+``0..K-1``.  NOTE: `base.apply_strategy` currently replaces a missing key by
+``PRNGKey(0)`` before calling ``weigh``, so the pure ``aggregate(name, J)``
+API gives a fixed *random* order unless ``random_order=False`` is passed.
+
+GradDrop's update is not linear in the Jacobian (sign masks), so it is a
+"jacobian" strategy.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+
+from mtrec_jax.registry import STRATEGIES
+from mtrec_jax.weighting.base import Strategy, Weighting
+from mtrec_jax.weighting.loss_weighting import resolve_mode
+
+
+def _float(x: jax.Array) -> jax.Array:
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def task_orders(k: int, key: Optional[jax.Array]) -> jax.Array:
+  """[K, K] visiting orders: row i is the order in which task i meets the
+  others (it contains i itself, which the strategies skip).  Fixed order
+  ``0..K-1`` for every row when `key` is None."""
+  if key is None:
+    return jnp.tile(jnp.arange(k), (k, 1))
+  keys = jax.random.split(key, k)
+  return jax.vmap(lambda kk: jax.random.permutation(kk, k))(keys)
+
+
+# --------------------------------------------------------------------------
+# PCGrad (Yu et al., NeurIPS 2020).
+# --------------------------------------------------------------------------
+
+
+@jax.jit
+def pcgrad_coefficients(gram: jax.Array, orders: jax.Array) -> jax.Array:
+  """[K, K] coefficients ``C`` with ``g_i^PC = sum_k C[i, k] g_k``.
+
+  For each task i, starting from ``g_i``, for each other task j in
+  ``orders[i]``: if ``g_i^PC . g_j < 0``, remove the component along ``g_j``:
+  ``g_i^PC -= (g_i^PC . g_j / ||g_j||^2) g_j``.  Tasks with a zero gradient
+  are never projected against.
+  """
+  gram = _float(gram)
+  k = gram.shape[0]
+  eye = jnp.eye(k, dtype=gram.dtype)
+  sq_norms = jnp.diag(gram)
+
+  def row(i, order):
+    def visit(c, j):
+      dot = c @ gram[:, j]
+      conflict = (j != i) & (dot < 0) & (sq_norms[j] > 0)
+      coef = jnp.where(conflict, dot / jnp.where(conflict, sq_norms[j], 1.0),
+                       0.0)
+      return c - coef * eye[j], None
+
+    c, _ = jax.lax.scan(visit, eye[i], order)
+    return c
+
+  return jax.vmap(row)(jnp.arange(k), orders)
+
+
+@STRATEGIES.register("pcgrad")
+def pcgrad(random_order: bool = True, mode: Optional[str] = None) -> Strategy:
+  """PCGrad, projecting conflicting gradients (Yu et al., NeurIPS 2020).
+
+  For each task, its gradient is projected onto the normal plane of every
+  other task's (original) gradient it conflicts with (negative inner
+  product), visiting the others in a random order; the update is the sum of
+  the projected gradients, as in the paper and LibMTL.  Computed from the
+  Gramian through the coefficient matrix (module docstring).  No
+  hyper-parameters in the paper; LibMTL draws a fresh random order per task
+  and step, which is ``random_order=True`` with a per-step key here.
+
+  Scale: sum-like (orthogonal or agreeing gradients get weight 1 each).
+  Default mode "params" (LibMTL supports PCGrad on parameter gradients only).
+
+  Args:
+    random_order: visit the other tasks in a random order drawn from the
+      step's key; False (or a key of None) uses the order 0..K-1.
+    mode: "params" or "rep"; overrides the default mode.
+  """
+  name = "pcgrad"
+
+  def weigh(state, *, gramian, losses, step, key):
+    del losses, step
+    gram = jax.lax.stop_gradient(gramian)
+    k = gram.shape[0]
+    orders = task_orders(k, key if random_order else None)
+    coefs = pcgrad_coefficients(gram, orders)
+    return Weighting(jnp.sum(coefs, axis=0), state, {})
+
+  return Strategy(name=name, kind="gramian", init=lambda k: (), weigh=weigh,
+                  default_mode=resolve_mode(name, mode, "params"),
+                  hparams={"random_order": random_order, "mode": mode})
+
+
+# --------------------------------------------------------------------------
+# GradVac (Wang, Tsvetkov, Firat & Cao, ICLR 2021).
+# --------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("beta", "eps",
+                                             "ema_on_conflict_only"))
+def gradvac_coefficients(gram: jax.Array, orders: jax.Array,
+                         targets: jax.Array, *, beta: float, eps: float = 1e-8,
+                         ema_on_conflict_only: bool = False
+                         ) -> tuple[jax.Array, jax.Array]:
+  """One GradVac step on the Gramian.
+
+  Returns ``(C, new_targets)`` with ``g_i^GV = sum_k C[i, k] g_k``.  For each
+  task i, for each other task j in ``orders[i]``: ``phi = cos(g_i^GV, g_j)``;
+  if ``phi < targets[i, j]`` add
+  ``||g_i^GV|| (t sqrt(1 - phi^2) - phi sqrt(1 - t^2)) / (||g_j|| sqrt(1 - t^2))
+  * g_j`` (``t`` the target), which raises the cosine to ``t``; then the
+  target becomes ``(1 - beta) t + beta phi`` (every visit, as the paper's
+  Algorithm 1; only on a correction with `ema_on_conflict_only`, as
+  LibMTL).
+  """
+  gram = _float(gram)
+  targets = targets.astype(gram.dtype)
+  k = gram.shape[0]
+  eye = jnp.eye(k, dtype=gram.dtype)
+  norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
+
+  def row(i, order, target_row):
+    def visit(carry, j):
+      c, t_row = carry
+      cg = c @ gram
+      norm_i = jnp.sqrt(jnp.maximum(cg @ c, 0.0))
+      norm_j = norms[j]
+      phi = cg[j] / (norm_i * norm_j + eps)
+      t = t_row[j]
+      correct = (j != i) & (phi < t) & (norm_i > 0) & (norm_j > 0)
+      sqrt_phi = jnp.sqrt(jnp.maximum(1.0 - phi * phi, 0.0))
+      sqrt_t = jnp.sqrt(jnp.maximum(1.0 - t * t, 0.0))
+      w = norm_i * (t * sqrt_phi - phi * sqrt_t) / (norm_j * sqrt_t + eps)
+      c = c + jnp.where(correct, w, 0.0) * eye[j]
+      update = (j != i) & (correct if ema_on_conflict_only else True)
+      t_row = t_row.at[j].set(jnp.where(update, (1.0 - beta) * t + beta * phi,
+                                        t))
+      return (c, t_row), None
+
+    (c, t_row), _ = jax.lax.scan(visit, (eye[i], target_row), order)
+    return c, t_row
+
+  return jax.vmap(row)(jnp.arange(k), orders, targets)
+
+
+@STRATEGIES.register("gradvac")
+def gradvac(beta: float = 0.5, eps: float = 1e-8, random_order: bool = True,
+            ema_on_conflict_only: bool = False,
+            mode: Optional[str] = None) -> Strategy:
+  """GradVac, Gradient Vaccine (Wang et al., ICLR 2021).
+
+  Like PCGrad, but instead of projecting only conflicting gradients it
+  raises the cosine similarity of every pair (i, j) to an adaptive target
+  ``phi_hat_ij``, an EMA of the observed similarities kept in the strategy
+  state (K x K, initialised at 0, so the first step equals PCGrad).  The
+  update is the sum of the edited gradients.
+
+  Defaults: ``beta = 0.5`` and ``eps = 1e-8`` (LibMTL's and TorchJD's
+  defaults); the EMA is updated at every visit of a pair, as the paper's
+  Algorithm 1 and TorchJD (LibMTL only updates it when a correction is made:
+  ``ema_on_conflict_only=True``).  Granularity: one target per task pair for
+  the whole gradient (LibMTL's default ``group_type=0``, "whole model"); the
+  paper's per-layer targets are not implemented.  Random visiting order as
+  `pcgrad`.
+
+  Scale: sum-like (agreeing gradients get weight 1 each).
+  Default mode "params" (LibMTL supports GradVac on parameter gradients only).
+
+  Args:
+    beta: EMA rate of the targets.
+    eps: added to the denominators.
+    random_order: as `pcgrad`.
+    ema_on_conflict_only: LibMTL's EMA update rule.
+    mode: "params" or "rep"; overrides the default mode.
+  """
+  name = "gradvac"
+  if not 0.0 <= beta <= 1.0:
+    raise ValueError(f"strategy {name!r}: beta must be in [0, 1], got {beta}")
+
+  def init(num_tasks: int):
+    return {"targets": jnp.zeros((num_tasks, num_tasks), jnp.float32)}
+
+  def weigh(state, *, gramian, losses, step, key):
+    del losses, step
+    gram = jax.lax.stop_gradient(gramian)
+    k = gram.shape[0]
+    orders = task_orders(k, key if random_order else None)
+    coefs, targets = gradvac_coefficients(
+        gram, orders, state["targets"], beta=beta, eps=eps,
+        ema_on_conflict_only=ema_on_conflict_only)
+    new_state = {"targets": targets.astype(state["targets"].dtype)}
+    return Weighting(jnp.sum(coefs, axis=0), new_state, {})
+
+  return Strategy(name=name, kind="gramian", init=init, weigh=weigh,
+                  default_mode=resolve_mode(name, mode, "params"),
+                  hparams={"beta": beta, "eps": eps,
+                           "random_order": random_order,
+                           "ema_on_conflict_only": ema_on_conflict_only,
+                           "mode": mode})
+
+
+# --------------------------------------------------------------------------
+# GradDrop (Chen et al., NeurIPS 2020).
+# --------------------------------------------------------------------------
+
+
+@jax.jit
+def graddrop_combine(jacobian: jax.Array, noise: jax.Array,
+                     leak: Union[float, jax.Array] = 0.0
+                     ) -> tuple[jax.Array, jax.Array]:
+  """GradDrop's masked sum for a [K, P] Jacobian and uniform noise [P].
+
+  Sign purity ``P = (1 + sum_k g_k / sum_k |g_k|) / 2`` per coordinate (1/2
+  where every gradient is zero); task k keeps its positive entries where
+  ``P > U`` and its negative entries where ``P < U``; the update is
+  ``sum_k (l_k + (1 - l_k) M_k) * g_k`` with leak ``l``.  Returns
+  ``(update [P], multipliers [K, P])``.
+  """
+  j = _float(jacobian)
+  total = jnp.sum(j, axis=0)
+  mass = jnp.sum(jnp.abs(j), axis=0)
+  purity = 0.5 * (1.0 + jnp.where(mass > 0, total / jnp.where(mass > 0, mass,
+                                                                1.0), 0.0))
+  keep = ((purity > noise)[None, :] & (j > 0)) | ((purity < noise)[None, :]
+                                                  & (j < 0))
+  leak = jnp.asarray(leak, j.dtype)
+  if leak.ndim == 1:
+    leak = leak[:, None]
+  mult = leak + (1.0 - leak) * keep.astype(j.dtype)
+  return jnp.sum(mult * j, axis=0), mult
+
+
+@STRATEGIES.register("graddrop")
+def graddrop(leak: Union[float, Sequence[float]] = 0.0,
+             mode: Optional[str] = None) -> Strategy:
+  """GradDrop, gradient sign dropout (Chen et al., NeurIPS 2020).
+
+  Per coordinate of the gradient, computes the sign purity
+  ``P = (1 + sum g / sum |g|) / 2`` over tasks, draws ``U ~ Uniform(0, 1)``
+  from the step's key, keeps the positive task gradients where ``P > U`` and
+  the negative ones where ``P < U``, and sums the masked gradients (see
+  `graddrop_combine`).  Where all tasks agree in sign, everything is kept.
+
+  Defaults: ``leak = 0`` (paper and LibMTL); a sequence gives one leak per
+  task (the paper's per-task ``l_i``).  Default mode "rep" as in the paper
+  and LibMTL (which only supports representation gradients): GradDrop acts
+  on the gradients w.r.t. the shared representation, one mask entry per
+  representation coordinate of each example.  Unlike LibMTL, which first
+  multiplies by the sign of the input activations and sums over the batch
+  (the paper's batch-reduced purity), the purity here is per coordinate of
+  the flattened [batch x features] representation.  The ``1e-7`` that LibMTL
+  adds to ``sum |g|`` is replaced by an exact zero guard, so agreeing signs
+  always give ``P`` exactly 0 or 1.
+
+  Reported weights (logging only; the update is not linear): for each task,
+  the fraction of its squared gradient norm that was kept,
+  ``sum_p m_kp g_kp^2 / sum_p g_kp^2`` (1 when nothing was dropped).
+  Scale: sum-like (agreeing gradients are summed).
+
+  Args:
+    leak: leak ``l`` in [0, 1], scalar or one per task.
+    mode: "params" or "rep"; overrides the default mode.
+  """
+  name = "graddrop"
+  leak_value = tuple(float(x) for x in leak) if isinstance(
+      leak, (list, tuple)) else float(leak)
+
+  def aggregate(state, *, jacobian, losses, step, key):
+    del losses, step
+    if key is None:
+      key = jax.random.PRNGKey(0)
+    j = jax.lax.stop_gradient(jacobian)
+    if isinstance(leak_value, tuple) and len(leak_value) != j.shape[0]:
+      raise ValueError(f"strategy {name!r}: {len(leak_value)} leaks given for "
+                       f"{j.shape[0]} tasks; give one per task")
+    noise = jax.random.uniform(key, (j.shape[1],), jnp.float32,
+                               minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
+    update, mult = graddrop_combine(j, noise, jnp.asarray(leak_value))
+    sq = _float(j) ** 2
+    sq_tot = jnp.sum(sq, axis=1)
+    kept = jnp.where(sq_tot > 0, jnp.sum(mult * sq, axis=1)
+                     / jnp.where(sq_tot > 0, sq_tot, 1.0), 1.0)
+    return update.astype(jacobian.dtype), Weighting(kept, state, {})
+
+  return Strategy(name=name, kind="jacobian", init=lambda k: (),
+                  aggregate=aggregate,
+                  default_mode=resolve_mode(name, mode, "rep"),
+                  hparams={"leak": list(leak_value) if isinstance(
+                      leak_value, tuple) else leak_value, "mode": mode})

@@ -1,0 +1,85 @@
+"""Shared fixtures for the model tests: a tiny feature set and config."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mtrec_jax.models import FeatureSpec, default_model_config
+
+MAX_LEN = 6
+TASKS3 = (("ctr", 1), ("cvr", 1), ("rating", 3))
+
+
+def tiny_features() -> tuple[FeatureSpec, ...]:
+  return (
+      FeatureSpec("age", "numeric", dim=2),
+      FeatureSpec("item", "categorical", vocab_size=30, embed_dim=8),
+      FeatureSpec("city", "categorical", hash_buckets=7, embed_dim=4),
+      FeatureSpec("history", "sequence", max_len=MAX_LEN, embed_dim=8,
+                  share_with="item"),
+  )
+
+
+def tiny_batch(batch_size: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+  """Left-padded histories; every row has at least two leading pads and
+  row 1 is all padding."""
+  rng = np.random.default_rng(seed)
+  history = np.zeros((batch_size, MAX_LEN), np.int32)
+  for row in range(batch_size):
+    n = 0 if row == 1 else int(rng.integers(1, MAX_LEN - 1))
+    history[row, MAX_LEN - n:] = rng.integers(1, 30, n)
+  return {
+      "age": rng.normal(size=(batch_size, 2)).astype(np.float32),
+      "item": rng.integers(1, 30, batch_size).astype(np.int32),
+      "city": rng.integers(1, 10**6, batch_size).astype(np.int32),
+      "history": history,
+      "label_ctr": np.zeros(batch_size, np.float32),  # Ignored by the model.
+  }
+
+
+def tiny_config(name: str = "shared_bottom", **overrides):
+  """Small widths so every test compiles in well under a second."""
+  cfg = default_model_config()
+  cfg.name = name
+  cfg.tower_hidden = (8,)
+  cfg.bottom_hidden = (8, 8)
+  cfg.expert_hidden = (8, 8)
+  cfg.num_experts = 3
+  cfg.encoder.hidden_dim = 8
+  cfg.encoder.mlp_dim = 16
+  cfg.encoder.dropout = 0.0
+  cfg.encoder.attention_dropout = 0.0
+  for key, value in overrides.items():
+    target = cfg
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return cfg
+
+
+# Test modules get the helpers through fixtures (importing `conftest` by name
+# is unreliable when several test folders have one).
+@pytest.fixture
+def features():
+  return tiny_features()
+
+
+@pytest.fixture
+def batch():
+  return tiny_batch()
+
+
+@pytest.fixture
+def make_batch():
+  return tiny_batch
+
+
+@pytest.fixture
+def make_config():
+  return tiny_config
+
+
+@pytest.fixture
+def tasks3():
+  return TASKS3
