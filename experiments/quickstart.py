@@ -19,6 +19,8 @@ def get_experiment() -> Experiment:
   c.data.name = "mmoe_synthetic"
   c.data.correlation = 0.5
   c.data.n_train = 8000
+  c.data.n_val = 1000
+  c.data.n_test = 1000
   c.model.bottom_hidden = (64,)
   c.model.num_experts = 4
   c.model.expert_hidden = (32,)

@@ -177,6 +177,10 @@ def _train(c: Components, workdir, progress: bool) -> dict[str, Any]:
   best_params, best_value, best_step, bad_evals = state.params, None, 0, 0
   history_weights = []
   status, diverged_at = "done", None
+  # Validation losses before training: the denominators of the relative
+  # loss sum L_k(t) / L_k(0) that GradNorm (Chen et al. 2018) reports.
+  initial = evaluate(predict, state.params, splits["val"], c.tasks,
+                     tcfg.eval_batch_size, "val")
   compile_start = time.time()
   with _progress(progress, tcfg.num_steps) as bar:
     bar_task = bar.add_task("training", total=tcfg.num_steps)
@@ -224,7 +228,12 @@ def _train(c: Components, workdir, progress: bool) -> dict[str, Any]:
   for split in ("val", "test"):
     final.update(evaluate(predict, best_params, splits[split], c.tasks,
                           tcfg.eval_batch_size, split))
+  final["val/loss_ratio_sum"] = float(sum(
+      final[f"val/{t.name}/loss"] / initial[f"val/{t.name}/loss"]
+      for t in c.tasks))
   out["metrics"] = final
+  out["initial_val_losses"] = {t.name: initial[f"val/{t.name}/loss"]
+                               for t in c.tasks}
   out["selection"] = {"metric": tcfg.selection_metric, "value": best_value,
                       "mode": c.selection_mode}
   out["train_log"] = history_weights

@@ -21,8 +21,8 @@ def balance_matrix(gram: jax.Array, scale_mode: str = "min"
 
   With ``G = V diag(lam) V^T`` (eigenvalues above ``max(lam) * K * eps`` kept,
   the rest treated as 0), ``B = sqrt(lam_s) V diag(lam^-1/2) V^T`` where
-  ``lam_s`` is the smallest kept eigenvalue ("min"), their median ("median")
-  or their mean ("rmse").  ``J^T B`` replaces the Jacobian's singular values
+  ``lam_s`` is the smallest kept eigenvalue ("min"), their lower median
+  ("median") or their mean ("rmse"), as the official ``ProcrustesSolver``.  ``J^T B`` replaces the Jacobian's singular values
   by ``sqrt(lam_s)`` (the gradient system gets condition number 1).  An
   all-zero Gramian gives ``B = I``.  Returns ``(B, cond)`` where ``cond`` is
   the Jacobian's condition number ``sigma_max / sigma_min`` over the kept
@@ -39,12 +39,10 @@ def balance_matrix(gram: jax.Array, scale_mode: str = "min"
   if scale_mode == "min":
     scale = jnp.min(jnp.where(kept, lam, jnp.inf))
   elif scale_mode == "median":
-    # Median of the kept eigenvalues (mean of the two middle ones if even).
+    # Lower median of the kept eigenvalues (torch.median, as the original).
     n = jnp.sum(kept)
     ordered = jnp.sort(jnp.where(kept, lam, jnp.inf))
-    lo = ordered[jnp.maximum((n - 1) // 2, 0)]
-    hi = ordered[jnp.maximum(n // 2, 0)]
-    scale = 0.5 * (lo + hi)
+    scale = ordered[jnp.maximum((n - 1) // 2, 0)]
   elif scale_mode == "rmse":
     scale = jnp.sum(jnp.where(kept, lam, 0.0)) / jnp.maximum(jnp.sum(kept), 1)
   else:
@@ -73,11 +71,11 @@ def aligned_mtl(pref_vector: Optional[Sequence[float]] = None,
   ``w``.  So the weights are ``B w`` with ``B`` from the Gramian's
   eigendecomposition (`balance_matrix`).
 
-  Defaults, as the official code (SamsungLabs/MTL) and LibMTL: the smallest
-  singular value scales the aligned system (``scale_mode="min"``, Algorithm 1
-  of the paper; TorchJD also offers "median" and "rmse" = mean eigenvalue),
-  and ``w = 1`` (LibMTL's ``B.sum(0)``), so the scale is sum-like
-  (orthogonal equal-norm gradients get weight 1 each).  TorchJD's
+  Defaults, as the official code (SamsungLabs/MTL, ``scale_mode='min'``) and
+  LibMTL: the smallest singular value scales the aligned system (the
+  official code also offers "median" and "rmse"), and ``w = 1`` (the
+  official code and LibMTL sum the aligned gradients), so the scale is
+  sum-like (orthogonal equal-norm gradients get weight 1 each).  TorchJD's
   ``AlignedMTL`` defaults to ``w = 1/K`` (mean-like, K times smaller); pass
   ``pref_vector=[1/K] * K`` for it.  Default mode "params"; the paper's
   Aligned-MTL-UB is ``mode="rep"``.

@@ -62,8 +62,9 @@ def alternating(schedule: Optional[Sequence[int]] = None,
   `mtrec_jax.weighting.build`), this strategy takes the inner one's kind,
   state, default mode and metrics (prefixed ``inner_``); for a "jacobian"
   inner, the Jacobian rows of the inactive tasks are zeroed before its
-  ``aggregate`` and the reported weights are the mask alone.  For gradient kinds ``weight_task_params`` is set so that
-  the towers of inactive tasks get no update.
+  ``aggregate`` and the reported weights are the mask alone.  For gradient
+  kinds ``weight_task_params`` is set so that the towers of inactive tasks
+  get no update.
 
   Block alternation (`blocks = (period_towers, period_connection)`): the
   phase ``alternating_phase(step, *blocks)`` goes to
@@ -102,7 +103,8 @@ def alternating(schedule: Optional[Sequence[int]] = None,
   round_robin = blocks_t is None or schedule_t is not None
   inner_hparams = dict(inner_hparams or {})
   if inner is not None:
-    from mtrec_jax import weighting as _weighting  # Lazy: avoids an import cycle.
+    # Imported here: the package imports this module while it loads.
+    from mtrec_jax import weighting as _weighting
     inner_s = _weighting.build(inner, **inner_hparams)
     if inner_s.name == name:
       raise ValueError(f"strategy {name!r} cannot wrap itself")

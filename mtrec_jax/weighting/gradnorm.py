@@ -40,11 +40,12 @@ def gradnorm(alpha: float = 1.5, lr: float = 0.025, optimizer: str = "adam",
   because GradNorm weights the losses.
 
   Defaults: ``alpha = 1.5`` (LibMTL's default; the paper tunes alpha per
-  dataset, 1.5 for NYUv2).  The paper and LibMTL train ``w`` with the
-  network's optimiser; here the weights have their own, Adam (PyTorch
-  defaults) with ``lr = 0.025`` -- Adam because the gradient of the L1 loss
-  w.r.t. ``w_k`` is ``+-||g_k||``, whose scale varies by orders of magnitude
-  between models, and Adam's steps do not depend on it.
+  dataset).  The paper and LibMTL train ``w`` with the network's optimiser;
+  here the weights have their own, Adam (PyTorch defaults) with
+  ``lr = 0.025`` (a project choice, the rate FAMO's reference code uses for
+  its task logits) -- Adam because the gradient of the L1 loss w.r.t.
+  ``w_k`` is ``+-||g_k||``, whose scale varies by orders of magnitude between
+  models, and Adam's steps do not depend on it.
 
   Scale: sum-like (weights sum to K).
 

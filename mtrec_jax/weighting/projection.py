@@ -9,11 +9,11 @@ whose inner products follow from the Gramian alone
 ``w = sum_i C[i, :]``, so the update ``sum_i g_i' = sum_k w_k g_k``.
 
 Task order.  Both visit the other tasks in a random order per task, drawn
-from the step's key: ``jax.random.split(key, K)[i]`` permutes ``0..K-1`` for
-task ``i``.  A key of None, or ``random_order=False``, gives the fixed order
-``0..K-1``.  NOTE: `base.apply_strategy` currently replaces a missing key by
-``PRNGKey(0)`` before calling ``weigh``, so the pure ``aggregate(name, J)``
-API gives a fixed *random* order unless ``random_order=False`` is passed.
+from the step's key (row i of ``argsort(uniform(key, (K, K)))`` for task
+``i``, i.e. independent uniform permutations).  A key of None, or
+``random_order=False``, gives the fixed order ``0..K-1``; `apply_strategy`
+passes a missing key through as None, so ``aggregate(name, J)`` without a key
+uses the fixed order.  Pass a fresh key per step in training.
 
 GradDrop's update is not linear in the Jacobian (sign masks), so it is a
 "jacobian" strategy.
@@ -41,8 +41,8 @@ def task_orders(k: int, key: Optional[jax.Array]) -> jax.Array:
   ``0..K-1`` for every row when `key` is None."""
   if key is None:
     return jnp.tile(jnp.arange(k), (k, 1))
-  keys = jax.random.split(key, k)
-  return jax.vmap(lambda kk: jax.random.permutation(kk, k))(keys)
+  # Independent uniform permutations: argsort of i.i.d. uniforms per row.
+  return jnp.argsort(jax.random.uniform(key, (k, k)), axis=1)
 
 
 # --------------------------------------------------------------------------

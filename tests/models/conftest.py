@@ -60,26 +60,26 @@ def tiny_config(name: str = "shared_bottom", **overrides):
 
 # Test modules get the helpers through fixtures (importing `conftest` by name
 # is unreliable when several test folders have one).
-@pytest.fixture
+@pytest.fixture(scope="session")
 def features():
   return tiny_features()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def batch():
   return tiny_batch()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_batch():
   return tiny_batch
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_config():
   return tiny_config
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tasks3():
   return TASKS3

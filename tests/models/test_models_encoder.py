@@ -19,54 +19,54 @@ def _setup(causal=False):
   mask = np.ones((B, L), bool)
   mask[:, :2] = False  # Two leading pads in every row.
   params = enc.init(jax.random.key(1), x, mask)
-  return enc, params, x, jnp.asarray(mask)
+  return enc.apply, params, x, jnp.asarray(mask)
 
 
 def test_shape():
-  enc, params, x, mask = _setup()
-  assert enc.apply(params, x, mask).shape == (B, L, H)
+  apply, params, x, mask = _setup()
+  assert apply(params, x, mask).shape == (B, L, H)
 
 
 def test_padded_keys_do_not_influence_real_positions():
-  enc, params, x, mask = _setup()
+  apply, params, x, mask = _setup()
   noise = jax.random.normal(jax.random.key(2), x.shape) * 10.0
   x2 = jnp.where(mask[..., None], x, noise)  # New values only at pads.
-  out1, out2 = enc.apply(params, x, mask), enc.apply(params, x2, mask)
+  out1, out2 = apply(params, x, mask), apply(params, x2, mask)
   np.testing.assert_allclose(out1[:, 2:], out2[:, 2:], atol=1e-5)
   # Control: with every key visible the same change does leak, so the
   # assertion above would fail if the mask were dropped.
   full = jnp.ones_like(mask)
-  leak = enc.apply(params, x, full)[:, 2:] - enc.apply(params, x2, full)[:, 2:]
+  leak = apply(params, x, full)[:, 2:] - apply(params, x2, full)[:, 2:]
   assert float(jnp.abs(leak).max()) > 1e-3
 
 
 def test_fully_padded_row_is_finite():
-  enc, params, x, _ = _setup()
+  apply, params, x, _ = _setup()
   mask = jnp.zeros((B, L), bool)
-  assert np.isfinite(np.asarray(enc.apply(params, x, mask))).all()
-  enc_c, params_c, x, _ = _setup(causal=True)
-  assert np.isfinite(np.asarray(enc_c.apply(params_c, x, mask))).all()
+  assert np.isfinite(np.asarray(apply(params, x, mask))).all()
+  apply_c, params_c, x, _ = _setup(causal=True)
+  assert np.isfinite(np.asarray(apply_c(params_c, x, mask))).all()
 
 
 @pytest.mark.parametrize("t", [0, 2, 3])
 def test_causal_output_ignores_the_future(t):
-  enc, params, x, _ = _setup(causal=True)
+  apply, params, x, _ = _setup(causal=True)
   mask = jnp.ones((B, L), bool)
   future = jnp.arange(L)[None, :, None] > t
   noise = jax.random.normal(jax.random.key(3), x.shape)
   x2 = jnp.where(future, x + noise, x)
-  out1, out2 = enc.apply(params, x, mask), enc.apply(params, x2, mask)
+  out1, out2 = apply(params, x, mask), apply(params, x2, mask)
   np.testing.assert_allclose(out1[:, :t + 1], out2[:, :t + 1], atol=1e-5)
   assert float(jnp.abs(out1[:, t + 1:] - out2[:, t + 1:]).max()) > 1e-3
-  enc_b, params_b, _, _ = _setup(causal=False)  # Control: bidirectional leaks.
-  diff = enc_b.apply(params_b, x, mask) - enc_b.apply(params_b, x2, mask)
+  apply_b, params_b, _, _ = _setup(causal=False)  # Control: bidirectional leaks.
+  diff = apply_b(params_b, x, mask) - apply_b(params_b, x2, mask)
   assert float(jnp.abs(diff[:, :t + 1]).max()) > 1e-3
 
 
 def test_input_shape_errors():
-  enc, params, x, mask = _setup()
+  apply, params, x, mask = _setup()
   with pytest.raises(ValueError, match="padding_mask"):
-    enc.apply(params, x, mask[:, :3])
+    apply(params, x, mask[:, :3])
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -49,12 +49,12 @@ def test_feature_set_errors(specs, match):
 
 def test_hash_ids_keeps_padding_and_stays_in_range():
   ids = np.array([0, 1, 2, 10**6, 2**31 - 1, 12345, 0], np.int32)
-  buckets = np.asarray(hash_ids(ids, 7))
+  hash_jit = jax.jit(hash_ids, static_argnums=1)
+  buckets = np.asarray(hash_jit(ids, 7))
   assert buckets[0] == 0 and buckets[-1] == 0
   assert ((buckets[1:-1] >= 1) & (buckets[1:-1] <= 6)).all()
-  np.testing.assert_array_equal(buckets, np.asarray(jax.jit(
-      hash_ids, static_argnums=1)(ids, 7)))
-  spread = np.asarray(hash_ids(np.arange(1, 1001, dtype=np.int32), 7))
+  np.testing.assert_array_equal(buckets, np.asarray(hash_ids(ids, 7)))
+  spread = np.asarray(hash_jit(np.arange(1, 1001, dtype=np.int32), 7))
   assert set(spread.tolist()) == set(range(1, 7))  # Every bucket is used.
 
 

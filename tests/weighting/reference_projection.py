@@ -98,15 +98,25 @@ def imtl_g(jac: np.ndarray) -> np.ndarray:
   return alpha @ jac
 
 
-def aligned_mtl(jac: np.ndarray, pref: Optional[np.ndarray] = None
-                ) -> np.ndarray:
+def aligned_mtl(jac: np.ndarray, pref: Optional[np.ndarray] = None,
+                scale_mode: str = "min") -> np.ndarray:
   """Aligned-MTL (Senushkin et al., 2023) via the SVD J = U S V^T: the
-  aligned Jacobian is sigma_min U V^T, the update its transpose times pref."""
+  aligned Jacobian is sigma U V^T, the update its transpose times pref.
+
+  sigma: the smallest singular value ("min"), the singular value at the
+  lower median of the squared ones ("median"), or the root mean square of
+  the singular values ("rmse")."""
   jac = np.asarray(jac, np.float64)
   k = jac.shape[0]
   pref = np.ones(k) if pref is None else np.asarray(pref, np.float64)
   u, s, vt = np.linalg.svd(jac, full_matrices=False)
   keep = s > s.max() * 1e-6
   u, s, vt = u[:, keep], s[keep], vt[keep]
-  aligned = s.min() * u @ vt
+  if scale_mode == "min":
+    sigma = s.min()
+  elif scale_mode == "median":
+    sigma = np.sort(s)[(len(s) - 1) // 2]
+  else:
+    sigma = np.sqrt(np.mean(s ** 2))
+  aligned = sigma * u @ vt
   return aligned.T @ pref

@@ -6,6 +6,7 @@ Agreement criterion: cosine >= 0.999 and norm within 2% of the reference.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -22,6 +23,19 @@ except ImportError:  # tests/ not importable as a package: rootdir-less run.
 
 COS_MIN = 0.999
 NORM_RTOL = 0.02
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_aggregate(name: str, hparams: tuple):
+  hp = {k: list(v) if isinstance(v, tuple) else v for k, v in hparams}
+  return jax.jit(lambda jac, key: aggregate(name, jac, key=key, **hp))
+
+
+def agg(name: str, jac, key=None, **hparams) -> np.ndarray:
+  """`aggregate` under jit (one compilation per name, hparams and shape)."""
+  hashable = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                          for k, v in hparams.items()))
+  return np.asarray(_jitted_aggregate(name, hashable)(jnp.asarray(jac), key))
 
 
 def assert_agrees(update, expected, *, what=""):
@@ -47,7 +61,7 @@ def random_jacobians(shapes, seed=0, conflict=True):
     yield j.astype(np.float32)
 
 
-SHAPES = [(2, 3), (2, 40), (3, 5), (3, 60), (4, 25), (5, 8), (6, 100)]
+SHAPES = [(2, 3), (3, 40), (5, 8), (6, 60)]
 
 
 # --------------------------------------------------------------------------
@@ -59,7 +73,7 @@ SHAPES = [(2, 3), (2, 40), (3, 5), (3, 60), (4, 25), (5, 8), (6, 100)]
                          ids=[f"K{k}P{p}" for k, p in SHAPES])
 def test_pcgrad_matches_reference_fixed_order(jac):
   expected = ref.pcgrad(jac)
-  assert_agrees(aggregate("pcgrad", jac, random_order=False), expected,
+  assert_agrees(agg("pcgrad", jac, random_order=False), expected,
                 what="pcgrad(random_order=False)")
   # A key of None reaching `weigh` also means the fixed order 0..K-1.
   s = build("pcgrad")
@@ -70,37 +84,43 @@ def test_pcgrad_matches_reference_fixed_order(jac):
 
 
 def test_pcgrad_random_order_is_one_of_the_orders():
-  jac = next(random_jacobians([(3, 6)], seed=3))
+  # Every task conflicts with both others, so all 8 order combinations give
+  # different results.
+  jac = np.array([[1, 0, 0], [-1, 1, 0], [-1, -0.5, 1]], np.float32)
   k = jac.shape[0]
   candidates = []
   for perms in itertools.product(itertools.permutations(range(k)), repeat=k):
     candidates.append(ref.pcgrad(jac, perms))
-  s = build("pcgrad")
   seen = set()
-  for seed in range(6):
-    update, _ = apply_strategy(s, s.init(k), losses=jnp.ones(k),
-                               stacked_grads=jnp.asarray(jac),
-                               key=jax.random.PRNGKey(seed))
+  for seed in range(8):
+    update = agg("pcgrad", jac, key=jax.random.PRNGKey(seed))
     dists = [np.linalg.norm(np.asarray(update) - c) for c in candidates]
     best = int(np.argmin(dists))
     assert dists[best] < 1e-4 * (1 + np.linalg.norm(candidates[best]))
     seen.add(tuple(np.round(candidates[best], 4)))
+  assert len(seen) > 1  # Different keys give different orders here.
   # Same key, same result.
-  a, _ = apply_strategy(s, s.init(k), losses=jnp.ones(k),
-                        stacked_grads=jnp.asarray(jac),
-                        key=jax.random.PRNGKey(1))
-  b, _ = apply_strategy(s, s.init(k), losses=jnp.ones(k),
-                        stacked_grads=jnp.asarray(jac),
-                        key=jax.random.PRNGKey(1))
-  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_array_equal(agg("pcgrad", jac, key=jax.random.PRNGKey(1)),
+                                agg("pcgrad", jac, key=jax.random.PRNGKey(1)))
+
+
+def test_aggregate_without_key_uses_fixed_order():
+  # Every order combination gives a different result for this matrix.
+  jac = np.array([[1, 0, 0], [-1, 1, 0], [-1, -0.5, 1]], np.float32)
+  np.testing.assert_allclose(agg("pcgrad", jac), ref.pcgrad(jac), rtol=1e-5)
+  np.testing.assert_allclose(aggregate("pcgrad", jac), ref.pcgrad(jac),
+                             rtol=1e-5)
+  targets = np.zeros((3, 3))
+  np.testing.assert_allclose(agg("gradvac", jac),
+                             ref.gradvac(jac, targets, 0.5)[0], rtol=1e-5)
 
 
 def test_pcgrad_orthogonal_rows_sum():
   q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(12, 4)))
   jac = (q.T * np.array([[0.5], [2.0], [1.0], [3.0]])).astype(np.float32)
-  np.testing.assert_allclose(aggregate("pcgrad", jac), jac.sum(0), atol=1e-5)
+  np.testing.assert_allclose(agg("pcgrad", jac), jac.sum(0), atol=1e-5)
   np.testing.assert_allclose(
-      aggregate("pcgrad", jac, key=jax.random.PRNGKey(5)), jac.sum(0),
+      agg("pcgrad", jac, key=jax.random.PRNGKey(5)), jac.sum(0),
       atol=1e-5)
 
 
@@ -109,14 +129,14 @@ def test_pcgrad_two_conflicting_vectors_by_hand():
   # g1' = g1 - (-1 / |g2|^2) g2 = (1, 0) + (-1, 1) / 2 = (0.5, 0.5)
   # g2' = g2 - (-1 / |g1|^2) g1 = (-1, 1) + (1, 0)     = (0, 1)
   jac = np.array([[1.0, 0.0], [-1.0, 1.0]], np.float32)
-  np.testing.assert_allclose(aggregate("pcgrad", jac, random_order=False),
+  np.testing.assert_allclose(agg("pcgrad", jac, random_order=False),
                              [0.5, 1.5], atol=1e-6)
   # A second case: g1 = (-4, 1, 1), g2 = (6, 1, 1), g1.g2 = -22,
   # |g1|^2 = 18, |g2|^2 = 38: g1' = g1 + 22/38 g2, g2' = g2 + 22/18 g1.
   jac = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], np.float32)
   g1, g2 = jac.astype(np.float64)
   expected = (g1 + 22 / 38 * g2) + (g2 + 22 / 18 * g1)
-  np.testing.assert_allclose(aggregate("pcgrad", jac, random_order=False),
+  np.testing.assert_allclose(agg("pcgrad", jac, random_order=False),
                              expected, rtol=1e-5)
 
 
@@ -126,7 +146,7 @@ def test_pcgrad_two_conflicting_vectors_by_hand():
 
 
 @pytest.mark.parametrize("ema_on_conflict_only", [False, True])
-@pytest.mark.parametrize("k,p", [(2, 10), (3, 30), (5, 12)])
+@pytest.mark.parametrize("k,p", [(3, 30), (5, 12)])
 def test_gradvac_matches_reference_over_steps(k, p, ema_on_conflict_only):
   beta = 0.5
   s = build("gradvac", random_order=False, beta=beta,
@@ -150,8 +170,8 @@ def test_gradvac_matches_reference_over_steps(k, p, ema_on_conflict_only):
 
 
 def test_gradvac_first_step_is_pcgrad():
-  for jac in random_jacobians([(3, 20), (4, 7)], seed=7):
-    assert_agrees(aggregate("gradvac", jac, random_order=False),
+  for jac in random_jacobians([(4, 7)], seed=7):
+    assert_agrees(agg("gradvac", jac, random_order=False),
                   ref.pcgrad(jac), what="gradvac step 0 vs pcgrad")
 
 
@@ -195,10 +215,11 @@ def test_graddrop_identical_signs_keep_everything():
   signs = np.where(rng.uniform(size=40) < 0.5, -1.0, 1.0).astype(np.float32)
   jac = mag * signs[None, :]  # Per column, every task has the same sign.
   s = build("graddrop")
+  run = jax.jit(lambda key: apply_strategy(
+      s, s.init(3), losses=jnp.ones(3), stacked_grads=jnp.asarray(jac),
+      key=key))
   for seed in range(5):
-    update, out = apply_strategy(s, s.init(3), losses=jnp.ones(3),
-                                 stacked_grads=jnp.asarray(jac),
-                                 key=jax.random.PRNGKey(seed))
+    update, out = run(jax.random.PRNGKey(seed))
     np.testing.assert_allclose(update, jac.sum(0), rtol=1e-6)
     np.testing.assert_allclose(out.weights, np.ones(3), rtol=1e-6)
 
@@ -208,7 +229,7 @@ def test_graddrop_expectation():
   jac = np.array([[1.0, -2.0, 0.5], [-3.0, 1.0, 0.5], [0.5, -1.0, -2.0]],
                  np.float32)
   s = build("graddrop")
-  keys = jax.random.split(jax.random.PRNGKey(0), 4000)
+  keys = jax.random.split(jax.random.PRNGKey(0), 3000)
   run = jax.jit(jax.vmap(lambda key: s.aggregate(
       (), jacobian=jnp.asarray(jac), losses=jnp.ones(3), step=0,
       key=key)[0]))
@@ -219,7 +240,7 @@ def test_graddrop_expectation():
   np.testing.assert_allclose(mean, purity * pos + (1 - purity) * neg,
                              atol=0.12)
   # Leak 1 is the plain sum.
-  np.testing.assert_allclose(aggregate("graddrop", jac, leak=1.0),
+  np.testing.assert_allclose(agg("graddrop", jac, leak=1.0),
                              jac.sum(0), rtol=1e-6)
 
 
@@ -231,7 +252,7 @@ def test_graddrop_expectation():
 @pytest.mark.parametrize("jac", list(random_jacobians(SHAPES, seed=5)),
                          ids=[f"K{k}P{p}" for k, p in SHAPES])
 def test_imtl_g_matches_paper_formula(jac):
-  update = aggregate("imtl_g", jac)
+  update = agg("imtl_g", jac)
   assert_agrees(update, ref.imtl_g(jac), what="imtl_g")
   # Defining property: equal projections onto every unit task gradient.
   units = jac / np.linalg.norm(jac, axis=1, keepdims=True)
@@ -244,16 +265,16 @@ def test_imtl_g_hand_example_and_degenerate():
   # g1 = (-4, 1, 1), g2 = (6, 1, 1): the combination with equal projections
   # on u1 and u2 and weights summing to 1.
   jac = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], np.float32)
-  assert_agrees(aggregate("imtl_g", jac), ref.imtl_g(jac), what="imtl_g 2x3")
+  assert_agrees(agg("imtl_g", jac), ref.imtl_g(jac), what="imtl_g 2x3")
   s = build("imtl_g")
   w = s.weigh((), gramian=gramian(jnp.asarray(jac)), losses=jnp.ones(2),
               step=0, key=None).weights
   np.testing.assert_allclose(float(jnp.sum(w)), 1.0, rtol=1e-6)
   # One task, identical rows and zero rows give finite answers.
-  np.testing.assert_allclose(aggregate("imtl_g", jac[:1]), jac[0], rtol=1e-6)
+  np.testing.assert_allclose(agg("imtl_g", jac[:1]), jac[0], rtol=1e-6)
   same = np.stack([jac[0], jac[0]])
-  np.testing.assert_allclose(aggregate("imtl_g", same), jac[0], rtol=1e-4)
-  assert np.all(np.isfinite(aggregate("imtl_g", np.zeros((3, 4),
+  np.testing.assert_allclose(agg("imtl_g", same), jac[0], rtol=1e-4)
+  assert np.all(np.isfinite(agg("imtl_g", np.zeros((3, 4),
                                                          np.float32))))
 
 
@@ -265,19 +286,28 @@ def test_imtl_g_hand_example_and_degenerate():
 @pytest.mark.parametrize("jac", list(random_jacobians(SHAPES, seed=9)),
                          ids=[f"K{k}P{p}" for k, p in SHAPES])
 def test_aligned_mtl_matches_svd_reference(jac):
-  assert_agrees(aggregate("aligned_mtl", jac), ref.aligned_mtl(jac),
+  assert_agrees(agg("aligned_mtl", jac), ref.aligned_mtl(jac),
                 what="aligned_mtl")
   k = jac.shape[0]
   pref = np.full(k, 1.0 / k)
-  assert_agrees(aggregate("aligned_mtl", jac, pref_vector=list(pref)),
+  assert_agrees(agg("aligned_mtl", jac, pref_vector=list(pref)),
                 ref.aligned_mtl(jac, pref), what="aligned_mtl pref 1/K")
+
+
+@pytest.mark.parametrize("scale_mode", ["median", "rmse"])
+@pytest.mark.parametrize("k", [3, 4])
+def test_aligned_mtl_scale_modes(scale_mode, k):
+  jac = next(random_jacobians([(k, 30)], seed=k))
+  assert_agrees(agg("aligned_mtl", jac, scale_mode=scale_mode),
+                ref.aligned_mtl(jac, scale_mode=scale_mode),
+                what=f"aligned_mtl {scale_mode}")
 
 
 @pytest.mark.parametrize("k,p", [(4, 2), (5, 3), (3, 1)])
 def test_aligned_mtl_rank_deficient(k, p):
   rng = np.random.default_rng(k + p)
   jac = rng.normal(size=(k, p)).astype(np.float32)
-  update = aggregate("aligned_mtl", jac)
+  update = agg("aligned_mtl", jac)
   assert np.all(np.isfinite(np.asarray(update)))
   assert_agrees(update, ref.aligned_mtl(jac), what="aligned_mtl low rank")
 
@@ -285,9 +315,9 @@ def test_aligned_mtl_rank_deficient(k, p):
 def test_aligned_mtl_orthogonal_equal_norms_is_sum():
   q, _ = np.linalg.qr(np.random.default_rng(4).normal(size=(9, 3)))
   jac = (2.0 * q.T).astype(np.float32)
-  np.testing.assert_allclose(aggregate("aligned_mtl", jac), jac.sum(0),
+  np.testing.assert_allclose(agg("aligned_mtl", jac), jac.sum(0),
                              atol=1e-5)
-  assert np.all(aggregate("aligned_mtl", np.zeros((2, 3), np.float32)) == 0)
+  assert np.all(agg("aligned_mtl", np.zeros((2, 3), np.float32)) == 0)
 
 
 # --------------------------------------------------------------------------
