@@ -50,6 +50,28 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
+def _key_names(path) -> list:
+  return [getattr(k, "key", getattr(k, "name", None)) for k in path]
+
+
+def _in_connection(path) -> bool:
+  """Whether a params (or optimizer-state) leaf belongs to the cross-task
+  connection module, i.e. its path holds 'shared' followed by 'connection'."""
+  names = _key_names(path)
+  return any(a == "shared" and b == "connection"
+             for a, b in zip(names, names[1:]))
+
+
+def freeze_block(phase, new, old):
+  """Block alternation: phase 0 keeps the connection module at `old`
+  (towers and encoder train), phase 1 keeps everything else at `old`.
+  Works on params, updates and optimizer states alike (selected by path)."""
+  def pick(path, a, b):
+    frozen = (phase == 0) if _in_connection(path) else (phase == 1)
+    return jnp.where(frozen, b, a)
+  return jax.tree_util.tree_map_with_path(pick, new, old)
+
+
 def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
                     optimizer: optax.GradientTransformation,
                     mode: str = "") -> Callable:
@@ -133,6 +155,11 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
     losses, grads, out, gram = compute(state, batch, rng, key)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if "phase" in out.metrics:  # block alternation (strategy `alternating`)
+      # Freeze after the optimizer, and keep the frozen group's optimizer
+      # state, so a frozen block moves neither by momentum nor leaves a trace.
+      params = freeze_block(out.metrics["phase"], params, state.params)
+      opt_state = freeze_block(out.metrics["phase"], opt_state, state.opt_state)
     finite = jnp.all(jnp.isfinite(losses)) & _all_finite(grads)
     # A non-finite step changes nothing but records where the run diverged.
     keep = lambda new, old: jax.tree_util.tree_map(

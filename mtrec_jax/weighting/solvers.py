@@ -161,10 +161,15 @@ def minimize_on_simplex(
                            jnp.sum(jnp.where(active, w, 0.0))[None]])
     d = jnp.linalg.solve(kkt, rhs)[:k]
     d = jnp.where(jnp.isfinite(d), d, 0.0)
+    # The longest step in [0, 1] along d that stays feasible (ratio test),
+    # as in a primal active-set method: it drops a blocking weight.
+    ratio = jnp.where(d < 0, w / jnp.where(d < 0, -d, 1.0), 1.0)
+    blocked = jnp.clip(w + jnp.minimum(jnp.min(ratio), 1.0) * d, 0.0, None)
+    blocked = blocked / jnp.maximum(jnp.sum(blocked), tiny)
     newton = project_simplex(w[None, :] + newton_steps[:, None] * d[None, :])
     pg = project_simplex(w[None, :] - (pg_steps / lip)[:, None] * g[None, :])
     # Newton candidates first, then staying put, so ties favour Newton.
-    cands = jnp.concatenate([newton, w[None, :], pg], axis=0)
+    cands = jnp.concatenate([newton, blocked[None, :], w[None, :], pg], axis=0)
     deltas = jax.vmap(lambda c: change(w, c - w))(cands)
     deltas = jnp.where(jnp.isfinite(deltas), deltas, jnp.inf)
     return cands[jnp.argmin(deltas)]

@@ -92,3 +92,24 @@ def test_non_finite_loss_is_recorded_and_changes_nothing():
   jax.tree_util.tree_map(np.testing.assert_array_equal, new.params, state.params)
   new2, _ = step(new, _batch(c))
   assert int(new2.diverged_step) == 0  # the first divergence is kept
+
+
+def test_block_alternation_freezes_one_group_per_phase():
+  from mtrec_jax import weighting
+  c = _components("mmoe")
+  strategy = weighting.build("alternating", blocks=(1, 1))
+  state = loop.init_state(c).replace(strategy_state=strategy.init(len(c.tasks)))
+  step = jax.jit(make_train_step(c.model, c.tasks, strategy, c.optimizer))
+  s1, m1 = step(state, _batch(c))   # step 0: phase 0, connection frozen
+  s2, m2 = step(s1, _batch(c))      # step 1: phase 1, only connection trains
+  assert int(m1["strategy/phase"]) == 0 and int(m2["strategy/phase"]) == 1
+
+  def changed(a, b):
+    return any(not np.array_equal(x, y) for x, y in zip(
+        jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+  p0, p1, p2 = state.params, s1.params, s2.params
+  assert not changed(p0["shared"]["connection"], p1["shared"]["connection"])
+  assert changed(p0["towers"], p1["towers"])
+  assert changed(p1["shared"]["connection"], p2["shared"]["connection"])
+  assert not changed(p1["towers"], p2["towers"])
