@@ -85,6 +85,7 @@ def comparison_table(results: list[dict], title: str):
       if (key.startswith("test/") and not key.endswith("/loss") and
           not any(c.split("/")[1] == task for c in columns)):
         columns.append(key)
+  columns.append("test/loss")  # the mean of the task losses
   groups: dict[tuple, list[dict]] = defaultdict(list)
   for r in results:
     groups[tuple(str(r["grid"][a]) for a in axes)].append(r)
@@ -92,7 +93,8 @@ def comparison_table(results: list[dict], title: str):
   for a in axes:
     table.add_column(a)
   for col in columns:
-    table.add_column(col.removeprefix("test/"), justify="right")
+    label = "mean task loss" if col == "test/loss" else col.removeprefix("test/")
+    table.add_column(label, justify="right")
   table.add_column("runs", justify="right")
   for key, rs in groups.items():
     done = [r for r in rs if r.get("status") == "done"]
@@ -119,7 +121,7 @@ def cmd_run(args) -> int:
       res = loop.train_and_evaluate(run.config, root / run.name,
                                     experiment=exp.name, grid=run.grid,
                                     progress=not args.no_progress,
-                                    components=comp)
+                                    components=comp, report=exp.report)
     except Exception as e:  # the sweep carries on; result.json says failed
       failed += 1
       console.print(f"  failed: {type(e).__name__}: {e}")

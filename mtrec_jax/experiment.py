@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from mtrec_jax import config as config_lib
 from mtrec_jax.registry import EXPERIMENTS, UnknownNameError, closest
@@ -62,6 +62,9 @@ class Experiment:
   seeds: tuple[int, ...] = (0,)
   name: str = ""
   description: str = ""
+  # Optional: (result dict, dataset) -> dict of experiment-specific findings,
+  # stored as result["report"] (e.g. learned vs true noise variances).
+  report: Callable[[dict, Any], dict] | None = None
 
   def axis(self, name: str) -> Axis:
     for a in self.axes:

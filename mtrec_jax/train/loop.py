@@ -130,11 +130,13 @@ def _progress(enabled: bool, total: int):
 def train_and_evaluate(config, workdir: str | pathlib.Path | None = None, *,
                        experiment: str = "", grid: dict | None = None,
                        progress: bool | None = None,
-                       components: Components | None = None) -> dict[str, Any]:
+                       components: Components | None = None,
+                       report=None) -> dict[str, Any]:
   """Trains one run and returns its result dict (also ``workdir/result.json``).
 
   A non-finite loss stops the run with status ``diverged`` at its step; an
   exception gives status ``failed`` (with the error) and is re-raised.
+  `report(result, dataset) -> dict`, when given, adds ``result["report"]``.
   """
   start = time.time()
   workdir = pathlib.Path(workdir) if workdir is not None else None
@@ -152,6 +154,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path | None = None, *,
     run_files.write_json(workdir / "config.json", config_lib.to_dict(cfg))
   try:
     result.update(_train(c, workdir, progress))
+    if report is not None:
+      result["report"] = report(result, c.dataset)
   except Exception as e:  # recorded, then re-raised for the caller to decide
     result.update(status="failed", error=f"{type(e).__name__}: {e}",
                   traceback=traceback.format_exc(limit=20))
@@ -163,6 +167,14 @@ def train_and_evaluate(config, workdir: str | pathlib.Path | None = None, *,
   if workdir is not None:
     run_files.write_json(workdir / "result.json", result)
   return result
+
+
+def _small_tree(tree, max_size: int = 10_000):
+  """A strategy state as JSON lists, or None when it is too large to store."""
+  leaves = jax.tree_util.tree_leaves(tree)
+  if sum(int(x.size) for x in leaves) > max_size:
+    return None
+  return jax.tree_util.tree_map(lambda x: jax.device_get(x).tolist(), tree)
 
 
 def _train(c: Components, workdir, progress: bool) -> dict[str, Any]:
@@ -237,4 +249,5 @@ def _train(c: Components, workdir, progress: bool) -> dict[str, Any]:
   out["selection"] = {"metric": tcfg.selection_metric, "value": best_value,
                       "mode": c.selection_mode}
   out["train_log"] = history_weights
+  out["strategy_state"] = _small_tree(state.strategy_state)
   return out

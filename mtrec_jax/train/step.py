@@ -74,8 +74,16 @@ def freeze_block(phase, new, old):
 
 def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
                     optimizer: optax.GradientTransformation,
-                    mode: str = "") -> Callable:
-  """Returns ``step(state, batch) -> (state, metrics)`` (not yet jitted)."""
+                    mode: str = "", jacobian: str = "vmap") -> Callable:
+  """Returns ``step(state, batch) -> (state, metrics)`` (not yet jitted).
+
+  `jacobian` picks how params mode runs the K backward passes of one VJP:
+  "vmap" (batched over the K cotangents) or "unrolled" (K VJP calls inside
+  the same jitted step, sharing the forward pass); which is faster depends
+  on the device and model (see benchmarks/strategies.py).
+  """
+  if jacobian not in ("vmap", "unrolled"):
+    raise ValueError(f"jacobian engine {jacobian!r} is not 'vmap' or 'unrolled'")
   tasks = tuple(tasks)
   k = len(tasks)
   mode = mode or strategy.default_mode
@@ -97,7 +105,12 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
 
   def grads_params_mode(state, batch, rng, key):
     losses, vjp = jax.vjp(lambda p: forward(p, batch, rng), state.params)
-    (jac,) = jax.vmap(vjp)(eye.astype(losses.dtype))  # leading task axis
+    cot = eye.astype(losses.dtype)
+    if jacobian == "vmap":
+      (jac,) = jax.vmap(vjp)(cot)  # leading task axis
+    else:
+      rows = [vjp(cot[i])[0] for i in range(k)]
+      jac = jax.tree_util.tree_map(lambda *r: jnp.stack(r), *rows)
     gram = gramian_of_tree(jac["shared"])
     shared_update, out = apply_strategy(
         strategy, state.strategy_state, losses=losses,

@@ -149,7 +149,12 @@ def minimize_on_simplex(
     resid = jnp.max(jnp.abs(w - project_simplex(w - g / lip)))
     eps = jnp.minimum(jnp.asarray(1e-3, dtype), resid)
     nu = jnp.dot(w, g)  # the multiplier of sum(w) = 1 at the optimum
-    active = (w <= eps) & (g > nu)
+    # Free: the positive weights, plus the zero weight whose gradient is the
+    # most below nu (one entering weight at a time, as in Wolfe's method).
+    at_zero = w <= eps
+    viol = jnp.where(at_zero, g - nu, jnp.inf)
+    enter = (jnp.arange(k) == jnp.argmin(viol)) & (jnp.min(viol) < 0)
+    active = at_zero & ~enter
     f = (~active).astype(dtype)
     # Newton step on the free face; active weights are sent to zero and the
     # free ones absorb their mass so that sum(w + d) = 1.

@@ -1,6 +1,8 @@
 """Shared fixtures for the model tests: a tiny feature set and config."""
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,6 +20,30 @@ def tiny_features() -> tuple[FeatureSpec, ...]:
       FeatureSpec("history", "sequence", max_len=MAX_LEN, embed_dim=8,
                   share_with="item"),
   )
+
+
+def light_features() -> tuple[FeatureSpec, ...]:
+  """No sequence feature, input width 8: for tests about the connections."""
+  return (FeatureSpec("x", "numeric", dim=4),
+          FeatureSpec("item", "categorical", vocab_size=10, embed_dim=4))
+
+
+def light_batch(batch_size: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  return {"x": rng.normal(size=(batch_size, 4)).astype(np.float32),
+          "item": rng.integers(0, 10, batch_size).astype(np.int32)}
+
+
+def fake_init(module, *args, seed: int = 0, **kwargs):
+  """Random variables with the shapes `module.init` would give.
+
+  Drawn with numpy from the abstract init (jax.eval_shape), so no random-init
+  program is compiled; tests that check initial values use `init` itself.
+  """
+  shapes = jax.eval_shape(module.init, jax.random.key(0), *args, **kwargs)
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map(
+      lambda s: jnp.asarray(0.5 * rng.normal(size=s.shape), s.dtype), shapes)
 
 
 def tiny_batch(batch_size: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
@@ -44,7 +70,7 @@ def tiny_config(name: str = "shared_bottom", **overrides):
   cfg.tower_hidden = (8,)
   cfg.bottom_hidden = (8, 8)
   cfg.expert_hidden = (8, 8)
-  cfg.num_experts = 2
+  cfg.num_experts = 2  # = K in most tests, so kernel shapes repeat.
   cfg.encoder.hidden_dim = 8
   cfg.encoder.mlp_dim = 16
   cfg.encoder.dropout = 0.0
@@ -73,6 +99,17 @@ def batch():
 @pytest.fixture(scope="session")
 def make_batch():
   return tiny_batch
+
+
+@pytest.fixture(scope="session")
+def light():
+  """(features, batch) without sequences."""
+  return light_features(), light_batch()
+
+
+@pytest.fixture(scope="session")
+def init_fake():
+  return fake_init
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,9 @@
-"""Every registered connection module: shapes, gradient flow, init identities."""
+"""Every registered connection module: shapes, gradient flow, init identities.
+
+The model-level tests use `light` features (no sequence encoder) and numpy
+random variables (`init_fake`) to keep compile time low; the sequence encoder
+and real initialisation are covered in the other test files.
+"""
 from __future__ import annotations
 
 import chex
@@ -23,101 +28,128 @@ def test_all_connections_are_registered():
 @pytest.mark.parametrize("k", [2, 3])
 @pytest.mark.parametrize("name", CONNECTIONS)
 def test_shapes(name, k, features, batch, make_config):
-  # Shapes only, so trace without compiling (jax.eval_shape).
+  # Full features (with the sequence encoder); shapes only, so trace without
+  # compiling (jax.eval_shape).
   model = build_model(make_config(name), features, TASKS[k])
   variables = jax.eval_shape(model.init, jax.random.key(0), batch)
-  rep = jax.eval_shape(lambda v: model.apply(v, batch, method="represent"),
-                       variables)
+  rep = jax.eval_shape(
+      lambda v: model.apply(v, batch, method="represent"), variables)
   chex.assert_shape(rep, (k, 4, 8))
+  assert rep.dtype == jnp.float32
   out = jax.eval_shape(model.apply, variables, batch)
   assert list(out) == [task for task, _ in TASKS[k]]
   for task, dim in TASKS[k]:
     chex.assert_shape(out[task], (4, dim))
     assert out[task].dtype == jnp.float32
   assert set(variables["params"]) == {"shared", "towers"}
+  assert set(variables["params"]["shared"]) == {"feature_encoder",
+                                                "connection"}
   assert set(variables["params"]["towers"]) == {t for t, _ in TASKS[k]}
 
 
-def _zero_grad_leaves(model, variables, batch):
-  """Paths of parameter leaves whose gradient is zero everywhere, for a random
-  linear functional of all task outputs."""
-  out = model.apply(variables, batch)
+def _zero_grad_leaves(model, variables, batch) -> list[str]:
+  """Paths of parameter leaves whose gradient is zero everywhere, for a
+  random linear functional of all task outputs."""
   rng = np.random.default_rng(0)
-  weights = {t: rng.normal(size=o.shape).astype(np.float32)
-             for t, o in out.items()}
+  weights = {t: jnp.asarray(rng.normal(size=(4, d)), jnp.float32)
+             for t, d in model.task_dims}
 
-  def functional(params):
-    outputs = model.apply({"params": params}, batch)
-    return sum(jnp.sum(outputs[t] * weights[t]) for t in outputs)
+  @jax.jit
+  def grad(params):
+    def functional(params):
+      out = model.apply({"params": params}, batch)
+      return sum(jnp.sum(out[t] * weights[t]) for t in out)
+    return jax.grad(functional)(params)
 
-  grads = jax.grad(functional)(variables["params"])
+  grads = grad(variables["params"])
   return [jax.tree_util.keystr(path)
           for path, g in jax.tree_util.tree_leaves_with_path(grads)
           if not np.any(np.asarray(g))]
 
 
+def _zero_mixing(variables):
+  """Puts residual mixing coefficients at their initial value, 0."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.zeros_like(x)
+      if jax.tree_util.keystr(path).endswith("['coef']") else x, variables)
+
+
 @pytest.mark.parametrize("name", CONNECTIONS)
-def test_gradient_reaches_every_parameter(name, features, batch, make_config):
+def test_gradient_reaches_every_parameter(name, light, make_config, init_fake):
+  features, batch = light
   model = build_model(make_config(name), features, TASKS[2])
-  variables = model.init(jax.random.key(0), batch)
+  # Zero-init coefficients (residual) must still receive gradient.
+  variables = _zero_mixing(init_fake(model, batch))
   assert _zero_grad_leaves(model, variables, batch) == []
 
 
-def test_residual_starts_as_independent_columns(features, batch, make_config):
-  res = build_model(make_config("residual"), features, TASKS[3])
-  single = build_model(make_config("single_task"), features, TASKS[3])
-  variables = res.init(jax.random.key(0), batch)
-  conn = variables["params"]["shared"]["connection"]
+def test_gradient_reaches_the_sequence_encoder(features, batch, make_config,
+                                                init_fake):
+  model = build_model(make_config("cross_stitch", **{"encoder.pooling": "cls"}),
+                      features, TASKS[2])
+  assert _zero_grad_leaves(model, init_fake(model, batch), batch) == []
+
+
+def _connection(name, k, make_config, **overrides):
+  """The connection module build_model makes for `name` with K tasks."""
+  return build_model(make_config(name, **overrides), (), TASKS[k]).connection
+
+
+# The identities below run on the connection alone (x [4, 8] -> [K, 4, 8]),
+# which is where they live, and keeps the eager programs small.
+X = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8)), jnp.float32)
+
+
+def test_residual_starts_as_independent_columns(make_config):
+  res = _connection("residual", 3, make_config)
+  params = res.init(jax.random.key(0), X)["params"]
   for i in range(2):
-    np.testing.assert_array_equal(conn[f"mix_{i}"]["coef"], 0.0)
-    assert conn[f"mix_{i}"]["coef"].shape == (3, 2)  # Off-diagonal only.
-  # Same column weights without the mixers -> the single-task model.
-  stripped = jax.tree_util.tree_map(lambda x: x, variables)
-  stripped["params"]["shared"]["connection"] = {
-      k: v for k, v in conn.items() if not k.startswith("mix_")}
-  chex.assert_trees_all_close(res.apply(variables, batch),
-                              single.apply(stripped, batch), atol=1e-6)
+    np.testing.assert_array_equal(params[f"mix_{i}"]["coef"], 0.0)
+    assert params[f"mix_{i}"]["coef"].shape == (3, 2)  # Off-diagonal only.
+  # At coef = 0 it is the single-task model with the same columns.
+  columns = {k: v for k, v in params.items() if k.startswith("layer_")}
+  single = _connection("single_task", 3, make_config)
+  np.testing.assert_allclose(res.apply({"params": params}, X),
+                             single.apply({"params": columns}, X), atol=1e-6)
+  # Non-zero coefficients do mix the columns.
+  mixed = {**params, "mix_1": {"coef": jnp.ones((3, 2))}}
+  assert float(jnp.abs(res.apply({"params": mixed}, X)
+                       - res.apply({"params": params}, X)).max()) > 1e-3
 
 
-def test_cross_stitch_init_and_identity(features, batch, make_config):
-  model = build_model(make_config("cross_stitch"), features, TASKS[3])
-  variables = model.init(jax.random.key(0), batch)
-  alpha = variables["params"]["shared"]["connection"]["mix_0"]["alpha"]
-  np.testing.assert_allclose(alpha, [[0.9, 0.05, 0.05], [0.05, 0.9, 0.05],
-                                     [0.05, 0.05, 0.9]], atol=1e-7)
-  np.testing.assert_allclose(np.sum(alpha, axis=1), 1.0, atol=1e-6)
+def test_cross_stitch_init_and_identity(make_config):
+  stitch = _connection("cross_stitch", 3, make_config)
+  params = stitch.init(jax.random.key(0), X)["params"]
+  np.testing.assert_allclose(
+      params["mix_0"]["alpha"],
+      [[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]], atol=1e-7)
   # alpha = identity gives back the independent columns.
-  single = build_model(make_config("single_task"), features, TASKS[3])
-  conn = variables["params"]["shared"]["connection"]
-  eye = {k: {"alpha": jnp.eye(3)} if k.startswith("mix_") else v
-         for k, v in conn.items()}
-  stitched = {"params": {**variables["params"],
-                         "shared": {**variables["params"]["shared"],
-                                    "connection": eye}}}
-  stripped = {"params": {**variables["params"],
-                         "shared": {**variables["params"]["shared"],
-                                    "connection": {k: v for k, v in conn.items()
-                                                   if k.startswith("layer_")}}}}
-  chex.assert_trees_all_close(model.apply(stitched, batch),
-                              single.apply(stripped, batch), atol=1e-6)
+  columns = {k: v for k, v in params.items() if k.startswith("layer_")}
+  identity = {**columns, **{f"mix_{i}": {"alpha": jnp.eye(3)}
+                            for i in range(2)}}
+  single = _connection("single_task", 3, make_config)
+  np.testing.assert_allclose(stitch.apply({"params": identity}, X),
+                             single.apply({"params": columns}, X), atol=1e-6)
 
 
-def test_ple_with_one_level_is_cgc(features, batch, make_config):
-  ple = build_model(make_config("ple", num_levels=1), features, TASKS[2])
-  cgc = build_model(make_config("cgc"), features, TASKS[2])
-  variables = cgc.init(jax.random.key(0), batch)
-  chex.assert_trees_all_close(ple.apply(variables, batch),
-                              cgc.apply(variables, batch))
+def test_ple_with_one_level_is_cgc(make_config, init_fake):
+  ple = _connection("ple", 2, make_config, num_levels=1)
+  cgc = _connection("cgc", 2, make_config)
+  variables = init_fake(cgc, X)
+  np.testing.assert_array_equal(ple.apply(variables, X),
+                                cgc.apply(variables, X))
 
 
-def test_dropout_is_active_only_in_training(features, batch, make_config):
-  model = build_model(make_config("mmoe", dropout=0.5), features, TASKS[2])
-  variables = model.init(jax.random.key(0), batch)
-  evals = model.apply(variables, batch)
-  chex.assert_trees_all_close(evals, model.apply(variables, batch, train=False))
-  trained = model.apply(variables, batch, train=True,
-                        rngs={"dropout": jax.random.key(1)})
-  assert float(jnp.abs(trained["ctr"] - evals["ctr"]).max()) > 1e-4
+def test_mmoe_gates_mix_experts(make_config, init_fake):
+  # With identical experts, any convex gate gives back that expert's output.
+  mmoe = _connection("mmoe", 2, make_config)
+  params = init_fake(mmoe, X)["params"]
+  experts = params["level_0"]["shared_experts"]
+  same = jax.tree_util.tree_map(lambda p: jnp.broadcast_to(p[:1], p.shape),
+                                experts)
+  params = {"level_0": {**params["level_0"], "shared_experts": same}}
+  rep = mmoe.apply({"params": params}, X)
+  np.testing.assert_allclose(rep[0], rep[1], atol=1e-5)
 
 
 @pytest.mark.parametrize("name, kwargs, match", [

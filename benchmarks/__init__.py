@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.<name> --json OUT` (never timed tests)."""

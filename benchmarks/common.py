@@ -1,0 +1,54 @@
+"""Shared benchmark helpers: a fixed timing rule, device description, output."""
+from __future__ import annotations
+
+import json
+import pathlib
+import statistics
+import time
+from typing import Callable
+
+import jax
+
+from mtrec_jax.results.provenance import device_info, git_state, package_versions
+
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def time_step(fn: Callable, state, batch, *, warmup: int, iters: int
+              ) -> tuple[float, float]:
+  """(median step ms, first-call compile+run ms) of ``state = fn(state, batch)``.
+
+  The rule: one untimed first call (compilation), `warmup` untimed calls, then
+  `iters` calls each timed to completion with ``jax.block_until_ready``.
+  """
+  t0 = time.perf_counter()
+  state = jax.block_until_ready(fn(state, batch))
+  first_ms = (time.perf_counter() - t0) * 1e3
+  for _ in range(warmup):
+    state = fn(state, batch)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    state = jax.block_until_ready(fn(state, batch))
+    times.append((time.perf_counter() - t0) * 1e3)
+  return statistics.median(times), first_ms
+
+
+def describe_device() -> str:
+  d = jax.devices()[0]
+  return f"{d.platform}:{d.device_kind} x{len(jax.devices())}"
+
+
+def write_outputs(name: str, payload: dict, json_path: str | None,
+                  markdown: str) -> None:
+  """Writes the JSON (to `json_path`, or benchmarks/results/<name>.json) and
+  the Markdown summary beside it."""
+  payload = {**payload, "git": git_state(), "packages": package_versions(),
+             "devices": device_info()}
+  path = pathlib.Path(json_path) if json_path else RESULTS_DIR / f"{name}.json"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+  path.with_suffix(".md").write_text(markdown)
+  print(markdown)
+  print(f"wrote {path} and {path.with_suffix('.md')}")
