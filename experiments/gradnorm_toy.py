@@ -36,4 +36,5 @@ def get_experiment() -> Experiment:
       "gradnorm": {"strategy.name": "gradnorm",
                    "strategy.hparams.alpha": 0.12},
   })
-  return Experiment(c, axes=(strategies,), seeds=(0, 1, 2))
+  return Experiment(c, axes=(strategies,), seeds=(0, 1, 2),
+                    table_metrics=("val/loss_ratio_sum", "test/loss"))

@@ -73,19 +73,22 @@ def _fmt(values: list[float]) -> str:
   return f"{np.mean(vals):.4f} ± {np.std(vals, ddof=1):.4f}"
 
 
-def comparison_table(results: list[dict], title: str):
-  """A rich Table: one row per grid point (seeds pooled), test metrics per task."""
+def comparison_table(results: list[dict], title: str,
+                     metrics: tuple[str, ...] = ()):
+  """A rich Table: one row per grid point (seeds pooled); columns `metrics`,
+  or by default each task's first test metric and the mean task loss."""
   from rich.table import Table
   axes = [k for k in results[0]["grid"] if k != "seed"]
   # One column per task: its first (primary) metric, e.g. AUC or MSE.
-  columns: list[str] = []
-  for r in results:
+  columns: list[str] = list(metrics)
+  for r in results if not metrics else ():
     for key in r.get("metrics", {}):
       task = key.split("/")[1] if key.count("/") == 2 else None
       if (key.startswith("test/") and not key.endswith("/loss") and
           not any(c.split("/")[1] == task for c in columns)):
         columns.append(key)
-  columns.append("test/loss")  # the mean of the task losses
+  if not metrics:
+    columns.append("test/loss")  # the mean of the task losses
   groups: dict[tuple, list[dict]] = defaultdict(list)
   for r in results:
     groups[tuple(str(r["grid"][a]) for a in axes)].append(r)
@@ -94,6 +97,7 @@ def comparison_table(results: list[dict], title: str):
     table.add_column(a)
   for col in columns:
     label = "mean task loss" if col == "test/loss" else col.removeprefix("test/")
+    label = label.replace("/", " ")
     table.add_column(label, justify="right")
   table.add_column("runs", justify="right")
   for key, rs in groups.items():
@@ -131,7 +135,8 @@ def cmd_run(args) -> int:
         console.print(f"  {res['status']}: {res.get('error', '')}")
     results.append(res)
   Console().print(comparison_table(results, f"{exp.name}: test metrics "
-                                   f"(mean ± std over seeds)"))
+                                   f"(mean ± std over seeds)",
+                                   exp.table_metrics))
   print(f"results in {root}")
   return 1 if failed else 0
 

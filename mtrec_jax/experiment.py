@@ -65,6 +65,9 @@ class Experiment:
   # Optional: (result dict, dataset) -> dict of experiment-specific findings,
   # stored as result["report"] (e.g. learned vs true noise variances).
   report: Callable[[dict, Any], dict] | None = None
+  # Metric keys for the printed table; empty = each task's first test metric
+  # plus the mean task loss.
+  table_metrics: tuple[str, ...] = ()
 
   def axis(self, name: str) -> Axis:
     for a in self.axes:

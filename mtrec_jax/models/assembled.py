@@ -8,6 +8,7 @@ gradients w.r.t. the shared representation (representation mode).
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 
 from mtrec_jax.models.embeddings import Batch, FeatureEncoder
 from mtrec_jax.models.encoder import EncoderConfig
-from mtrec_jax.models.features import FeatureSpec
+from mtrec_jax.models.features import FeatureSpec, validate_features
 from mtrec_jax.models.towers import MLP
 
 Dtype = Any
@@ -84,12 +85,14 @@ class MultiTaskModel(nn.Module):
   dtype: Dtype = jnp.float32
 
   def __post_init__(self):
+    validate_features(self.features)  # Fail at build time, not in init.
     names = [task for task, _ in self.task_dims]
     if not names:
       raise ValueError("MultiTaskModel needs at least one task in task_dims")
     if len(set(names)) != len(names):
       raise ValueError(f"task names must be unique, got {names}")
-    bad = [(t, d) for t, d in self.task_dims if not isinstance(d, int) or d < 1]
+    bad = [(t, d) for t, d in self.task_dims
+           if not isinstance(d, numbers.Integral) or d < 1]
     if bad:
       raise ValueError(f"task output widths must be positive ints, got {bad}")
     k = getattr(self.connection, "num_tasks", None)

@@ -64,7 +64,12 @@ def connection_defaults() -> dict[str, Any]:
 
 
 def default_model_config() -> ml_collections.ConfigDict:
-  """The model config with every key any registered model understands."""
+  """The model config with every key any registered model understands.
+
+  `dropout` feeds both the towers and the connection's `dropout_rate`; the
+  top-level `num_heads` is cross_attention's, the sequence encoder's is
+  `encoder.num_heads`.
+  """
   enc = EncoderConfig()
   encoder = {key: getattr(enc, field) for key, field in _ENCODER_KEYS.items()}
   return ml_collections.ConfigDict(_plain({

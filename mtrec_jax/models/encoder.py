@@ -39,7 +39,8 @@ class EncoderConfig:
 
   def __post_init__(self):
     if self.num_layers < 0:
-      raise ValueError(f"encoder num_layers must be >= 0, got {self.num_layers}")
+      raise ValueError(
+          f"encoder num_layers must be >= 0, got {self.num_layers}")
     if self.num_heads < 1 or self.hidden_dim % self.num_heads:
       raise ValueError(f"encoder hidden_dim ({self.hidden_dim}) must be a "
                        f"multiple of num_heads ({self.num_heads})")

@@ -61,7 +61,8 @@ class FeatureSpec:
       if self.dim < 1:
         raise ValueError(f"{where}: numeric features need dim >= 1, got "
                          f"{self.dim}")
-      if self.vocab_size or self.hash_buckets or self.max_len or self.share_with:
+      if (self.vocab_size or self.hash_buckets or self.max_len
+          or self.share_with):
         raise ValueError(f"{where}: numeric features take only `dim`; drop "
                          "vocab_size/hash_buckets/max_len/share_with")
       return
@@ -74,11 +75,12 @@ class FeatureSpec:
                        "padding; use hash_buckets >= 2 (or 0 to disable)")
     if not self.share_with and self.vocab_size < 2 and not self.hash_buckets:
       raise ValueError(
-          f"{where}: set vocab_size >= 2 (id 0 is padding), or hash_buckets > 0 "
-          "for unbounded ids, or share_with=<feature> to borrow a table")
+          f"{where}: set vocab_size >= 2 (id 0 is padding), or "
+          "hash_buckets > 0 for unbounded ids, or share_with=<feature> to "
+          "borrow a table")
     if self.share_with == self.name:
-      raise ValueError(f"{where}: share_with names the feature itself; leave it "
-                       "empty to own a table")
+      raise ValueError(f"{where}: share_with names the feature itself; leave "
+                       "it empty to own a table")
     if self.kind == "sequence" and self.max_len < 1:
       raise ValueError(f"{where}: sequence features need max_len >= 1 (the "
                        "length L of the [B, L] id array)")
@@ -98,7 +100,8 @@ def table_owner(spec: FeatureSpec, by_name: Mapping[str, FeatureSpec]
   return by_name[spec.share_with] if spec.share_with else spec
 
 
-def validate_features(features: Iterable[FeatureSpec]) -> tuple[FeatureSpec, ...]:
+def validate_features(features: Iterable[FeatureSpec]
+                      ) -> tuple[FeatureSpec, ...]:
   """Checks a feature set as a whole: unique names and sound table sharing."""
   features = tuple(features)
   if not features:
@@ -108,8 +111,8 @@ def validate_features(features: Iterable[FeatureSpec]) -> tuple[FeatureSpec, ...
     if not isinstance(spec, FeatureSpec):
       raise TypeError(f"features must be FeatureSpec instances, got {spec!r}")
     if spec.name in by_name:
-      raise ValueError(f"feature {spec.name!r} is declared twice; feature names "
-                       "must be unique")
+      raise ValueError(f"feature {spec.name!r} is declared twice; feature "
+                       "names must be unique")
     by_name[spec.name] = spec
   for spec in features:
     if not spec.share_with:

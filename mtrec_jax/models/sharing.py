@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtrec_jax.models.towers import MLP, StackedColumnLayer, StackedDense, StackedMLP
+from mtrec_jax.models.towers import (MLP, StackedColumnLayer, StackedDense,
+                                     StackedMLP)
 from mtrec_jax.registry import MODELS
 
 Dtype = Any
@@ -60,17 +61,21 @@ class Connection(nn.Module):
 
 
 # ----------------------------------------------------------------- hard sharing
-@MODELS.register("shared_bottom")
-class SharedBottom(Connection):
-  """Hard parameter sharing: one bottom MLP, its output given to every task."""
+class _BottomConnection(Connection):
+  """Connections built from MLP layers of widths `bottom_hidden`."""
   bottom_hidden: tuple[int, ...] = DEFAULT_HIDDEN
 
   def validate(self) -> None:
-    _check_widths("shared_bottom", "bottom_hidden", self.bottom_hidden)
+    _check_widths(type(self).__name__, "bottom_hidden", self.bottom_hidden)
 
   @property
   def output_dim(self) -> int:
     return self.bottom_hidden[-1]
+
+
+@MODELS.register("shared_bottom")
+class SharedBottom(_BottomConnection):
+  """Hard parameter sharing: one bottom MLP, its output given to every task."""
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -115,13 +120,16 @@ class ExtractionLevel(nn.Module):
                ) -> tuple[jax.Array, Optional[jax.Array]]:
     """shared_in [B, D]; task_in [K, B, D] or None (= shared_in for all)."""
     k, t, s = self.num_tasks, self.num_task_experts, self.num_shared_experts
-    experts = lambda n, name: StackedMLP(  # noqa: E731
-        n, self.expert_hidden, self.dropout_rate, dtype=self.dtype, name=name)
-    shared = experts(s, "shared_experts")(shared_in, train=train) if s else None
+
+    def experts(num: int, name: str, inputs: jax.Array) -> jax.Array:
+      return StackedMLP(num, self.expert_hidden, self.dropout_rate,
+                        dtype=self.dtype, name=name)(inputs, train=train)
+
+    shared = experts(s, "shared_experts", shared_in) if s else None
     own = None
     if t:
       own_in = shared_in if task_in is None else jnp.repeat(task_in, t, axis=0)
-      own = experts(k * t, "task_experts")(own_in, train=train)
+      own = experts(k * t, "task_experts", own_in)
       own = own.reshape((k, t) + own.shape[1:])  # [K, T, B, H]
     gate_in = shared_in if task_in is None else task_in
     gates = TaskGates(k, t + s, self.dtype, name="task_gates")(gate_in)
@@ -216,17 +224,9 @@ class PLE(_ExpertConnection):
 
 # ---------------------------------------------------------------- column models
 @MODELS.register("single_task")
-class SingleTask(Connection):
+class SingleTask(_BottomConnection):
   """K independent bottom MLPs (no sharing): the single-task baseline in one
   model.  Subclasses add a cross-task mixer after every layer."""
-  bottom_hidden: tuple[int, ...] = DEFAULT_HIDDEN
-
-  def validate(self) -> None:
-    _check_widths(type(self).__name__, "bottom_hidden", self.bottom_hidden)
-
-  @property
-  def output_dim(self) -> int:
-    return self.bottom_hidden[-1]
 
   def mixer(self, name: str) -> Optional[nn.Module]:
     """The module (named `name`) mixing the K columns after a layer, or None."""
@@ -332,9 +332,9 @@ class CrossTaskAttention(SingleTask):
 
   def validate(self) -> None:
     super().validate()
-    bad = [w for w in self.bottom_hidden if w % self.num_heads]
-    if self.num_heads < 1 or bad:
-      raise ValueError(f"cross_attention: every bottom_hidden width "
+    if self.num_heads < 1 or any(w % self.num_heads
+                                 for w in self.bottom_hidden):
+      raise ValueError(f"{type(self).__name__}: every bottom_hidden width "
                        f"{self.bottom_hidden} must be a multiple of num_heads "
                        f"({self.num_heads})")
 

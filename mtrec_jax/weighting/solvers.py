@@ -48,6 +48,8 @@ Array = jax.Array
 # lengths 2^j / L tried at every iteration (L bounds the curvature).
 _NEWTON_STEPS = 12
 _PG_STEPS = tuple(range(-6, 4))
+# Levenberg-Marquardt damping of the Newton systems, in ulps of the trace.
+_DAMPING_ULPS = 16.0
 
 
 def _float(x: Array) -> Array:
@@ -143,38 +145,47 @@ def minimize_on_simplex(
   tiny = _tiny(dtype)
   zero = jnp.zeros((1,), dtype)
 
+  def face_newton(w, g, h, free):
+    """Newton step on the face ``{w_i = 0 : i not free}``: the weights off
+    the face go to zero and the free ones absorb their mass.  The Hessian is
+    damped by a few ulps of its trace so that near-singular faces (identical
+    or affinely dependent gradients) give bounded steps in float32."""
+    f = free.astype(dtype)
+    damping = _DAMPING_ULPS * jnp.finfo(dtype).eps * jnp.trace(h)
+    hf = (h * f[:, None] * f[None, :] + jnp.diag(damping * f)
+          + jnp.diag(1.0 - f))
+    kkt = jnp.concatenate([
+        jnp.concatenate([hf, f[:, None]], axis=1),
+        jnp.concatenate([f, zero])[None, :]], axis=0)
+    rhs = jnp.concatenate([jnp.where(free, -g, -w),
+                           jnp.sum(jnp.where(free, 0.0, w))[None]])
+    d = jnp.linalg.solve(kkt, rhs)[:k]
+    d = jnp.where(jnp.isfinite(d), d, 0.0)
+    # The projected Newton arc, and the longest feasible step in [0, 1]
+    # along d (the ratio test of a primal active-set method, which drops a
+    # blocking weight without leaving the face).
+    arc = project_simplex(w[None, :] + newton_steps[:, None] * d[None, :])
+    neg = d < 0
+    ratio = jnp.min(jnp.where(neg, w / jnp.where(neg, -d, 1.0), 1.0))
+    blocked = jnp.maximum(w + jnp.minimum(ratio, 1.0) * d, 0.0)
+    blocked = blocked / jnp.maximum(jnp.sum(blocked), tiny)
+    return jnp.concatenate([arc, blocked[None, :]], axis=0)
+
   def body(_, w):
     g, h = grad_hess(w)
     lip = jnp.maximum(jnp.trace(h), tiny)  # >= the largest eigenvalue
     resid = jnp.max(jnp.abs(w - project_simplex(w - g / lip)))
-    eps = jnp.minimum(jnp.asarray(1e-3, dtype), resid)
+    eps = jnp.minimum(0.1 / k, resid)  # < max(w), so the support is not empty
     nu = jnp.dot(w, g)  # the multiplier of sum(w) = 1 at the optimum
-    # Free: the positive weights, plus the zero weight whose gradient is the
-    # most below nu (one entering weight at a time, as in Wolfe's method).
-    at_zero = w <= eps
-    viol = jnp.where(at_zero, g - nu, jnp.inf)
+    support = w > eps
+    # The zero weight whose gradient is the most below nu may enter.
+    viol = jnp.where(support, jnp.inf, g - nu)
     enter = (jnp.arange(k) == jnp.argmin(viol)) & (jnp.min(viol) < 0)
-    active = at_zero & ~enter
-    f = (~active).astype(dtype)
-    # Newton step on the free face; active weights are sent to zero and the
-    # free ones absorb their mass so that sum(w + d) = 1.
-    hf = h * f[:, None] * f[None, :] + jnp.diag(1.0 - f)
-    kkt = jnp.concatenate([
-        jnp.concatenate([hf, f[:, None]], axis=1),
-        jnp.concatenate([f, zero])[None, :]], axis=0)
-    rhs = jnp.concatenate([jnp.where(active, -w, -g),
-                           jnp.sum(jnp.where(active, w, 0.0))[None]])
-    d = jnp.linalg.solve(kkt, rhs)[:k]
-    d = jnp.where(jnp.isfinite(d), d, 0.0)
-    # The longest step in [0, 1] along d that stays feasible (ratio test),
-    # as in a primal active-set method: it drops a blocking weight.
-    ratio = jnp.where(d < 0, w / jnp.where(d < 0, -d, 1.0), 1.0)
-    blocked = jnp.clip(w + jnp.minimum(jnp.min(ratio), 1.0) * d, 0.0, None)
-    blocked = blocked / jnp.maximum(jnp.sum(blocked), tiny)
-    newton = project_simplex(w[None, :] + newton_steps[:, None] * d[None, :])
     pg = project_simplex(w[None, :] - (pg_steps / lip)[:, None] * g[None, :])
     # Newton candidates first, then staying put, so ties favour Newton.
-    cands = jnp.concatenate([newton, blocked[None, :], w[None, :], pg], axis=0)
+    cands = jnp.concatenate([face_newton(w, g, h, support),
+                             face_newton(w, g, h, support | enter),
+                             w[None, :], pg], axis=0)
     deltas = jax.vmap(lambda c: change(w, c - w))(cands)
     deltas = jnp.where(jnp.isfinite(deltas), deltas, jnp.inf)
     return cands[jnp.argmin(deltas)]

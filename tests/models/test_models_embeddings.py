@@ -132,3 +132,11 @@ def test_numeric_vector_accepted_when_dim_is_one(init_fake):
   enc = _encoder((FeatureSpec("x", "numeric"),))
   b = {"x": np.arange(4, dtype=np.float32)}
   assert enc.apply(init_fake(enc, b), b).shape == (4, 1)
+
+
+def test_out_of_vocabulary_ids_are_loud(features, batch, init_fake):
+  # Unhashed ids >= vocab_size look up NaN rather than clipping to a real row.
+  enc = _encoder(features)
+  variables = init_fake(enc, batch)
+  out = np.asarray(enc.apply(variables, dict(batch, item=np.full(4, 30))))
+  assert np.isnan(out[:, 2:10]).all()

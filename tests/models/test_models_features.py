@@ -17,8 +17,10 @@ from mtrec_jax.models.features import validate_features
     (dict(kind="numeric", dim=0), "dim >= 1"),
     (dict(kind="numeric", vocab_size=5), "numeric features take only"),
     (dict(kind="categorical", hash_buckets=1), "hash_buckets >= 2"),
-    (dict(kind="categorical", vocab_size=5, share_with="f"), "names the feature itself"),
-    (dict(kind="categorical", vocab_size=5, max_len=3), "max_len is for sequence"),
+    (dict(kind="categorical", vocab_size=5, share_with="f"),
+     "names the feature itself"),
+    (dict(kind="categorical", vocab_size=5, max_len=3),
+     "max_len is for sequence"),
 ])
 def test_spec_errors_name_the_feature(kwargs, match):
   with pytest.raises(ValueError, match=match) as err:
@@ -27,8 +29,10 @@ def test_spec_errors_name_the_feature(kwargs, match):
 
 
 @pytest.mark.parametrize("specs, match", [
-    ((FeatureSpec("a", "numeric"), FeatureSpec("a", "numeric")), "declared twice"),
-    ((FeatureSpec("h", "sequence", max_len=3, share_with="item"),), "not a feature"),
+    ((FeatureSpec("a", "numeric"), FeatureSpec("a", "numeric")),
+     "declared twice"),
+    ((FeatureSpec("h", "sequence", max_len=3, share_with="item"),),
+     "not a feature"),
     ((FeatureSpec("a", "numeric"),
       FeatureSpec("h", "sequence", max_len=3, share_with="a")), "numeric"),
     ((FeatureSpec("i", "categorical", vocab_size=9),

@@ -90,25 +90,29 @@ def test_gradient_reaches_the_sequence_encoder(features, batch, make_config,
   assert _zero_grad_leaves(model, init_fake(model, batch), batch) == []
 
 
-def _connection(name, k, make_config, **overrides):
-  """The connection module build_model makes for `name` with K tasks."""
-  return build_model(make_config(name, **overrides), (), TASKS[k]).connection
-
-
 # The identities below run on the connection alone (x [4, 8] -> [K, 4, 8]),
 # which is where they live, and keeps the eager programs small.
-X = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8)), jnp.float32)
+X = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
 
 
-def test_residual_starts_as_independent_columns(make_config):
-  res = _connection("residual", 3, make_config)
+@pytest.fixture(name="connection")
+def _connection(make_config, light):
+  """make(name, k, **overrides): the connection build_model makes."""
+  def make(name, k, **overrides):
+    model = build_model(make_config(name, **overrides), light[0], TASKS[k])
+    return model.connection
+  return make
+
+
+def test_residual_starts_as_independent_columns(connection):
+  res = connection("residual", 3)
   params = res.init(jax.random.key(0), X)["params"]
   for i in range(2):
     np.testing.assert_array_equal(params[f"mix_{i}"]["coef"], 0.0)
     assert params[f"mix_{i}"]["coef"].shape == (3, 2)  # Off-diagonal only.
   # At coef = 0 it is the single-task model with the same columns.
   columns = {k: v for k, v in params.items() if k.startswith("layer_")}
-  single = _connection("single_task", 3, make_config)
+  single = connection("single_task", 3)
   np.testing.assert_allclose(res.apply({"params": params}, X),
                              single.apply({"params": columns}, X), atol=1e-6)
   # Non-zero coefficients do mix the columns.
@@ -117,8 +121,8 @@ def test_residual_starts_as_independent_columns(make_config):
                        - res.apply({"params": params}, X)).max()) > 1e-3
 
 
-def test_cross_stitch_init_and_identity(make_config):
-  stitch = _connection("cross_stitch", 3, make_config)
+def test_cross_stitch_init_and_identity(connection):
+  stitch = connection("cross_stitch", 3)
   params = stitch.init(jax.random.key(0), X)["params"]
   np.testing.assert_allclose(
       params["mix_0"]["alpha"],
@@ -127,22 +131,22 @@ def test_cross_stitch_init_and_identity(make_config):
   columns = {k: v for k, v in params.items() if k.startswith("layer_")}
   identity = {**columns, **{f"mix_{i}": {"alpha": jnp.eye(3)}
                             for i in range(2)}}
-  single = _connection("single_task", 3, make_config)
+  single = connection("single_task", 3)
   np.testing.assert_allclose(stitch.apply({"params": identity}, X),
                              single.apply({"params": columns}, X), atol=1e-6)
 
 
-def test_ple_with_one_level_is_cgc(make_config, init_fake):
-  ple = _connection("ple", 2, make_config, num_levels=1)
-  cgc = _connection("cgc", 2, make_config)
+def test_ple_with_one_level_is_cgc(connection, init_fake):
+  ple = connection("ple", 2, num_levels=1)
+  cgc = connection("cgc", 2)
   variables = init_fake(cgc, X)
   np.testing.assert_array_equal(ple.apply(variables, X),
                                 cgc.apply(variables, X))
 
 
-def test_mmoe_gates_mix_experts(make_config, init_fake):
+def test_mmoe_gates_mix_experts(connection, init_fake):
   # With identical experts, any convex gate gives back that expert's output.
-  mmoe = _connection("mmoe", 2, make_config)
+  mmoe = connection("mmoe", 2)
   params = init_fake(mmoe, X)["params"]
   experts = params["level_0"]["shared_experts"]
   same = jax.tree_util.tree_map(lambda p: jnp.broadcast_to(p[:1], p.shape),
@@ -157,6 +161,7 @@ def test_mmoe_gates_mix_experts(make_config, init_fake):
     ("mmoe", dict(expert_hidden=(0,)), "expert_hidden"),
     ("ple", dict(num_levels=0), "num_levels"),
     ("cross_attention", dict(bottom_hidden=(6,), num_heads=4), "num_heads"),
+    ("cross_attention", dict(num_heads=0), "num_heads"),
 ])
 def test_bad_hyper_parameters(name, kwargs, match):
   with pytest.raises(ValueError, match=match):
