@@ -80,10 +80,13 @@ def main(argv=None) -> None:
                  help="K in {2, 4}, fewer timed steps (a smoke run)")
   p.add_argument("--json", help="output JSON path (default benchmarks/results/)")
   p.add_argument("--batch-size", type=int, default=256)
+  p.add_argument("--ks", default="", help="comma-separated K values")
   p.add_argument("--strategies", default="",
                  help="comma-separated subset (default: all registered)")
   args = p.parse_args(argv)
   ks = (2, 4) if args.quick else (2, 4, 8, 16)
+  if args.ks:
+    ks = tuple(int(k) for k in args.ks.split(","))
   iters, warmup = (5, 2) if args.quick else (30, 5)
   names = args.strategies.split(",") if args.strategies else STRATEGIES.names()
   optimizer = optax.adam(1e-3)

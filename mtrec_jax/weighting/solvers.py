@@ -129,8 +129,10 @@ def minimize_on_simplex(
   Args:
     grad_hess: ``w -> (grad f(w), hess f(w))``, shapes [K] and [K, K]; the
       Hessian must be positive definite on ``{d : sum(d) = 0}``.
-    change: ``(w, d) -> f(w + d) - f(w)``, computed without cancellation (it
-      decides between candidates near the optimum, where ``f`` is flat).
+    change: ``(w, d) -> f(w + d) - f(w)`` for ``w + d`` on the simplex,
+      computed without cancellation (it decides between candidates near the
+      optimum, where ``f`` is flat): e.g. centre the gradient, since terms
+      proportional to ``sum(d) = 0`` are pure rounding.
     w0: a starting point on the simplex.
     num_iters: the fixed number of iterations.
 
@@ -193,7 +195,7 @@ def minimize_on_simplex(
   return jax.lax.fori_loop(0, num_iters, body, w0)
 
 
-def min_norm_weights(gram: Array, *, reg_eps: float = 1e-8,
+def min_norm_weights(gram: Array, *, reg_eps: float = 1e-10,
                      num_iters: Optional[int] = None,
                      w0: Optional[Array] = None) -> Array:
   """Weights of the min-norm point in the convex hull of K vectors.
@@ -223,7 +225,10 @@ def min_norm_weights(gram: Array, *, reg_eps: float = 1e-8,
     return a @ w, a
 
   def change(w, d):
-    return jnp.dot(d, a @ w) + 0.5 * jnp.dot(d, a @ d)
+    # sum(d) = 0 on the simplex: centring the gradient removes the rounding
+    # of its common part, which would swamp the change near the optimum.
+    aw = a @ w
+    return jnp.dot(d, aw - jnp.dot(w, aw)) + 0.5 * jnp.dot(d, a @ d)
 
   return minimize_on_simplex(grad_hess, change, w0.astype(a.dtype), num_iters)
 
@@ -328,8 +333,9 @@ def dual_cone_weights(gram: Array, u: Array, *,
 # --------------------------------------------------------------------------
 
 
-def cagrad_weights(gram: Array, c: float, *, reg_eps: float = 1e-8,
-                   num_iters: Optional[int] = None) -> tuple[Array, Array]:
+def cagrad_weights(gram: Array, c: float, *, reg_eps: float = 1e-10,
+                   norm_eps: float = 1e-4, num_iters: Optional[int] = None
+                   ) -> tuple[Array, Array]:
   """Solves the dual problem of CAGrad (Liu et al., NeurIPS 2021, Eq. 4).
 
   ``w* = argmin_{w in simplex} g_w^T g_0 + c ||g_0|| ||g_w||`` with
@@ -345,11 +351,13 @@ def cagrad_weights(gram: Array, c: float, *, reg_eps: float = 1e-8,
     gram: [K, K] Gramian.
     c: the radius coefficient, >= 0.
     reg_eps: ridge added to the trace-normalised Gramian inside ``||g_w||``.
+    norm_eps: ``||g_w*||`` below ``norm_eps * ||J||_F`` counts as zero (as
+      torchjd's ``norm_eps``).
     num_iters: iterations (default `default_iterations(K)`).
 
   Returns:
     ``(w*, lam)``: the dual weights on the simplex and the multiplier
-    ``c ||g_0|| / ||g_w*||`` (0 where ``||g_w*||`` is numerically zero).
+    ``c ||g_0|| / ||g_w*||`` (0 where ``||g_w*||`` counts as zero).
   """
   gram, _ = normalize_gram(gram)
   k = gram.shape[-1]
@@ -375,14 +383,17 @@ def cagrad_weights(gram: Array, c: float, *, reg_eps: float = 1e-8,
     return grad, hess
 
   def change(w, d):
+    # F(w + d) - F(w) without cancellation: the norm difference as
+    # (s1^2 - s0^2) / (s1 + s0), and both linear parts centred (sum(d) = 0).
+    aw = a @ w
     s0 = norm(w)
     s1 = norm(w + d)
-    dsq = 2.0 * jnp.dot(d, a @ w) + jnp.dot(d, a @ d)
-    return jnp.dot(d, b) + phi * dsq / (s0 + s1)
+    dsq = 2.0 * jnp.dot(d, aw - jnp.dot(w, aw)) + jnp.dot(d, a @ d)
+    return jnp.dot(d, b - jnp.dot(w, b)) + phi * dsq / (s0 + s1)
 
   w = minimize_on_simplex(grad_hess, change, u, num_iters)
   gw_norm = jnp.sqrt(jnp.maximum(jnp.dot(w, gram @ w), 0.0))
-  small = gw_norm <= 1e-4 * jnp.maximum(g0_norm, 1e-30)
+  small = ~(gw_norm > norm_eps)  # The Gramian has unit trace here.
   lam = jnp.where(small, 0.0, phi / jnp.where(small, 1.0, gw_norm))
   return w, lam
 
@@ -408,14 +419,15 @@ def nash_bargaining(gram: Array, *, reg_eps: float = 1e-7,
   The Gramian is normalised by its Frobenius norm (as in the official code)
   and regularised by ``reg_eps * I``, which bounds the solution when zero lies
   in the convex hull of the gradients (then no exact solution exists).  The
-  start is the diagonal solution ``1 / sqrt(G_ii)`` (or ``alpha0``), rescaled
-  to the best multiple along its ray.
+  start is the diagonal solution ``1 / sqrt(G_ii)`` or ``alpha0``, whichever
+  has the lower potential once rescaled to the best multiple along its ray.
 
   Args:
     gram: [K, K] Gramian.
     reg_eps: ridge added to the normalised Gramian.
     num_iters: fixed number of Newton steps.
-    alpha0: optional warm start (weights for the un-normalised Gramian).
+    alpha0: optional warm start (weights for the un-normalised Gramian;
+      ignored unless all positive and finite).
 
   Returns:
     [K] weights ``alpha > 0`` for the un-normalised Gramian (its update
@@ -429,14 +441,19 @@ def nash_bargaining(gram: Array, *, reg_eps: float = 1e-7,
   a, fro = normalize_gram(gram, fro)
   a = regularize(a, reg_eps)
   root = jnp.sqrt(fro)
-  if alpha0 is None:
-    beta = 1.0 / jnp.sqrt(jnp.diag(a))
-  else:
-    beta = jnp.asarray(alpha0, dtype) * root
-    ok = jnp.all(beta > 0) & jnp.all(jnp.isfinite(beta))
-    beta = jnp.where(ok, beta, 1.0 / jnp.sqrt(jnp.diag(a)))
-  # The best multiple t * beta of the start: t^2 beta^T A beta = K.
-  beta = beta * jnp.sqrt(k / jnp.maximum(beta @ a @ beta, tiny))
+
+  def on_ray(beta):
+    # The best multiple t * beta: t^2 beta^T A beta = K, where the potential
+    # is K / 2 - sum(log(t beta)).
+    return beta * jnp.sqrt(k / jnp.maximum(beta @ a @ beta, tiny))
+
+  beta = on_ray(1.0 / jnp.sqrt(jnp.diag(a)))
+  if alpha0 is not None:
+    warm = jnp.asarray(alpha0, dtype) * root
+    ok = jnp.all(warm > 0) & jnp.all(jnp.isfinite(warm))
+    warm = on_ray(jnp.where(ok, warm, beta))
+    better = jnp.sum(jnp.log(warm)) > jnp.sum(jnp.log(beta))
+    beta = jnp.where(better, warm, beta)
 
   def body(_, beta):
     grad = a @ beta - 1.0 / beta
@@ -446,7 +463,7 @@ def nash_bargaining(gram: Array, *, reg_eps: float = 1e-7,
     step = jnp.where(dec < 0.25, 1.0, 1.0 / (1.0 + dec))
     new = beta + step * d
     new = jnp.where(jnp.isfinite(new), new, beta)
-    return jnp.maximum(new, 1e-3 * beta)  # positivity, should rounding err
+    return jnp.maximum(new, 1e-3 * beta)  # Positivity despite rounding.
 
   beta = jax.lax.fori_loop(0, num_iters, body, beta)
   return beta / root

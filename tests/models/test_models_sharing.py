@@ -31,12 +31,16 @@ def test_shapes(name, k, features, batch, make_config):
   # Full features (with the sequence encoder); shapes only, so trace without
   # compiling (jax.eval_shape).
   model = build_model(make_config(name), features, TASKS[k])
-  variables = jax.eval_shape(model.init, jax.random.key(0), batch)
-  rep = jax.eval_shape(
-      lambda v: model.apply(v, batch, method="represent"), variables)
+
+  def both(module, batch):  # One trace for init, represent and heads.
+    rep = module.represent(batch)
+    return rep, module.heads(rep)
+
+  (rep, out), variables = jax.eval_shape(
+      lambda key: model.init_with_output(key, batch, method=both),
+      jax.random.key(0))
   chex.assert_shape(rep, (k, 4, 8))
   assert rep.dtype == jnp.float32
-  out = jax.eval_shape(model.apply, variables, batch)
   assert list(out) == [task for task, _ in TASKS[k]]
   for task, dim in TASKS[k]:
     chex.assert_shape(out[task], (4, dim))
