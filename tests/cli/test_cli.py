@@ -29,7 +29,7 @@ def test_list_shows_experiments(capsys):
 def test_run_writes_outputs_and_is_deterministic(tmp_path, capsys):
   assert _run(tmp_path, "--only", "model=mmoe", "--seed", "0") == 0
   out = capsys.readouterr().out
-  assert "task1/mse" in out and "mmoe" in out
+  assert "task1 mse" in out and "mmoe" in out
   run = "model=mmoe,seed=0"
   res = _result(tmp_path, run)
   assert res["status"] == "done"

@@ -12,9 +12,9 @@ written a different way from the JAX code in `mtrec_jax.weighting`:
   normalised Jacobian (the Gramian of ``[J, sqrt(r) I]`` is ``G + r I``).
 * CAGrad: the PRIMAL problem ``max_d min_i g_i^T d s.t. ||d - g_0|| <= c ||g_0||``
   (SLSQP on (d, t)) instead of the dual over the simplex.
-* Nash-MTL: ``G alpha = 1 / alpha`` as a root-finding problem in
-  ``log alpha`` (scipy.optimize.root, hybrid Powell) instead of damped Newton
-  on the potential.
+* Nash-MTL: the potential minimised by L-BFGS-B, then ``G alpha = 1 / alpha``
+  polished as a root-finding problem in ``log alpha`` (hybrid Powell),
+  instead of damped Newton.
 """
 from __future__ import annotations
 
@@ -189,10 +189,26 @@ def cagrad(jac, c: float = 0.4, rescale: int = 1) -> np.ndarray:
 
 
 def nash_alpha(gram: np.ndarray) -> np.ndarray:
-  """``alpha > 0`` with ``G alpha = 1 / alpha`` via root finding in log-space."""
+  """``alpha > 0`` with ``G alpha = 1 / alpha``.
+
+  L-BFGS-B on ``1/2 a^T G a - sum(log a)`` over ``a > 0`` (the Frobenius-
+  normalised Gramian), polished by root finding on ``a * (G a) - 1`` in
+  ``log a`` (hybrid Powell).  Raises if no accurate solution is found (there
+  is none when zero lies in the convex hull of the gradients).
+  """
   gram = np.asarray(gram, np.float64)
   fro = np.linalg.norm(gram)
   gn = gram / fro
+  k = gram.shape[0]
+
+  def potential(a):
+    return 0.5 * a @ gn @ a - np.sum(np.log(a)), gn @ a - 1.0 / a
+
+  start = 1.0 / np.sqrt(np.diag(gn))
+  res = optimize.minimize(potential, start, jac=True, method="L-BFGS-B",
+                          bounds=[(1e-12, None)] * k,
+                          options={"ftol": 1e-15, "gtol": 1e-12,
+                                   "maxiter": 10000})
 
   def fun(y):
     a = np.exp(y)
@@ -202,9 +218,12 @@ def nash_alpha(gram: np.ndarray) -> np.ndarray:
     a = np.exp(y)
     return np.diag(a * (gn @ a)) + a[:, None] * gn * a[None, :]
 
-  y0 = -0.5 * np.log(np.diag(gn))
-  res = optimize.root(fun, y0, jac=jac, method="hybr", tol=1e-14)
-  return np.exp(res.x) / np.sqrt(fro)
+  root = optimize.root(fun, np.log(res.x), jac=jac, method="hybr", tol=1e-15)
+  alpha = np.exp(root.x)
+  resid = np.max(np.abs(alpha * (gn @ alpha) - 1.0))
+  if not resid < 1e-6:
+    raise ValueError(f"no Nash bargaining solution found (residual {resid})")
+  return alpha / np.sqrt(fro)
 
 
 def nash_mtl(jac, max_norm: float = 1.0) -> np.ndarray:
