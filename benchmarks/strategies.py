@@ -17,6 +17,8 @@ passes would. Writes JSON {"device", "rows": [{"strategy", "k", "mode",
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -81,13 +83,16 @@ def main(argv=None) -> None:
   p.add_argument("--json", help="output JSON path (default benchmarks/results/)")
   p.add_argument("--batch-size", type=int, default=256)
   p.add_argument("--ks", default="", help="comma-separated K values")
+  p.add_argument("--iters", type=int, default=30, help="timed steps per row")
+  p.add_argument("--partial", help="rewrite this file with the rows so far "
+                 "after every measurement")
   p.add_argument("--strategies", default="",
                  help="comma-separated subset (default: all registered)")
   args = p.parse_args(argv)
   ks = (2, 4) if args.quick else (2, 4, 8, 16)
   if args.ks:
     ks = tuple(int(k) for k in args.ks.split(","))
-  iters, warmup = (5, 2) if args.quick else (30, 5)
+  iters, warmup = (5, 2) if args.quick else (args.iters, 5)
   names = args.strategies.split(",") if args.strategies else STRATEGIES.names()
   optimizer = optax.adam(1e-3)
   rows = []
@@ -115,6 +120,8 @@ def main(argv=None) -> None:
         rows.append({"strategy": name, "k": k, "mode": mode, "step_ms": ms,
                      "compile_ms": first})
         print(rows[-1], flush=True)
+        if args.partial:  # keep what was measured if the run is cut short
+          pathlib.Path(args.partial).write_text(json.dumps(rows) + "\n")
   device = describe_device()
   write_outputs("strategies", {"device": device, "batch_size": args.batch_size,
                                "rows": rows}, args.json, summary(rows, device))

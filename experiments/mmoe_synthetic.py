@@ -31,10 +31,10 @@ def get_experiment() -> Experiment:
   c.model.num_shared_experts = 2
   c.model.num_task_experts = 2
   c.model.tower_hidden = (8,)
-  c.optimizer.learning_rate = 1e-2
+  c.optimizer.learning_rate = 3e-3
   c.train.batch_size = 128
-  c.train.num_steps = 3000
-  c.train.eval_every = 500
+  c.train.num_steps = 8000  # ~100 epochs: shorter runs stop before converging
+  c.train.eval_every = 1000
   return Experiment(c, axes=(
       Axis("model", "model.name", ("shared_bottom", "mmoe", "ple")),
       Axis("correlation", "data.correlation", (1.0, 0.9, 0.5)),
