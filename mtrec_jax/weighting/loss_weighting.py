@@ -426,7 +426,7 @@ def famo(lr: float = 0.025, gamma: float = 1e-3,
     delta = log_prev - log_now
     xi = state["logits"]
     _, softmax_vjp = jax.vjp(jax.nn.softmax, xi)
-    grad = softmax_vjp(delta)[0] + gamma * xi
+    grad = softmax_vjp(delta.astype(xi.dtype))[0] + gamma * xi
     new_xi, new_opt = opt_step(xi, grad, state["opt"], optimizer="adam", lr=lr)
     update = state["has_prev"] > 0
     xi = jnp.where(update, new_xi, xi)
