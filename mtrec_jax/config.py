@@ -48,6 +48,10 @@ def base_config() -> ConfigDict:
   c.train.eval_every = 200
   c.train.eval_batch_size = 1024
   c.train.log_every = 50
+  # How params-mode per-task gradients run their K backward passes: "vmap",
+  # "unrolled", or "auto" (unrolled on CPU, where it measured faster;
+  # vmap on accelerators).  See benchmarks/strategies.py.
+  c.train.jacobian_engine = "auto"
   # Model selection on validation only: "val/loss" is the mean of the task
   # losses; or "val/<task>/<metric>".  patience = evaluations without
   # improvement before stopping early (0 = never stop early).

@@ -100,6 +100,10 @@ class Components:
                        f"'val/<task>/<metric>' with a task of this run "
                        f"({', '.join(t.name for t in self.tasks)})")
     self.selection_mode = "min" if parts[-1] == "loss" else direction(parts[-1])
+    engines = ("auto", "vmap", "unrolled")
+    if config.train.jacobian_engine not in engines:
+      raise ValueError(f"train.jacobian_engine {config.train.jacobian_engine!r}"
+                       f" is not one of {', '.join(engines)}")
 
 
 def init_state(c: Components):
@@ -181,8 +185,11 @@ def _train(c: Components, workdir, progress: bool) -> dict[str, Any]:
   cfg = c.config
   tcfg = cfg.train
   state = init_state(c)
+  engine = tcfg.jacobian_engine
+  if engine == "auto":
+    engine = "unrolled" if jax.devices()[0].platform == "cpu" else "vmap"
   step_fn = jax.jit(make_train_step(c.model, c.tasks, c.strategy, c.optimizer,
-                                    cfg.strategy.mode))
+                                    cfg.strategy.mode, jacobian=engine))
   predict = make_predict_fn(c.model, c.tasks)
   splits = c.dataset.splits
   batches = train_batches(splits["train"], tcfg.batch_size, cfg.seed)

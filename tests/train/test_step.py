@@ -38,16 +38,19 @@ def test_all_paths_equal_loss_mean(model):
   batch = _batch(c)
   sgd = optax.sgd(1.0)  # the update is then minus the gradient
   results = {}
-  for name, strategy, mode in [("loss", c.strategy, ""),
-                               ("params", _gramian_mean(), "params"),
-                               ("rep", _gramian_mean(), "rep")]:
+  for name, strategy, mode, engine in [
+      ("loss", c.strategy, "", "vmap"),
+      ("params", _gramian_mean(), "params", "vmap"),
+      ("unrolled", _gramian_mean(), "params", "unrolled"),
+      ("rep", _gramian_mean(), "rep", "vmap")]:
     st = state0.replace(opt_state=sgd.init(state0.params),
                         strategy_state=strategy.init(len(c.tasks)))
-    step = jax.jit(make_train_step(c.model, c.tasks, strategy, sgd, mode))
+    step = jax.jit(make_train_step(c.model, c.tasks, strategy, sgd, mode,
+                                   jacobian=engine))
     new, metrics = step(st, batch)
     results[name] = (new, metrics)
   ref = results["loss"][0].params
-  for name in ("params", "rep"):
+  for name in ("params", "unrolled", "rep"):
     chex_tree = jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
         results[name][0].params, ref)
