@@ -181,8 +181,11 @@ def as_optax(strategy: Strategy, num_tasks: int
 
   def init_fn(params):
     del params
+    # float32, not weakly typed: the state keeps one dtype across updates,
+    # so a jitted step does not recompile after the first call.
     return OptaxStrategyState(strategy.init(num_tasks),
-                              jnp.full((num_tasks,), 1.0 / num_tasks))
+                              jnp.full((num_tasks,), 1.0 / num_tasks,
+                                       jnp.float32))
 
   def update_fn(updates, state, params=None, *, task_losses=None, step=0,
                 key=None, **extra_args):
@@ -193,6 +196,7 @@ def as_optax(strategy: Strategy, num_tasks: int
       task_losses = jnp.ones((num_tasks,))
     update, out = apply_strategy(strategy, state.inner, losses=task_losses,
                                  stacked_grads=updates, step=step, key=key)
-    return update, OptaxStrategyState(out.state, out.weights)
+    return update, OptaxStrategyState(out.state,
+                                      out.weights.astype(state.weights.dtype))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import jax.numpy as jnp
 
 from mtrec_jax.registry import STRATEGIES
 from mtrec_jax.weighting.base import Strategy, Weighting
@@ -37,9 +36,10 @@ def cagrad(c: float = 0.4, rescale: int = 1, reg_eps: float = 1e-10,
   ``r`` chosen by ``rescale`` as in the official code and LibMTL: 0 -> 1,
   1 -> ``1 + c^2``, 2 -> ``1 + c``.
 
-  Defaults: ``c = 0.4``, the value of the paper's and the official
-  repository's NYU-v2 / Cityscapes runs (LibMTL defaults to ``calpha=0.5``);
-  ``rescale = 1``, the default of the official code and LibMTL.  When
+  Defaults: ``c = 0.4``, the value of the official repository's run scripts
+  for NYU-v2 and Cityscapes (Cityscapes also runs 0.6; the code's function
+  default and LibMTL's ``calpha`` are 0.5); ``rescale = 1``, the default of
+  the official code and LibMTL.  When
   ``||g_w*|| < norm_eps ||J||_F`` (zero lies in, or next to, the convex hull
   of the gradients: a Pareto-stationary point) the direction of ``g_w*`` is
   undefined and the update falls back to the mean gradient ``g_0 / r``

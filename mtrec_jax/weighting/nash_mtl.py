@@ -52,7 +52,7 @@ def clip_weights(weights: jax.Array, gram: jax.Array,
 
 @STRATEGIES.register("nash_mtl")
 def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1,
-             reg_eps: float = 1e-7, num_iters: int = 40,
+             reg_eps: float = 1e-10, num_iters: int = 20,
              mode: Optional[str] = None) -> Strategy:
   """Nash-MTL (Navon et al., ICML 2022).
 

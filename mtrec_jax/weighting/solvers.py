@@ -1,39 +1,46 @@
 """Jittable solvers for the small K x K problems of gradient weighting.
 
-Every gradient-weighting method here reduces to a tiny optimisation problem
+Every Gramian-based weighting method reduces to a tiny optimisation problem
 over K task weights, posed on the Gramian ``G = J J^T`` of the [K, P] task
-Jacobian.  The solvers below run a FIXED number of iterations (so they compile
-to one static loop, with no host round-trip and no data-dependent control
-flow), work in float32 and float64 (the dtype of the Gramian, at least
-float32), and are accurate to about 1e-6 relative (float64: to about 1e-10)
-on well-posed problems once converged.
+Jacobian.  The solvers below run a FIXED number of iterations (one static
+loop: no host round-trip, no data-dependent control flow), work in float32
+and float64 (the Gramian's dtype, at least float32) and, once converged, are
+exact up to the linear algebra: about 1e-6 relative in float32 and 1e-12 in
+float64 on well-posed problems (the ridge below aside).
 
 * `project_simplex`: Euclidean projection onto the probability simplex.
-* `minimize_on_simplex`: a projected-Newton method (Bertsekas, 1982) for a
-  smooth convex function over the simplex.  Each iteration solves the KKT
-  system of the Newton step on the current free face (a (K+1) x (K+1) linear
-  solve) and keeps the best of a small fan of candidate points (Newton steps
-  of length 1, 1/2, ..., projected-gradient steps of several lengths, and the
-  current point), compared through the exact change of the objective, so the
-  objective never increases and the method is exact once the active face is
-  found (typically within K + 2 iterations).
+* `minimize_on_simplex`: projected Newton (Bertsekas, 1982) for a smooth
+  convex function over the simplex.  Each iteration takes two Newton steps on
+  faces of the simplex (the current support, and the support plus the one
+  zero weight whose gradient most wants to enter, as in Wolfe's min-norm-point
+  method), each as a projected arc of step lengths 1, 1/2, ... and as the
+  longest feasible step (the ratio test of an active-set method), plus
+  projected-gradient steps of several lengths, and keeps the best candidate by
+  the exact change of the objective.  The objective never increases, and the
+  iterates land on the optimum once its face is found (within about K
+  iterations for K <= 10 in our tests; the default is ``2 K + 10``).
 * `min_norm_weights`: the min-norm point of the convex hull of K vectors (the
   MGDA sub-problem of Sener & Koltun, NeurIPS 2018), by `minimize_on_simplex`.
-* `nonneg_qp`: ``argmin_{x >= 0} 1/2 x^T A x + b^T x`` (projected Newton on
-  the non-negative orthant, same safeguards), and `dual_cone_weights`, the
-  dual of the projection onto the dual cone of the rows of J used by UPGrad
-  and DualProj (Quinton & Rey, 2024, Proposition 1).
+* `nonneg_qp`: ``argmin_{x >= 0} 1/2 x^T A x + b^T x`` (the same method on
+  the non-negative orthant), and `dual_cone_weights`: the dual of the
+  projection onto the dual cone of J's rows used by UPGrad and DualProj
+  (Quinton & Rey, 2024, Proposition 1).
 * `cagrad_weights`: the dual problem of CAGrad (Liu et al., NeurIPS 2021).
 * `nash_bargaining`: the Nash bargaining solution of Nash-MTL (Navon et al.,
   ICML 2022), ``G alpha = 1 / alpha`` with ``alpha > 0``, by damped Newton on a
   self-concordant potential.
 
-Conditioning.  Every solver works on the Gramian divided by a scale (its
-trace, or its Frobenius norm for Nash-MTL) so that its entries are O(1), and
-adds a small ridge ``reg_eps * I`` to that normalised matrix.  The ridge makes
-the K x K linear solves well posed when tasks have identical, opposite or zero
-gradients, or when K > P; it perturbs the solution by O(reg_eps / lambda_min)
-relative on well-conditioned problems.
+Conditioning.  The solvers work on the Gramian divided by a scale (its trace,
+or its Frobenius norm for Nash-MTL) so that its entries are O(1), and add a
+ridge ``reg_eps * I`` to the normalised matrix (default 1e-10: uniqueness and
+boundedness when tasks have identical, opposite or zero gradients, or when
+K > P; it perturbs the solution by about ``reg_eps / lambda_min``).  The
+Newton systems are further damped by a few ulps of the trace, which keeps
+their solutions bounded in float32 on near-singular faces without moving the
+fixed point.
+
+Cost: each iteration is one or two (K+1) x (K+1) solves plus O(K^2) work per
+candidate, so the step time is independent of the number of parameters P.
 """
 from __future__ import annotations
 
@@ -46,8 +53,8 @@ Array = jax.Array
 
 # Newton step lengths 1, 1/2, ..., 2^-(N-1) and projected-gradient step
 # lengths 2^j / L tried at every iteration (L bounds the curvature).
-_NEWTON_STEPS = 12
-_PG_STEPS = tuple(range(-6, 4))
+_NEWTON_STEPS = 8
+_PG_STEPS = tuple(range(-4, 4))
 # Levenberg-Marquardt damping of the Newton systems, in ulps of the trace.
 _DAMPING_ULPS = 16.0
 
@@ -99,19 +106,22 @@ def regularize(gram: Array, reg_eps: float) -> Array:
 def project_simplex(v: Array) -> Array:
   """Euclidean projection of ``v`` (last axis) onto the probability simplex.
 
-  The sort-based algorithm (Held, Wolfe & Crowder, 1974; Duchi et al., 2008):
-  ``max(v - theta, 0)`` with the threshold ``theta`` that makes the result
-  sum to one.  O(K log K); batched over leading axes.
+  The projection is ``max(v - theta, 0)`` with the threshold ``theta`` that
+  makes it sum to one.  Michelot's (1986) algorithm finds ``theta`` exactly
+  in at most K rounds without sorting: start with every coordinate active,
+  set ``theta = (sum of the active v - 1) / #active``, drop the coordinates
+  with ``v <= theta``, repeat (``theta`` only increases).  Batched over
+  leading axes; the K - 1 rounds are unrolled (elementwise work that XLA
+  fuses, with no loop or sort, so it stays cheap inside the solvers' loops on
+  accelerators).
   """
   v = _float(v)
   k = v.shape[-1]
-  u = -jnp.sort(-v, axis=-1)
-  excess = jnp.cumsum(u, axis=-1) - 1.0
-  ranks = jnp.arange(1, k + 1, dtype=v.dtype)
-  support = jnp.sum(u * ranks > excess, axis=-1, keepdims=True)
-  support = jnp.maximum(support, 1)
-  theta = (jnp.take_along_axis(excess, support - 1, axis=-1)
-           / support.astype(v.dtype))
+  theta = (jnp.sum(v, axis=-1, keepdims=True) - 1.0) / k
+  for _ in range(k - 1):
+    active = (v > theta).astype(v.dtype)
+    count = jnp.maximum(jnp.sum(active, axis=-1, keepdims=True), 1.0)
+    theta = (jnp.sum(v * active, axis=-1, keepdims=True) - 1.0) / count
   return jnp.maximum(v - theta, 0.0)
 
 
@@ -123,8 +133,10 @@ def minimize_on_simplex(
 ) -> Array:
   """Minimises a smooth convex function f over the probability simplex.
 
-  Projected Newton with an epsilon-active set (Bertsekas, 1982), safeguarded
-  by keeping the best of a fan of candidates at every iteration.
+  Projected Newton with an epsilon-active set (Bertsekas, 1982), one entering
+  weight at a time and a ratio test (as in an active-set method), safeguarded
+  by keeping the best of a fan of candidates at every iteration (see the
+  module docstring).
 
   Args:
     grad_hess: ``w -> (grad f(w), hess f(w))``, shapes [K] and [K, K]; the
@@ -145,49 +157,62 @@ def minimize_on_simplex(
   newton_steps = 2.0 ** -jnp.arange(_NEWTON_STEPS, dtype=dtype)
   pg_steps = 2.0 ** jnp.asarray(_PG_STEPS, dtype=dtype)
   tiny = _tiny(dtype)
-  zero = jnp.zeros((1,), dtype)
+  eye = jnp.eye(k, dtype=dtype)
 
   def face_newton(w, g, h, free):
-    """Newton step on the face ``{w_i = 0 : i not free}``: the weights off
-    the face go to zero and the free ones absorb their mass.  The Hessian is
-    damped by a few ulps of its trace so that near-singular faces (identical
-    or affinely dependent gradients) give bounded steps in float32."""
-    f = free.astype(dtype)
+    """Newton steps on the faces ``{w_i = 0 : i not free[j]}`` (free: [F, K])
+    : the weights off a face go to zero and the free ones absorb their mass.
+    The Hessian is damped by a few ulps of its trace so that near-singular
+    faces (identical or affinely dependent gradients) give bounded steps in
+    float32."""
+    f = free.astype(dtype)                                    # [F, K]
     damping = _DAMPING_ULPS * jnp.finfo(dtype).eps * jnp.trace(h)
-    hf = (h * f[:, None] * f[None, :] + jnp.diag(damping * f)
-          + jnp.diag(1.0 - f))
+    hf = (h * f[:, :, None] * f[:, None, :]
+          + eye * (damping * f + (1.0 - f))[:, None, :])     # [F, K, K]
+    n = f.shape[0]
     kkt = jnp.concatenate([
-        jnp.concatenate([hf, f[:, None]], axis=1),
-        jnp.concatenate([f, zero])[None, :]], axis=0)
+        jnp.concatenate([hf, f[:, :, None]], axis=2),
+        jnp.concatenate([f, jnp.zeros((n, 1), dtype)], axis=1)[:, None, :]],
+                          axis=1)                             # [F, K+1, K+1]
     rhs = jnp.concatenate([jnp.where(free, -g, -w),
-                           jnp.sum(jnp.where(free, 0.0, w))[None]])
-    d = jnp.linalg.solve(kkt, rhs)[:k]
-    d = jnp.where(jnp.isfinite(d), d, 0.0)
-    # The projected Newton arc, and the longest feasible step in [0, 1]
-    # along d (the ratio test of a primal active-set method, which drops a
-    # blocking weight without leaving the face).
-    arc = project_simplex(w[None, :] + newton_steps[:, None] * d[None, :])
-    neg = d < 0
-    ratio = jnp.min(jnp.where(neg, w / jnp.where(neg, -d, 1.0), 1.0))
-    blocked = jnp.maximum(w + jnp.minimum(ratio, 1.0) * d, 0.0)
-    blocked = blocked / jnp.maximum(jnp.sum(blocked), tiny)
-    return jnp.concatenate([arc, blocked[None, :]], axis=0)
+                           jnp.sum(jnp.where(free, 0.0, w), axis=1,
+                                   keepdims=True)], axis=1)   # [F, K+1]
+    d = jnp.linalg.solve(kkt, rhs[..., None])[:, :k, 0]
+    return jnp.where(jnp.isfinite(d), d, 0.0)
 
   def body(_, w):
     g, h = grad_hess(w)
     lip = jnp.maximum(jnp.trace(h), tiny)  # >= the largest eigenvalue
-    resid = jnp.max(jnp.abs(w - project_simplex(w - g / lip)))
-    eps = jnp.minimum(0.1 / k, resid)  # < max(w), so the support is not empty
     nu = jnp.dot(w, g)  # the multiplier of sum(w) = 1 at the optimum
+    # Epsilon from the complementarity residual min(w, (g - nu) / lip),
+    # which vanishes at the optimum; below 0.1 / K < max(w), so the support
+    # is never empty.
+    resid = jnp.max(jnp.abs(jnp.minimum(w, (g - nu) / lip)))
+    eps = jnp.minimum(0.1 / k, resid)
     support = w > eps
-    # The zero weight whose gradient is the most below nu may enter.
+    # Two Newton steps: on the current support, and with the zero weight
+    # whose gradient is the most below nu entering (one at a time, as in
+    # Wolfe's min-norm-point method).
     viol = jnp.where(support, jnp.inf, g - nu)
     enter = (jnp.arange(k) == jnp.argmin(viol)) & (jnp.min(viol) < 0)
-    pg = project_simplex(w[None, :] - (pg_steps / lip)[:, None] * g[None, :])
+    frees = jnp.stack([support, support | enter])
+    d = face_newton(w, g, h, frees)  # [2, K]
+    # For each: the projected Newton arc, and the longest feasible step in
+    # [0, 1] along d (the ratio test of a primal active-set method, which
+    # drops a blocking weight without leaving the face).
+    # One batched projection for the Newton arcs and the gradient steps.
+    raw = jnp.concatenate([
+        (w + newton_steps[None, :, None] * d[:, None, :]).reshape(-1, k),
+        w - (pg_steps / lip)[:, None] * g[None, :]], axis=0)
+    proj = project_simplex(raw)
+    arc, pg = proj[:2 * _NEWTON_STEPS], proj[2 * _NEWTON_STEPS:]
+    neg = d < 0
+    ratio = jnp.min(jnp.where(neg, w / jnp.where(neg, -d, 1.0), 1.0), axis=1)
+    blocked = jnp.maximum(w + jnp.minimum(ratio, 1.0)[:, None] * d, 0.0)
+    blocked = blocked / jnp.maximum(jnp.sum(blocked, axis=1, keepdims=True),
+                                    tiny)
     # Newton candidates first, then staying put, so ties favour Newton.
-    cands = jnp.concatenate([face_newton(w, g, h, support),
-                             face_newton(w, g, h, support | enter),
-                             w[None, :], pg], axis=0)
+    cands = jnp.concatenate([arc, blocked, w[None, :], pg], axis=0)
     deltas = jax.vmap(lambda c: change(w, c - w))(cands)
     deltas = jnp.where(jnp.isfinite(deltas), deltas, jnp.inf)
     return cands[jnp.argmin(deltas)]
@@ -242,9 +267,12 @@ def nonneg_qp(a: Array, b: Array, *, num_iters: Optional[int] = None,
               x0: Optional[Array] = None) -> Array:
   """``argmin_{x >= 0} 1/2 x^T A x + b^T x`` for a positive definite A.
 
-  Projected Newton on the non-negative orthant (Bertsekas, 1982) with the same
-  best-of-candidates safeguard as `minimize_on_simplex`.  ``b`` may carry
-  leading batch axes (one problem per row, sharing A).
+  Projected Newton on the non-negative orthant (Bertsekas, 1982): Newton
+  steps on the current support and on Bertsekas' free set (support plus the
+  zero coordinates with a negative gradient), as projected arcs and as
+  ratio-test steps, with the best-of-candidates safeguard of
+  `minimize_on_simplex`.  ``b`` may carry leading batch axes (one problem per
+  row, sharing A).
 
   Args:
     a: [K, K] symmetric positive definite matrix.
@@ -281,22 +309,38 @@ def nonneg_qp(a: Array, b: Array, *, num_iters: Optional[int] = None,
   lip = jnp.maximum(jnp.trace(a), tiny)
   newton_steps = 2.0 ** -jnp.arange(_NEWTON_STEPS, dtype=dtype)
   pg_steps = 2.0 ** jnp.asarray(_PG_STEPS, dtype=dtype)
+  eye = jnp.eye(k, dtype=dtype)
+  damping = _DAMPING_ULPS * jnp.finfo(dtype).eps * lip
 
   def change(x, d):
     return jnp.dot(d, a @ x + b) + 0.5 * jnp.dot(d, a @ d)
 
+  def face_newton(x, g, free):
+    """Newton steps on the faces ``{x_i = 0 : i not free[j]}`` (free:
+    [F, K]), damped by a few ulps of the trace as in `minimize_on_simplex`."""
+    f = free.astype(dtype)
+    af = (a * f[:, :, None] * f[:, None, :]
+          + eye * (damping * f + (1.0 - f))[:, None, :])
+    d = jnp.linalg.solve(af, jnp.where(free, -g, -x)[..., None])[..., 0]
+    return jnp.where(jnp.isfinite(d), d, 0.0)
+
   def body(_, x):
     g = a @ x + b
-    resid = jnp.max(jnp.abs(x - jnp.maximum(x - g / lip, 0.0)))
+    resid = jnp.max(jnp.abs(jnp.minimum(x, g / lip)))
     eps = jnp.minimum(1e-3 * jnp.max(jnp.abs(x)), resid)
-    active = (x <= eps) & (g > 0)
-    f = (~active).astype(dtype)
-    af = a * f[:, None] * f[None, :] + jnp.diag(1.0 - f)
-    d = jnp.linalg.solve(af, jnp.where(active, -x, -g))
-    d = jnp.where(jnp.isfinite(d), d, 0.0)
-    newton = jnp.maximum(x[None, :] + newton_steps[:, None] * d[None, :], 0.0)
+    support = x > eps
+    # Two Newton steps: on the current support, and on Bertsekas' free set
+    # (the support plus the zero coordinates whose gradient is negative).
+    frees = jnp.stack([support, support | (g < 0)])
+    d = face_newton(x, g, frees)  # [2, K]
+    arc = jnp.maximum(
+        x + newton_steps[None, :, None] * d[:, None, :], 0.0).reshape(-1, k)
+    # The longest feasible step in [0, 1] along each d (ratio test).
+    neg = d < 0
+    ratio = jnp.min(jnp.where(neg, x / jnp.where(neg, -d, 1.0), 1.0), axis=1)
+    blocked = jnp.maximum(x + jnp.minimum(ratio, 1.0)[:, None] * d, 0.0)
     pg = jnp.maximum(x[None, :] - (pg_steps / lip)[:, None] * g[None, :], 0.0)
-    cands = jnp.concatenate([newton, x[None, :], pg], axis=0)
+    cands = jnp.concatenate([arc, blocked, x[None, :], pg], axis=0)
     deltas = jax.vmap(lambda c: change(x, c - x))(cands)
     deltas = jnp.where(jnp.isfinite(deltas), deltas, jnp.inf)
     return cands[jnp.argmin(deltas)]
@@ -403,8 +447,8 @@ def cagrad_weights(gram: Array, c: float, *, reg_eps: float = 1e-10,
 # --------------------------------------------------------------------------
 
 
-def nash_bargaining(gram: Array, *, reg_eps: float = 1e-7,
-                    num_iters: int = 40,
+def nash_bargaining(gram: Array, *, reg_eps: float = 1e-10,
+                    num_iters: int = 20,
                     alpha0: Optional[Array] = None) -> Array:
   """The Nash bargaining weights: ``alpha > 0`` with ``G alpha = 1 / alpha``.
 
@@ -420,7 +464,9 @@ def nash_bargaining(gram: Array, *, reg_eps: float = 1e-7,
   and regularised by ``reg_eps * I``, which bounds the solution when zero lies
   in the convex hull of the gradients (then no exact solution exists).  The
   start is the diagonal solution ``1 / sqrt(G_ii)`` or ``alpha0``, whichever
-  has the lower potential once rescaled to the best multiple along its ray.
+  has the lower potential once rescaled to the best multiple along its ray;
+  from there, 10 steps reached rounding level on random problems with K <= 10
+  and row norms spread over e^+-4 (the default 20 leaves a margin).
 
   Args:
     gram: [K, K] Gramian.

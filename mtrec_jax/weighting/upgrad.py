@@ -13,6 +13,12 @@ Gramian is treated as zero, so the weights are the preference vector) and
 ``reg_eps * I`` is added (torchjd's ``regularize``) before solving.  torchjd
 solves the QP with quadprog on the host; here a fixed-iteration projected
 Newton method runs inside the jitted step.
+
+NOTE: ``norm_eps`` is an absolute threshold on ``trace(G) = ||J||_F^2``: with
+the default 1e-4, gradients whose total squared norm falls below 1e-4 (small
+gradients late in training, or in 'rep' mode) get the plain ``J^T u`` update
+with no projection, exactly as torchjd.  Pass ``norm_eps=0`` to always
+project.
 """
 from __future__ import annotations
 
@@ -67,9 +73,11 @@ def upgrad(pref_vector: Optional[Sequence[float]] = None,
 
   ``update = sum_i u_i pi_J(g_i)`` with ``pi_J`` the projection onto
   ``{x : J x >= 0}``; as weights, ``w = sum_i v_i`` with
-  ``v_i = argmin_{v >= u_i e_i} v^T G v``.  The update never conflicts with a
-  task (``J update >= 0``, up to the ridge) and equals ``J^T u`` when no two
-  gradients conflict.
+  ``v_i = argmin_{v >= u_i e_i} v^T G v``.  The update does not conflict
+  with any task: ``(J update)_k >= -reg_eps trace(G) w_k`` (zero without the
+  ridge, which relaxes the constraints of tasks whose squared gradient norm is
+  below about ``reg_eps trace(G)``, as in torchjd), and it equals ``J^T u``
+  when no two gradients conflict.
 
   Defaults match torchjd (``UPGrad()``): ``pref_vector`` = 1/K each,
   ``norm_eps = reg_eps = 1e-4``.  Scale: mean-like (with the default
@@ -115,8 +123,9 @@ def dualproj(pref_vector: Optional[Sequence[float]] = None,
   Ranzato, 2017): the projection of ``J^T u`` onto the dual cone of the task
   gradients.
 
-  Weights ``v = argmin_{v >= u} v^T G v``.  The update never conflicts with a
-  task (``J update >= 0``, up to the ridge).
+  Weights ``v = argmin_{v >= u} v^T G v``.  The update does not conflict
+  with any task: ``(J update)_k >= -reg_eps trace(G) v_k`` (zero without the
+  ridge; see `upgrad`).
 
   Defaults match torchjd (``DualProj()``): ``pref_vector`` = 1/K each (the
   mean gradient is projected), ``norm_eps = reg_eps = 1e-4``.  Scale:

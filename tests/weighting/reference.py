@@ -10,8 +10,9 @@ written a different way from the JAX code in `mtrec_jax.weighting`:
   K-dimensional dual QP.  torchjd's ridge ``reg_eps * I`` on the normalised
   Gramian is reproduced exactly by appending ``sqrt(reg_eps) I`` columns to the
   normalised Jacobian (the Gramian of ``[J, sqrt(r) I]`` is ``G + r I``).
-* CAGrad: the PRIMAL problem ``max_d min_i g_i^T d s.t. ||d - g_0|| <= c ||g_0||``
-  (SLSQP on (d, t)) instead of the dual over the simplex.
+* CAGrad: the PRIMAL problem
+  ``max_d min_i g_i^T d  s.t.  ||d - g_0|| <= c ||g_0||`` (SLSQP on (d, t))
+  instead of the dual over the simplex.
 * Nash-MTL: the potential minimised by L-BFGS-B, then ``G alpha = 1 / alpha``
   polished as a root-finding problem in ``log alpha`` (hybrid Powell),
   instead of damped Newton.
