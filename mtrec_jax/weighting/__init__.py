@@ -22,23 +22,54 @@ def build(name: str, **hparams) -> Strategy:
   return STRATEGIES.get(name)(**hparams)
 
 
+def _hashable(x):
+  if isinstance(x, (list, tuple)):
+    return tuple(_hashable(v) for v in x)
+  if isinstance(x, dict):
+    return tuple(sorted((k, _hashable(v)) for k, v in x.items()))
+  return x
+
+
+_AGGREGATORS: dict = {}  # (name, frozen hparams) -> jitted aggregator
+
+
+def _jitted_aggregate(name: str, hparams: dict):
+  """One jitted aggregator per (strategy, hyper-parameters), so repeated
+  `aggregate` calls on same-shaped inputs compile once."""
+  try:
+    cache_key = (name, _hashable(hparams))
+    hash(cache_key)
+  except TypeError:  # unhashable hyper-parameters: build without caching
+    cache_key = None
+  if cache_key is not None and cache_key in _AGGREGATORS:
+    return _AGGREGATORS[cache_key]
+  strategy = build(name, **hparams)
+
+  def run(jacobian, losses, key):
+    update, _ = apply_strategy(strategy, strategy.init(jacobian.shape[0]),
+                               losses=losses, stacked_grads=jacobian, step=0,
+                               key=key)
+    return update
+  fn = jax.jit(run)
+  if cache_key is not None:
+    _AGGREGATORS[cache_key] = fn
+  return fn
+
+
 def aggregate(name: str, jacobian: jax.Array, *, key=None, losses=None,
               **hparams) -> jax.Array:
   """Maps a [K, P] Jacobian to the combined [P] update of strategy `name`.
 
   Stateful strategies start from a fresh state; `losses` defaults to ones.
   Strategies with a random task order use `key`, or the fixed order 0..K-1
-  when `key` is None.
+  when `key` is None.  Compiled once per strategy, hyper-parameters and shape.
   """
   jacobian = jnp.asarray(jacobian)
   if jacobian.ndim != 2:
     raise ValueError(f"aggregate: jacobian must be [K, P], got {jacobian.shape}")
-  strategy = build(name, **hparams)
   k = jacobian.shape[0]
   losses = jnp.ones((k,), jacobian.dtype) if losses is None else jnp.asarray(losses)
-  update, _ = apply_strategy(strategy, strategy.init(k), losses=losses,
-                             stacked_grads=jacobian, step=0, key=key)
-  return update
+  return _jitted_aggregate(name, hparams)(jacobian, losses, key)
 
 
 __all__ = ["Strategy", "Weighting", "OptaxStrategyState", "STRATEGIES",
