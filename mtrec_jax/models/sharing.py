@@ -56,8 +56,9 @@ class Connection(nn.Module):
 
   @property
   def output_dim(self) -> int:
-    """H, the width of each task's representation."""
-    raise NotImplementedError
+    """H, the width of each task's representation (each subclass defines it)."""
+    raise TypeError(f"{type(self).__name__} does not define output_dim; "
+                    f"every connection module must")
 
 
 # ----------------------------------------------------------------- hard sharing
