@@ -63,6 +63,31 @@ def _check(name: str, norm_eps: float, reg_eps: float) -> None:
                      f"{norm_eps}")
 
 
+def _dual_cone_strategy(name: str, pref_vector, norm_eps: float,
+                        reg_eps: float, num_iters, mode,
+                        weights_fn) -> Strategy:
+  """The shared shell of UPGrad and DualProj: torchjd's Gramian
+  normalisation, the preference vector, and `weights_fn(gram, u)`."""
+  _check(name, norm_eps, reg_eps)
+  mode = resolve_mode(name, mode, "params")
+
+  def init(num_tasks: int):
+    _pref(pref_vector, num_tasks, jnp.float32)
+    return ()
+
+  def weigh(state, *, gramian, losses, step, key):
+    del losses, step, key
+    gram = _torchjd_gramian(gramian, norm_eps, reg_eps)
+    u = _pref(pref_vector, gram.shape[0], gram.dtype)
+    return Weighting(weights_fn(gram, u), state, {})
+
+  return Strategy(
+      name=name, kind="gramian", init=init, weigh=weigh, default_mode=mode,
+      hparams={"pref_vector": None if pref_vector is None else list(
+          pref_vector), "norm_eps": norm_eps, "reg_eps": reg_eps,
+               "num_iters": num_iters, "mode": mode})
+
+
 @STRATEGIES.register("upgrad")
 def upgrad(pref_vector: Optional[Sequence[float]] = None,
            norm_eps: float = 1e-4, reg_eps: float = 1e-4,
@@ -93,25 +118,11 @@ def upgrad(pref_vector: Optional[Sequence[float]] = None,
     num_iters: solver iterations (default ``2 K + 10``).
     mode: 'params' (default) or 'rep'.
   """
-  _check("upgrad", norm_eps, reg_eps)
-  mode = resolve_mode("upgrad", mode, "params")
-
-  def init(num_tasks: int):
-    _pref(pref_vector, num_tasks, jnp.float32)
-    return ()
-
-  def weigh(state, *, gramian, losses, step, key):
-    del losses, step, key
-    gram = _torchjd_gramian(gramian, norm_eps, reg_eps)
-    u = _pref(pref_vector, gram.shape[0], gram.dtype)
-    v = dual_cone_weights(gram, jnp.diag(u), num_iters=num_iters)
-    return Weighting(jnp.sum(v, axis=0), state, {})
-
-  return Strategy(
-      name="upgrad", kind="gramian", init=init, weigh=weigh, default_mode=mode,
-      hparams={"pref_vector": None if pref_vector is None else list(
-          pref_vector), "norm_eps": norm_eps, "reg_eps": reg_eps,
-               "num_iters": num_iters, "mode": mode})
+  return _dual_cone_strategy(
+      "upgrad", pref_vector, norm_eps, reg_eps, num_iters, mode,
+      # Project every row u_k e_k, then sum the projections' weights.
+      lambda gram, u: jnp.sum(dual_cone_weights(gram, jnp.diag(u),
+                                                num_iters=num_iters), axis=0))
 
 
 @STRATEGIES.register("dualproj")
@@ -139,23 +150,6 @@ def dualproj(pref_vector: Optional[Sequence[float]] = None,
     num_iters: solver iterations (default ``2 K + 10``).
     mode: 'params' (default) or 'rep'.
   """
-  _check("dualproj", norm_eps, reg_eps)
-  mode = resolve_mode("dualproj", mode, "params")
-
-  def init(num_tasks: int):
-    _pref(pref_vector, num_tasks, jnp.float32)
-    return ()
-
-  def weigh(state, *, gramian, losses, step, key):
-    del losses, step, key
-    gram = _torchjd_gramian(gramian, norm_eps, reg_eps)
-    u = _pref(pref_vector, gram.shape[0], gram.dtype)
-    return Weighting(dual_cone_weights(gram, u, num_iters=num_iters), state,
-                     {})
-
-  return Strategy(
-      name="dualproj", kind="gramian", init=init, weigh=weigh,
-      default_mode=mode,
-      hparams={"pref_vector": None if pref_vector is None else list(
-          pref_vector), "norm_eps": norm_eps, "reg_eps": reg_eps,
-               "num_iters": num_iters, "mode": mode})
+  return _dual_cone_strategy(
+      "dualproj", pref_vector, norm_eps, reg_eps, num_iters, mode,
+      lambda gram, u: dual_cone_weights(gram, u, num_iters=num_iters))

@@ -35,15 +35,6 @@ PAD = 50
 KS = (2, 5)  # K = 3: see test_harness.py
 
 
-@pytest.fixture(params=["float32", "float64"])
-def dtype(request):
-  """Runs the test in float32, or in float64 with x64 enabled."""
-  if request.param == "float64":
-    with jax.enable_x64(True):
-      yield jnp.float64
-  else:
-    yield jnp.float32
-
 
 @functools.lru_cache(maxsize=None)
 def _batched(name: str, hparams: tuple, shape: tuple, dtype_name: str):

@@ -69,15 +69,6 @@ NON_CONFLICTING = {"mgda": 0.0, "upgrad": 1e-4, "dualproj": 1e-4,
                    "nash_mtl": 0.0}
 
 
-@pytest.fixture(params=["float32", "float64"])
-def dtype(request):
-  """Runs the test in float32, or in float64 with x64 enabled."""
-  if request.param == "float64":
-    with jax.enable_x64(True):
-      yield jnp.float64
-  else:
-    yield jnp.float32
-
 
 def test_registry_is_not_empty():
   assert len(NAMES) >= 5

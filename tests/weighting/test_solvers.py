@@ -20,15 +20,6 @@ K = 4
 P = 6
 
 
-@pytest.fixture(params=["float32", "float64"])
-def dtype(request):
-  """Runs the test in float32, or in float64 with x64 enabled."""
-  if request.param == "float64":
-    with jax.enable_x64(True):
-      yield jnp.float64
-  else:
-    yield jnp.float32
-
 
 def _jit(fn, *args):
   """Runs ``jax.jit(fn)(*args)``, compiled at XLA backend optimisation level 0
