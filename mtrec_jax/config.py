@@ -26,8 +26,10 @@ def base_config() -> ConfigDict:
   c = ConfigDict()
   c.seed = 0
   # The dataset: `name` picks a registered builder; every other key is passed
-  # to it as a keyword argument (so each experiment adds the keys it needs).
-  c.data = ConfigDict({"name": "mmoe_synthetic"})
+  # to it as a keyword argument (so each experiment adds the keys it needs),
+  # except `storage`: synthetic generators run in 'memory' or are read back
+  # from their prepared 'array_record' copy (real datasets always are).
+  c.data = ConfigDict({"name": "mmoe_synthetic", "storage": "memory"})
   c.tasks = ()  # names of the dataset's tasks to train; empty = all of them
   c.model = default_model_config()
   c.strategy = ConfigDict()

@@ -24,24 +24,49 @@ Dtype = Any
 
 
 class SharedTrunk(nn.Module):
-  """FeatureEncoder + connection: batch -> [K, B, H] float32."""
+  """FeatureEncoder + connection: batch -> [K, B, H] float32.
+
+  `task_inputs[k]` names features only task k reads (e.g. the candidate item
+  of a rating task, which would be the answer of a next-item task): they are
+  left out of the connection's input and appended to row k of the
+  representation instead (rows of other tasks get zeros there), so both
+  gradient modes see them and the representation keeps one width H.
+  `excluded` names further features no task reads.
+  """
   features: tuple[FeatureSpec, ...]
   connection: nn.Module
   encoder: EncoderConfig = EncoderConfig()
   dtype: Dtype = jnp.float32
+  task_inputs: tuple[tuple[str, ...], ...] = ()
+  excluded: tuple[str, ...] = ()
 
   def setup(self):
     self.feature_encoder = FeatureEncoder(self.features, self.encoder,
                                           self.dtype)
 
+  def _shared_names(self) -> tuple[str, ...] | None:
+    private = {n for names in self.task_inputs for n in names}
+    private |= set(self.excluded)
+    if not private:
+      return None
+    return tuple(s.name for s in self.features if s.name not in private)
+
   def __call__(self, batch: Batch, *, train: bool = False) -> jax.Array:
-    x = self.feature_encoder(batch, train=train)
+    x = self.feature_encoder(batch, train=train, names=self._shared_names())
     rep = self.connection(x, train=train)
     k = self.connection.num_tasks
     if rep.ndim != 3 or rep.shape[:2] != (k, x.shape[0]):
       raise ValueError(f"{type(self.connection).__name__} returned shape "
                        f"{rep.shape}; connections must return [K={k}, B, H]")
-    return rep.astype(jnp.float32)
+    rep = rep.astype(jnp.float32)
+    if not any(self.task_inputs):
+      return rep
+    own = [self.feature_encoder(batch, train=train, names=names)
+           .astype(jnp.float32) for names in self.task_inputs]
+    width = max(o.shape[-1] for o in own)
+    own = jnp.stack([jnp.pad(o, ((0, 0), (0, width - o.shape[-1])))
+                     for o in own])
+    return jnp.concatenate([rep, own], axis=-1)
 
 
 class TaskTowers(nn.Module):
@@ -75,6 +100,10 @@ class MultiTaskModel(nn.Module):
     dropout_rate: dropout inside the towers.
     encoder: hyper-parameters of the sequence-feature encoders.
     dtype: compute dtype; parameters stay float32 and outputs are float32.
+    task_inputs: per task (in task order), features only that task's tower
+      reads (see `SharedTrunk`); empty = every feature is shared.
+    excluded: features no task reads (e.g. another task's private input when
+      that task is not trained).
   """
   features: tuple[FeatureSpec, ...]
   task_dims: tuple[tuple[str, int], ...]
@@ -83,6 +112,8 @@ class MultiTaskModel(nn.Module):
   dropout_rate: float = 0.0
   encoder: EncoderConfig = EncoderConfig()
   dtype: Dtype = jnp.float32
+  task_inputs: tuple[tuple[str, ...], ...] = ()
+  excluded: tuple[str, ...] = ()
 
   def __post_init__(self):
     validate_features(self.features)  # Fail at build time, not in init.
@@ -100,6 +131,15 @@ class MultiTaskModel(nn.Module):
       raise ValueError(f"connection {type(self.connection).__name__} has "
                        f"num_tasks={k} but task_dims lists {len(names)} tasks "
                        f"{names}")
+    if self.task_inputs and len(self.task_inputs) != len(names):
+      raise ValueError(f"task_inputs has {len(self.task_inputs)} entries for "
+                       f"{len(names)} tasks {names}")
+    known = {f.name for f in self.features}
+    for name in [n for ns in self.task_inputs for n in ns] + list(
+        self.excluded):
+      if name not in known:
+        raise ValueError(f"task input {name!r} is not a feature; features: "
+                         f"{', '.join(sorted(known))}")
     super().__post_init__()
 
   @property
@@ -110,7 +150,8 @@ class MultiTaskModel(nn.Module):
     # A fresh copy, so the connection's parameters live under 'shared'
     # rather than being adopted by this module as a top-level child.
     self.shared = SharedTrunk(self.features, self.connection.clone(),
-                              self.encoder, self.dtype)
+                              self.encoder, self.dtype, self.task_inputs,
+                              self.excluded)
     self.towers = TaskTowers(self.task_dims, self.tower_hidden,
                              self.dropout_rate, self.dtype)
 

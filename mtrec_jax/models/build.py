@@ -27,7 +27,7 @@ _SET_BY_BUILD = frozenset({"num_tasks", "dtype", "dropout_rate", "parent",
                            "name"})
 # Model-level keys, with their defaults.
 _MODEL_KEYS = {"name": "shared_bottom", "tower_hidden": (32,), "dropout": 0.0,
-               "dtype": "float32"}
+               "dtype": "float32", "task_inputs": {}}
 # Config key -> EncoderConfig field.
 _ENCODER_KEYS = {"num_layers": "num_layers", "num_heads": "num_heads",
                  "hidden_dim": "hidden_dim", "mlp_dim": "mlp_dim",
@@ -140,8 +140,23 @@ def build_model(model_cfg: Mapping[str, Any] | ml_collections.ConfigDict,
   if "dropout_rate" in {f.name for f in dataclasses.fields(cls)}:
     kwargs["dropout_rate"] = float(cfg["dropout"])
   connection = cls(num_tasks=len(tasks), dtype=dtype, **kwargs)
+  task_inputs, excluded = _task_inputs(cfg["task_inputs"], tasks)
   return MultiTaskModel(
       features=tuple(features), task_dims=tasks, connection=connection,
       tower_hidden=_plain(cfg["tower_hidden"]),
       dropout_rate=float(cfg["dropout"]),
-      encoder=encoder_config(cfg.get("encoder", {})), dtype=dtype)
+      encoder=encoder_config(cfg.get("encoder", {})), dtype=dtype,
+      task_inputs=task_inputs, excluded=excluded)
+
+
+def _task_inputs(spec: Mapping[str, Any], tasks
+                 ) -> tuple[tuple[tuple[str, ...], ...], tuple[str, ...]]:
+  """`model.task_inputs` {task: features} -> per-task tuples in task order,
+  plus the private features of tasks not trained in this run (read by no
+  one, so they never leak into the shared input)."""
+  spec = {str(k): tuple(_plain(v)) for k, v in _as_dict(spec).items()}
+  names = [t for t, _ in tasks]
+  per_task = tuple(spec.get(t, ()) for t in names)
+  excluded = tuple(sorted({f for t, fs in spec.items() if t not in names
+                           for f in fs} - {f for fs in per_task for f in fs}))
+  return (per_task if any(per_task) else ()), excluded

@@ -77,10 +77,15 @@ class FeatureEncoder(nn.Module):
   @property
   def output_dim(self) -> int:
     """Width D_in of the encoded vector (usable on an unbound module)."""
+    return self.width()
+
+  def width(self, names: tuple[str, ...] | None = None) -> int:
+    """Width of the encoding of `names` (default: all features)."""
     widths = {"numeric": lambda s: s.dim,
               "categorical": lambda s: s.embed_dim,
               "sequence": lambda s: self.encoder.hidden_dim}
-    return sum(widths[s.kind](s) for s in self.features)
+    return sum(widths[s.kind](s) for s in self.features
+               if names is None or s.name in names)
 
   def _spec(self, name: str) -> FeatureSpec:
     for spec in self.features:
@@ -110,9 +115,17 @@ class FeatureEncoder(nn.Module):
                        fill_value=jnp.nan)
     return jnp.where((ids != 0)[..., None], vectors, 0.0).astype(self.dtype)
 
-  def __call__(self, batch: Batch, *, train: bool = False) -> jax.Array:
+  def __call__(self, batch: Batch, *, train: bool = False,
+               names: tuple[str, ...] | None = None) -> jax.Array:
+    """Encodes the features named in `names` (default: all), in `features`
+    order; an empty selection gives a [B, 0] array."""
+    if names is not None:
+      for name in names:
+        self._spec(name)  # unknown names fail with suggestions
     parts, batch_size = [], None
     for spec in self.features:
+      if names is not None and spec.name not in names:
+        continue
       if spec.name not in batch:
         raise KeyError(f"batch has no feature {spec.name!r}; batch keys: "
                        f"{sorted(batch)}")
@@ -132,6 +145,8 @@ class FeatureEncoder(nn.Module):
         raise ValueError(f"feature {spec.name!r} has batch size "
                          f"{value.shape[0]}, earlier features {batch_size}")
       batch_size = value.shape[0]
+    if not parts:
+      return jnp.zeros((_batch_size(batch), 0), self.dtype)
     return jnp.concatenate(parts, axis=-1)
 
   def _encode_sequence(self, spec: FeatureSpec, ids: jax.Array,
@@ -161,6 +176,10 @@ class FeatureEncoder(nn.Module):
     last = length - 1 - jnp.argmax(mask[:, ::-1], axis=1)
     pooled = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
     return jnp.where(mask.any(axis=1, keepdims=True), pooled, 0.0)
+
+
+def _batch_size(batch: Batch) -> int:
+  return int(jnp.shape(next(iter(batch.values())))[0])
 
 
 def _check_shape(spec: FeatureSpec, value: jax.Array, trailing: tuple[int, ...],

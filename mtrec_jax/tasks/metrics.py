@@ -289,6 +289,56 @@ def mae(pred, label, weight=None) -> float:
 # Task-level entry points.
 
 
+# ----------------------------------------------------------------------------
+# Next-item ranking metrics (multiclass heads over an item vocabulary).
+#
+# 'hr@K', 'ndcg@K', 'mrr': the target ranked among ALL items, the user's
+# history (the task's `exclude` column) and padding id 0 removed.  's_hr@K',
+# 's_ndcg@K', 's_mrr': the sampled protocol of SASRec (Kang & McAuley, ICDM
+# 2018): the target among 100 items drawn uniformly from those the user has
+# not interacted with (seed `SAMPLED_SEED`, row r of the split keyed by r).
+# Ties count at their expected position (see `mtrec_jax.tasks.ranking`).
+
+RANKING_CUTOFFS = (1, 5, 10, 20, 50)
+SAMPLED_NEGATIVES = 100
+SAMPLED_SEED = 0
+# Metrics that read the task's exclusion column (passed as `exclude=`).
+CONTEXT_METRICS: set[str] = set()
+
+
+def _ranking_metric(key: str, sampled: bool):
+  def metric(pred, label, weight=None, exclude=None) -> float:
+    from mtrec_jax.tasks import ranking  # light module; avoids a cycle
+    scores = np.asarray(pred, np.float64)
+    targets = np.asarray(label).astype(np.int64)
+    rows = np.arange(len(targets))
+    if weight is not None:
+      keep = np.asarray(weight) > 0
+      scores, targets, rows = scores[keep], targets[keep], rows[keep]
+      exclude = None if exclude is None else np.asarray(exclude)[keep]
+    if len(targets) == 0 or not np.isfinite(scores).all():
+      return math.nan
+    ks = tuple(sorted(set(RANKING_CUTOFFS)))
+    if sampled:
+      negatives = ranking.sample_negatives(
+          targets, exclude, scores.shape[1], SAMPLED_NEGATIVES, SAMPLED_SEED,
+          row_ids=rows)
+      values = ranking.sampled_ranking_metrics(scores, targets, negatives, ks)
+    else:
+      values = ranking.full_ranking_metrics(scores, targets, exclude, ks)
+    return float(values[key])
+
+  return metric
+
+
+for _prefix, _sampled in (("", False), ("s_", True)):
+  for _key in [f"{m}@{k}" for k in RANKING_CUTOFFS for m in ("hr", "ndcg")
+               ] + ["mrr"]:
+    register_metric(_prefix + _key, "max", ("multiclass",))(
+        _ranking_metric(_key, _sampled))
+    CONTEXT_METRICS.add(_prefix + _key)
+
+
 def check_metrics_for_head(head: str, metrics, where: str = "") -> None:
   """Raises if a metric name is unknown or does not apply to `head`.
 
@@ -310,7 +360,8 @@ def metrics_for_head(head: str) -> list[str]:
   return [m for m, heads in METRIC_HEADS.items() if head in heads]
 
 
-def compute_metrics(task: TaskSpec, pred, label, mask=None) -> dict[str, float]:
+def compute_metrics(task: TaskSpec, pred, label, mask=None,
+                    exclude=None) -> dict[str, float]:
   """The task's metrics over a whole evaluation set.
 
   Args:
@@ -321,6 +372,8 @@ def compute_metrics(task: TaskSpec, pred, label, mask=None) -> dict[str, float]:
     label: the matching labels ([N], or [N, C] for multilabel and vector
       regression).
     mask: optional [N] 0/1 (or non-negative) example weights.
+    exclude: optional [N, M] item ids each row's ranking metrics leave out
+      (the task's `exclude` column: the user's history), 0-padded.
 
   Returns:
     {metric name: float}, NaN where the metric is undefined.
@@ -337,7 +390,10 @@ def compute_metrics(task: TaskSpec, pred, label, mask=None) -> dict[str, float]:
     raise ValueError(f"task {task.name!r}: labels {task.label!r} need shape "
                      f"[N{''.join(f', {d}' for d in task.label_shape)}], "
                      f"got {label.shape}")
-  return {name: METRICS[name](pred, label, mask) for name in task.metric_names}
+  return {name: (METRICS[name](pred, label, mask, exclude=exclude)
+                 if name in CONTEXT_METRICS else
+                 METRICS[name](pred, label, mask))
+          for name in task.metric_names}
 
 
 def compute_all_metrics(tasks, preds: Mapping[str, np.ndarray],

@@ -47,6 +47,9 @@ class TaskSpec:
       vector regression target; 1 for binary and scalar regression.
     metrics: metric names; empty means the head's defaults.
     mask: optional batch key of a [B] 0/1 float mask of labelled examples.
+    exclude: optional column of [N, M] 0-padded item ids the ranking metrics
+      of a multiclass (next-item) task leave out (the user's history); read
+      only by evaluation, so training splits need not have it.
   """
   name: str
   label: str
@@ -54,6 +57,7 @@ class TaskSpec:
   num_classes: int = 1
   metrics: tuple[str, ...] = ()
   mask: str | None = None
+  exclude: str | None = None
 
   def __post_init__(self):
     for field in ("name", "label"):
@@ -88,6 +92,10 @@ class TaskSpec:
                                   not self.mask):
       raise ValueError(f"task {self.name!r}: mask must be a batch key or None, "
                        f"got {self.mask!r}")
+    if self.exclude is not None and (not isinstance(self.exclude, str) or
+                                     not self.exclude):
+      raise ValueError(f"task {self.name!r}: exclude must be a column name or "
+                       f"None, got {self.exclude!r}")
 
   # --------------------------------------------------------------------------
   # Shapes.

@@ -47,7 +47,14 @@ def evaluate(predict_fn, params, arrays: Mapping[str, np.ndarray],
     pred = np.concatenate(preds[t.name])
     label = np.asarray(arrays[t.label])
     mask = None if t.mask is None else np.asarray(arrays[t.mask])
-    for name, value in compute_metrics(t, pred, label, mask).items():
+    exclude = None
+    if t.exclude is not None:
+      if t.exclude not in arrays:
+        raise ValueError(f"task {t.name!r}: split {split!r} has no exclusion "
+                         f"column {t.exclude!r} for its ranking metrics")
+      exclude = np.asarray(arrays[t.exclude])
+    for name, value in compute_metrics(t, pred, label, mask,
+                                       exclude).items():
       out[f"{split}/{t.name}/{name}"] = float(value)
     out[f"{split}/{t.name}/loss"] = loss_sums[t.name] / n
   out[f"{split}/loss"] = float(np.mean([out[f"{split}/{t.name}/loss"]

@@ -17,6 +17,7 @@ import jax
 
 from mtrec_jax import config as config_lib
 from mtrec_jax import weighting
+from mtrec_jax.data import stored_synthetic
 from mtrec_jax.data.dataset import Dataset
 from mtrec_jax.data.pipeline import train_batches
 from mtrec_jax.models.build import build_model
@@ -40,9 +41,13 @@ def _freeze(x):
 
 @functools.lru_cache(maxsize=8)
 def _cached_dataset(name: str, frozen_kwargs, seed: int) -> Dataset:
-  builder = DATASETS.get(name)
-  return builder(seed=seed, **{k: (list(v) if isinstance(v, tuple) else v)
-                               for k, v in frozen_kwargs})
+  kwargs = {k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in frozen_kwargs}
+  storage = kwargs.pop("storage", "memory")
+  if name in stored_synthetic.GENERATORS:
+    return stored_synthetic.load_synthetic(name, storage=storage, seed=seed,
+                                           **kwargs)
+  return DATASETS.get(name)(seed=seed, **kwargs)
 
 
 def load_dataset(config) -> Dataset:

@@ -263,3 +263,31 @@ def test_compute_all_metrics_prefixes_task_names_and_uses_masks():
   preds = {"ctr": np.array([0.9, 0.6]), "rating": np.array([2.5, 0.0])}
   assert metrics.compute_all_metrics(tasks, preds, columns) == {
       "ctr/accuracy": 0.5, "rating/mae": 0.5}
+
+
+def test_ranking_metrics_through_compute_metrics_use_the_exclusion_column():
+  from mtrec_jax.tasks import ranking
+  from mtrec_jax.tasks.metrics import compute_metrics, direction
+  rng = np.random.default_rng(0)
+  n, items = 40, 200
+  scores = rng.integers(0, 5, (n, items)).astype(np.float64)
+  targets = rng.integers(1, items, n)
+  exclude = np.where(rng.random((n, 6)) < 0.7, rng.integers(1, items, (n, 6)),
+                     0)
+  task = TaskSpec("next", "y", "multiclass", num_classes=items,
+                  metrics=("hr@10", "ndcg@5", "mrr", "s_hr@10", "s_ndcg@10"),
+                  exclude="hist")
+  got = compute_metrics(task, scores, targets, exclude=exclude)
+  full = ranking.full_ranking_metrics(scores, targets, exclude, ks=(5, 10))
+  assert got["hr@10"] == pytest.approx(full["hr@10"])
+  assert got["ndcg@5"] == pytest.approx(full["ndcg@5"])
+  assert got["mrr"] == pytest.approx(full["mrr"])
+  # SASRec protocol: 100 negatives, seed 0, rows keyed by their position.
+  negatives = ranking.sample_negatives(targets, exclude, items, 100, seed=0)
+  sampled = ranking.sampled_ranking_metrics(scores, targets, negatives,
+                                            ks=(10,))
+  assert got["s_hr@10"] == pytest.approx(sampled["hr@10"])
+  assert got["s_ndcg@10"] == pytest.approx(sampled["ndcg@10"])
+  assert direction("s_hr@10") == "max"
+  # Without the exclusion column the history competes: metrics change.
+  assert compute_metrics(task, scores, targets)["mrr"] != got["mrr"]
