@@ -35,6 +35,30 @@ def time_step(fn: Callable, state, batch, *, warmup: int, iters: int
   return statistics.median(times), first_ms
 
 
+def time_interleaved(entries, batch, *, rounds: int, iters: int
+                     ) -> list[tuple[float, float]]:
+  """(median step ms, first-call ms) for each (fn, state) of `entries`.
+
+  Every function is compiled and run once, then timed in `rounds` rounds of
+  `iters` calls each, the functions taking turns within every round: a
+  burst of background load then slows all of them alike instead of one row
+  (timings of one row measured alone varied by ±20% on a 2-core machine).
+  """
+  states, first = [], []
+  for fn, state in entries:
+    t0 = time.perf_counter()
+    states.append(jax.block_until_ready(fn(state, batch)))
+    first.append((time.perf_counter() - t0) * 1e3)
+  samples: list[list[float]] = [[] for _ in entries]
+  for _ in range(rounds):
+    for i, (fn, _) in enumerate(entries):
+      for _ in range(iters):
+        t0 = time.perf_counter()
+        states[i] = jax.block_until_ready(fn(states[i], batch))
+        samples[i].append((time.perf_counter() - t0) * 1e3)
+  return [(statistics.median(s), f) for s, f in zip(samples, first)]
+
+
 def describe_device() -> str:
   d = jax.devices()[0]
   return f"{d.platform}:{d.device_kind} x{len(jax.devices())}"

@@ -8,10 +8,13 @@ mode ("params": per-task Jacobian of the shared parameters, K backward
 passes batched with vmap; "params_unrolled": the same K passes unrolled in
 the one jitted step; "rep": gradients
 w.r.t. the shared representation; loss strategies have one mode, "loss"),
-the median time of the full jitted train step (strategy + Adam update).
+the median time of the full jitted train step (strategy + Adam update),
+every row of one K timed in interleaved rounds (`common.time_interleaved`).
 The baseline `loop_k_grads` computes the K per-task gradients with K separate
 jitted `jax.grad` calls and sums them, as a PyTorch-style loop of K backward
-passes would. Writes JSON {"device", "rows": [{"strategy", "k", "mode",
+passes would.  The `engine_*` rows time the per-task gradient engine alone
+(the K gradients, no strategy or update): fused (`engine_vmap`,
+`engine_unrolled`) vs `engine_loop_k_grads`. Writes JSON {"device", "rows": [{"strategy", "k", "mode",
 "step_ms", "compile_ms"}]} and a Markdown summary.
 """
 from __future__ import annotations
@@ -26,14 +29,15 @@ import ml_collections
 import numpy as np
 import optax
 
-from benchmarks.common import describe_device, time_step, write_outputs
+from benchmarks.common import describe_device, time_interleaved, write_outputs
 from mtrec_jax import weighting
 from mtrec_jax.models.build import build_model, default_model_config
 from mtrec_jax.models.features import FeatureSpec
 from mtrec_jax.registry import STRATEGIES
 from mtrec_jax.tasks.spec import TaskSpec
 from mtrec_jax.train import state as state_lib
-from mtrec_jax.train.step import make_train_step, task_losses
+from mtrec_jax.train.step import (make_train_step, per_task_jacobian,
+                                  task_losses)
 
 INPUT_DIM = 256
 
@@ -76,6 +80,50 @@ def loop_baseline(model, tasks, optimizer):
   return step
 
 
+def engine_entries(model, tasks, params, k) -> list[tuple[dict, object, object]]:
+  """The per-task gradient engine alone (no strategy, no optimizer): the
+  fused Jacobian (one forward, K backward passes vmapped or unrolled) vs K
+  separately jitted `jax.grad` calls, all returning the K gradients."""
+  def losses_fn(p, b):
+    return task_losses(model.apply({"params": p}, b), b, tasks)
+
+  def entry(name, fn):
+    return ({"strategy": name, "k": k, "mode": "params"},
+            lambda carry, b: (carry[0], fn(carry[0], b)), (params, None))
+
+  out = []
+  for engine in ("vmap", "unrolled"):
+    fused = jax.jit(lambda p, b, e=engine: per_task_jacobian(
+        lambda q: losses_fn(q, b), p, e)[1])
+    out.append(entry(f"engine_{engine}", fused))
+  grads = [jax.jit(jax.grad(lambda p, b, i=i: losses_fn(p, b)[i]))
+           for i in range(k)]
+  out.append(entry("engine_loop_k_grads",
+                   lambda p, b: [g(p, b) for g in grads]))
+  return out
+
+
+def step_entries(model, tasks, params, k, names, optimizer):
+  """Full train steps: the loop baseline, then every strategy and mode."""
+  out = [({"strategy": "loop_k_grads", "k": k, "mode": "params"},
+          loop_baseline(model, tasks, optimizer),
+          (params, optimizer.init(params)))]
+  for name in names:
+    strategy = weighting.build(name)
+    modes = (("loss",) if strategy.kind == "loss" else
+             ("params", "params_unrolled", "rep"))
+    for mode in modes:
+      step = jax.jit(make_train_step(
+          model, tasks, strategy, optimizer,
+          {"loss": "", "params_unrolled": "params"}.get(mode, mode),
+          jacobian="unrolled" if mode == "params_unrolled" else "vmap"))
+      state = state_lib.create(params, optimizer, strategy, k,
+                               jax.random.PRNGKey(1))
+      out.append(({"strategy": name, "k": k, "mode": mode},
+                  lambda s, b, step=step: step(s, b)[0], state))
+  return out
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument("--quick", action="store_true",
@@ -83,47 +131,36 @@ def main(argv=None) -> None:
   p.add_argument("--json", help="output JSON path (default benchmarks/results/)")
   p.add_argument("--batch-size", type=int, default=256)
   p.add_argument("--ks", default="", help="comma-separated K values")
-  p.add_argument("--iters", type=int, default=30, help="timed steps per row")
+  p.add_argument("--rounds", type=int, default=10,
+                 help="interleaved timing rounds per K")
+  p.add_argument("--iters", type=int, default=5,
+                 help="timed steps per row and round")
   p.add_argument("--partial", help="rewrite this file with the rows so far "
-                 "after every measurement")
+                 "after every K")
   p.add_argument("--strategies", default="",
                  help="comma-separated subset (default: all registered)")
   args = p.parse_args(argv)
   ks = (2, 4) if args.quick else (2, 4, 8, 16)
   if args.ks:
     ks = tuple(int(k) for k in args.ks.split(","))
-  iters, warmup = (5, 2) if args.quick else (args.iters, 5)
+  rounds, iters = (2, 3) if args.quick else (args.rounds, args.iters)
   names = args.strategies.split(",") if args.strategies else STRATEGIES.names()
   optimizer = optax.adam(1e-3)
   rows = []
   for k in ks:
     model, tasks, batch, params = setup(k, args.batch_size)
-    base = loop_baseline(model, tasks, optimizer)
-    ms, first = time_step(base, (params, optimizer.init(params)), batch,
-                          warmup=warmup, iters=iters)
-    rows.append({"strategy": "loop_k_grads", "k": k, "mode": "params",
-                 "step_ms": ms, "compile_ms": first})
-    print(rows[-1], flush=True)
-    for name in names:
-      strategy = weighting.build(name)
-      modes = (("loss",) if strategy.kind == "loss" else
-               ("params", "params_unrolled", "rep"))
-      for mode in modes:
-        step = jax.jit(make_train_step(
-            model, tasks, strategy, optimizer,
-            {"loss": "", "params_unrolled": "params"}.get(mode, mode),
-            jacobian="unrolled" if mode == "params_unrolled" else "vmap"))
-        state = state_lib.create(params, optimizer, strategy, k,
-                                 jax.random.PRNGKey(1))
-        ms, first = time_step(lambda s, b: step(s, b)[0], state, batch,
-                              warmup=warmup, iters=iters)
-        rows.append({"strategy": name, "k": k, "mode": mode, "step_ms": ms,
-                     "compile_ms": first})
-        print(rows[-1], flush=True)
-        if args.partial:  # keep what was measured if the run is cut short
-          pathlib.Path(args.partial).write_text(json.dumps(rows) + "\n")
+    entries = (engine_entries(model, tasks, params, k) +
+               step_entries(model, tasks, params, k, names, optimizer))
+    timed = time_interleaved([(fn, st) for _, fn, st in entries], batch,
+                             rounds=rounds, iters=iters)
+    for (meta, _, _), (ms, first) in zip(entries, timed):
+      rows.append({**meta, "step_ms": ms, "compile_ms": first})
+      print(rows[-1], flush=True)
+    if args.partial:  # keep what was measured if the run is cut short
+      pathlib.Path(args.partial).write_text(json.dumps(rows) + "\n")
   device = describe_device()
   write_outputs("strategies", {"device": device, "batch_size": args.batch_size,
+                               "rounds": rounds, "iters": iters,
                                "rows": rows}, args.json, summary(rows, device))
 
 
@@ -143,14 +180,22 @@ def summary(rows, device: str) -> str:
   mean = keyed.get(("mean", "loss", k))
   loop = keyed.get(("loop_k_grads", "params", k))
   rep = [v for (s, m, kk), v in keyed.items() if m == "rep" and kk == k]
-  par = [v for (s, m, kk), v in keyed.items()
-         if m.startswith("params") and kk == k and s != "loop_k_grads"]
   if mean and rep:
     lines += ["", f"At K={k}: rep-mode step / mean step: max "
               f"{max(rep) / mean:.2f}, median {np.median(rep) / mean:.2f}."]
-  if loop and par:
-    lines += [f"At K={k}: params-mode step / loop of K gradient calls: max "
-              f"{max(par) / loop:.2f}, median {np.median(par) / loop:.2f}."]
+  for mode in ("params", "params_unrolled"):
+    par = [v for (s, m, kk), v in keyed.items() if m == mode and kk == k
+           and s != "loop_k_grads"]
+    if loop and par:
+      lines.append(f"At K={k}: {mode} step / loop of K gradient calls (both "
+                   f"with the Adam update): max {max(par) / loop:.2f}, median "
+                   f"{np.median(par) / loop:.2f}.")
+  engine_loop = keyed.get(("engine_loop_k_grads", "params", k))
+  for engine in ("vmap", "unrolled"):
+    fused = keyed.get((f"engine_{engine}", "params", k))
+    if fused and engine_loop:
+      lines.append(f"At K={k}: engine alone ({engine}) / K separate gradient "
+                   f"calls: {fused / engine_loop:.2f}.")
   return "\n".join(lines) + "\n"
 
 

@@ -96,17 +96,24 @@ def comparison_table(results: list[dict], title: str,
   for a in axes:
     table.add_column(a)
   for col in columns:
-    label = "mean task loss" if col == "test/loss" else col.removeprefix("test/")
+    label = "mean task loss" if col == "test/loss" else col.removeprefix(
+        "test/").removeprefix("report/")
     label = label.replace("/", " ")
     table.add_column(label, justify="right")
   table.add_column("runs", justify="right")
   for key, rs in groups.items():
     done = [r for r in rs if r.get("status") == "done"]
-    cells = [_fmt([r["metrics"].get(col, math.nan) for r in done])
-             for col in columns]
+    cells = [_fmt([_value(r, col) for r in done]) for col in columns]
     status = f"{len(done)}/{len(rs)}"
     table.add_row(*key, *cells, status)
   return table
+
+
+def _value(result: dict, column: str) -> float:
+  """A metric of a run, or 'report/<key>' from its experiment report."""
+  if column.startswith("report/"):
+    return result.get("report", {}).get(column[len("report/"):], math.nan)
+  return result["metrics"].get(column, math.nan)
 
 
 def cmd_run(args) -> int:

@@ -82,7 +82,7 @@ class SharedBottom(_BottomConnection):
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     h = MLP(self.bottom_hidden, dropout_rate=self.dropout_rate,
             dtype=self.dtype, name="bottom")(x, train=train)
-    return jnp.broadcast_to(h, (self.num_tasks,) + h.shape)
+    return jnp.stack([h] * self.num_tasks)
 
 
 # ------------------------------------------------------------- expert mixtures

@@ -50,6 +50,11 @@ def _cached_dataset(name: str, frozen_kwargs, seed: int) -> Dataset:
   return DATASETS.get(name)(seed=seed, **kwargs)
 
 
+def clear_dataset_cache() -> None:
+  """Forgets the datasets built so far in this process (benchmarks, tests)."""
+  _cached_dataset.cache_clear()
+
+
 def load_dataset(config) -> Dataset:
   """Builds (or reuses) the dataset a config names; data seed = run seed."""
   kwargs = config_lib.to_dict(config.data)

@@ -72,6 +72,24 @@ def freeze_block(phase, new, old):
   return jax.tree_util.tree_map_with_path(pick, new, old)
 
 
+def per_task_jacobian(loss_fn, params, engine: str = "vmap"):
+  """(losses [K], per-task gradients with a leading K axis) of `loss_fn`.
+
+  One forward pass, then the K backward passes (one-hot cotangents) either
+  batched with `jax.vmap` ("vmap") or unrolled in the same program
+  ("unrolled"); never K separate forward passes.
+  """
+  losses, vjp = jax.vjp(loss_fn, params)
+  cot = jnp.eye(losses.shape[0], dtype=losses.dtype)
+  if engine == "vmap":
+    (jac,) = jax.vmap(vjp)(cot)
+    return losses, jac
+  if engine != "unrolled":
+    raise ValueError(f"jacobian engine {engine!r} is not 'vmap' or 'unrolled'")
+  rows = [vjp(cot[i])[0] for i in range(losses.shape[0])]
+  return losses, jax.tree_util.tree_map(lambda *r: jnp.stack(r), *rows)
+
+
 def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
                     optimizer: optax.GradientTransformation,
                     mode: str = "", jacobian: str = "vmap") -> Callable:
@@ -89,7 +107,6 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
   mode = mode or strategy.default_mode
   if mode not in ("params", "rep"):
     raise ValueError(f"gradient mode {mode!r} is not 'params' or 'rep'")
-  eye = jnp.eye(k, dtype=jnp.float32)
 
   def forward(params, batch, rng):
     out = model.apply({"params": params}, batch, train=True,
@@ -104,13 +121,8 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
     return losses, grads, out, None
 
   def grads_params_mode(state, batch, rng, key):
-    losses, vjp = jax.vjp(lambda p: forward(p, batch, rng), state.params)
-    cot = eye.astype(losses.dtype)
-    if jacobian == "vmap":
-      (jac,) = jax.vmap(vjp)(cot)  # leading task axis
-    else:
-      rows = [vjp(cot[i])[0] for i in range(k)]
-      jac = jax.tree_util.tree_map(lambda *r: jnp.stack(r), *rows)
+    losses, jac = per_task_jacobian(lambda p: forward(p, batch, rng),
+                                    state.params, jacobian)
     gram = gramian_of_tree(jac["shared"])
     shared_update, out = apply_strategy(
         strategy, state.strategy_state, losses=losses,
@@ -150,9 +162,14 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
                            step=state.step, key=key)
       cot = out.weights.astype(rep_grads.dtype)[:, None, None] * rep_grads
     (shared_grads,) = vjp_rep(cot.astype(rep.dtype))
+    towers = head_grads["towers"]
     if strategy.weight_task_params:
-      head_grads, _ = vjp_heads(out.weights.astype(losses.dtype))
-    grads = {"shared": shared_grads["shared"], "towers": head_grads["towers"]}
+      # Tower k affects only L_k, so its weighted gradient is w_k times the
+      # unweighted one: no second backward pass through the heads.
+      towers = {t.name: jax.tree_util.tree_map(
+          lambda g, w=out.weights[i]: w.astype(g.dtype) * g, towers[t.name])
+          for i, t in enumerate(tasks)}
+    grads = {"shared": shared_grads["shared"], "towers": towers}
     return losses, grads, out, gram
 
   if strategy.kind == "loss":

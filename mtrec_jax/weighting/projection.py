@@ -239,8 +239,8 @@ def graddrop_combine(jacobian: jax.Array, noise: jax.Array,
   ``(update [P], multipliers [K, P])``.
   """
   j = _float(jacobian)
-  total = jnp.sum(j, axis=0)
-  mass = jnp.sum(jnp.abs(j), axis=0)
+  total = _task_sum(j)
+  mass = _task_sum(jnp.abs(j))
   purity = 0.5 * (1.0 + jnp.where(mass > 0, total / jnp.where(mass > 0, mass,
                                                                 1.0), 0.0))
   keep = ((purity > noise)[None, :] & (j > 0)) | ((purity < noise)[None, :]
@@ -249,7 +249,14 @@ def graddrop_combine(jacobian: jax.Array, noise: jax.Array,
   if leak.ndim == 1:
     leak = leak[:, None]
   mult = leak + (1.0 - leak) * keep.astype(j.dtype)
-  return jnp.sum(mult * j, axis=0), mult
+  return _task_sum(mult * j), mult
+
+
+def _task_sum(x: jax.Array) -> jax.Array:
+  """Sum over the leading task axis of [K, P], as a dot product: XLA:CPU
+  reduces a short leading axis ~60x slower than it runs the dot (4 ms vs
+  0.07 ms for K = 4, P = 131072)."""
+  return jnp.ones((x.shape[0],), x.dtype) @ x
 
 
 @STRATEGIES.register("graddrop")

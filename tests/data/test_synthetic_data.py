@@ -183,3 +183,19 @@ def test_uncertainty_residual_variance_is_the_noise_variance():
   diff = train["y0"].astype(np.float64) - train["y2"]
   assert diff.var() == pytest.approx(stds[0] ** 2 + stds[2] ** 2, rel=0.05)
   assert len(ds.tasks) == 3 and math.isclose(ds.info["noise_stds"][1], 1.0)
+
+
+def test_mmoe_function_shapes_are_given_parameters():
+  mmoe_synthetic = synthetic.mmoe_synthetic
+  """alpha, beta fixed by shape_seed across data seeds (the paper's 'given
+  parameters'); shape_seed=None redraws them from each seed."""
+  small = dict(n_train=5, n_val=1, n_test=1)
+  a = mmoe_synthetic(seed=0, **small).info
+  b = mmoe_synthetic(seed=1, **small).info
+  assert a["alphas"] == b["alphas"] and a["betas"] == b["betas"]
+  assert a["w1"] != b["w1"]
+  assert mmoe_synthetic(seed=1, shape_seed=5, **small).info["alphas"] != \
+      b["alphas"]
+  c = mmoe_synthetic(seed=0, shape_seed=None, **small).info
+  d = mmoe_synthetic(seed=1, shape_seed=None, **small).info
+  assert c["alphas"] != d["alphas"]
