@@ -12,8 +12,17 @@ shared-bottom (one 64-unit layer), MMoE (8 experts of 16 units), PLE
 (2 levels, 2 shared + 2 task experts of 16 units); towers of 8 units; equal
 (`mean`) weighting; Adam 1e-3, batch 256, 4,000 steps (17 epochs), the
 checkpoint with the best validation loss.  The issue's target: MMoE test AUC
->= 0.94 (income) and >= 0.99 (never married).  Results: see
-`mtrec_jax/../paper` once measured; the numbers are printed by the run.
+>= 0.94 (income) and >= 0.99 (never married).
+
+Measured (2 CPU cores, 4 min 12 s wall, 2026-11-28), test AUC, mean ± std
+over 3 seeds, income / never married:
+  single_task    0.9473±0.0001  0.9946±0.0001
+  shared_bottom  0.9469±0.0002  0.9947±0.0000
+  mmoe           0.9465±0.0006  0.9946±0.0001
+  ple            0.9465±0.0013  0.9946±0.0001
+On this benchmark every architecture reaches the same AUC within 0.001 (as
+in later re-evaluations of the MMoE paper's Census setup); the PyTorch
+reference on the same split is still to be run.
 """
 from mtrec_jax.config import base_config
 from mtrec_jax.experiment import Axis, Experiment

@@ -25,9 +25,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -182,15 +184,19 @@ def prepare_and_read(builder_cls: type[ColumnarBuilder], *, manual_dir,
                      data_dir=None, config: tfds.core.BuilderConfig | None = None
                      ) -> Dataset:
   """Parses and writes the dataset on first use, then reads the stored copy."""
-  with _quiet_absl():  # TFDS logs every custom config as a warning
+  with _quiet_absl():  # TFDS warns about every custom config and new folder
     builder = builder_cls(data_dir=str(tfds_dir(data_dir)), config=config,
                           file_format="array_record")
-  if not builder.is_prepared():
-    # TFDS's per-split tqdm bars would interleave with the run's own bar.
+    prepared = builder.is_prepared()
+  if not prepared:
+    # TFDS's per-split tqdm bars and banner would interleave with the run's
+    # own output: one line of ours instead.
     tfds.disable_progress_bar()
-    with _quiet_absl():
+    print(f"preparing {builder.name}/{builder.builder_config.name} (first "
+          f"use) in {builder.data_dir}", file=sys.stderr)
+    with _quiet_absl(), contextlib.redirect_stdout(io.StringIO()):
       builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
+          download_config=tfds.download.DownloadConfig(
               manual_dir=None if manual_dir is None else
               str(Path(manual_dir).expanduser())))
   return read_prepared(builder)

@@ -127,10 +127,12 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
     shared_update, out = apply_strategy(
         strategy, state.strategy_state, losses=losses,
         stacked_grads=jac["shared"], gram=gram, step=state.step, key=key)
-    tower_w = out.weights if strategy.weight_task_params else jnp.ones((k,))
-    towers = jax.tree_util.tree_map(
-        lambda g: jnp.tensordot(tower_w.astype(g.dtype), g, axes=1),
-        jac["towers"])
+    # Tower k gets only L_k's gradient (row k of its Jacobian; the other rows
+    # are zero), weighted when the strategy says so.
+    towers = {t.name: jax.tree_util.tree_map(
+        lambda g, i=i: (out.weights[i].astype(g.dtype) * g[i]
+                        if strategy.weight_task_params else g[i]),
+        jac["towers"][t.name]) for i, t in enumerate(tasks)}
     return losses, {"shared": shared_update, "towers": towers}, out, gram
 
   def grads_rep_mode(state, batch, rng, key):

@@ -27,6 +27,9 @@ chains with any optimizer: ``optax.chain(as_optax(s, K), optax.adam(1e-3))``.
 """
 from __future__ import annotations
 
+import functools
+import operator
+
 import dataclasses
 from typing import Any, Callable, Literal, NamedTuple, Optional
 
@@ -118,9 +121,18 @@ def cosines(gram: jax.Array, eps: float = 1e-20) -> jax.Array:
 
 
 def combine_tree(weights: jax.Array, stacked: PyTree) -> PyTree:
-  """sum_k w_k g_k for a stacked pytree (leading task axis)."""
-  return jax.tree_util.tree_map(
-      lambda g: jnp.tensordot(weights.astype(g.dtype), g, axes=1), stacked)
+  """sum_k w_k g_k for a stacked pytree (leading task axis).
+
+  Unrolled over the K tasks on purpose: XLA:CPU compiles a contraction over
+  a short leading axis (tensordot, sum(axis=0)) into a slow column reduction
+  (6 ms instead of under 1 ms per step for K = 4 and 0.4M parameters);
+  K scaled adds fuse into one elementwise pass on every backend.
+  """
+  def combine(g):
+    w = weights.astype(g.dtype)
+    return functools.reduce(operator.add,
+                            (w[i] * g[i] for i in range(g.shape[0])))
+  return jax.tree_util.tree_map(combine, stacked)
 
 
 def ravel_stacked(stacked: PyTree) -> tuple[jax.Array, Callable]:
