@@ -13,8 +13,9 @@ every row of one K timed in interleaved rounds (`common.time_interleaved`).
 The baseline `loop_k_grads` computes the K per-task gradients with K separate
 jitted `jax.grad` calls and sums them, as a PyTorch-style loop of K backward
 passes would.  The `engine_*` rows time the per-task gradient engine alone
-(the K gradients, no strategy or update): fused (`engine_vmap`,
-`engine_unrolled`) vs `engine_loop_k_grads`. Writes JSON {"device", "rows": [{"strategy", "k", "mode",
+(the K gradients, no strategy or update): the training engine
+(`split_jacobian`, `engine_vmap` / `engine_unrolled`) vs
+`engine_loop_k_grads`. Writes JSON {"device", "rows": [{"strategy", "k", "mode",
 "step_ms", "compile_ms"}]} and a Markdown summary.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from mtrec_jax.models.features import FeatureSpec
 from mtrec_jax.registry import STRATEGIES
 from mtrec_jax.tasks.spec import TaskSpec
 from mtrec_jax.train import state as state_lib
-from mtrec_jax.train.step import (make_train_step, per_task_jacobian,
+from mtrec_jax.train.step import (make_train_step, split_jacobian,
                                   task_losses)
 
 INPUT_DIM = 256
@@ -82,20 +83,24 @@ def loop_baseline(model, tasks, optimizer):
 
 def engine_entries(model, tasks, params, k) -> list[tuple[dict, object, object]]:
   """The per-task gradient engine alone (no strategy, no optimizer): the
-  fused Jacobian (one forward, K backward passes vmapped or unrolled) vs K
-  separately jitted `jax.grad` calls, all returning the K gradients."""
+  training engine (`split_jacobian`: one forward, one tower backward, K
+  shared backward passes vmapped or unrolled) vs K separately jitted
+  `jax.grad` calls, all returning the K gradients."""
   def losses_fn(p, b):
     return task_losses(model.apply({"params": p}, b), b, tasks)
+
+  def fused(p, b, engine):
+    represent = lambda q: model.apply({"params": q}, b, method="represent")
+    heads = lambda q, rep: task_losses(
+        model.apply({"params": q}, rep, method="heads"), b, tasks)
+    return split_jacobian(represent, heads, p, engine)[1:]
 
   def entry(name, fn):
     return ({"strategy": name, "k": k, "mode": "params"},
             lambda carry, b: (carry[0], fn(carry[0], b)), (params, None))
 
-  out = []
-  for engine in ("vmap", "unrolled"):
-    fused = jax.jit(lambda p, b, e=engine: per_task_jacobian(
-        lambda q: losses_fn(q, b), p, e)[1])
-    out.append(entry(f"engine_{engine}", fused))
+  out = [entry(f"engine_{e}", jax.jit(lambda p, b, e=e: fused(p, b, e)))
+         for e in ("vmap", "unrolled")]
   grads = [jax.jit(jax.grad(lambda p, b, i=i: losses_fn(p, b)[i]))
            for i in range(k)]
   out.append(entry("engine_loop_k_grads",

@@ -6,8 +6,9 @@
 Leave-last-out split (`mtrec_jax/data/movielens.py`): per user, the last
 interaction is the test target, the second-last the validation target; the
 training examples are every prefix of the rest (last 50 items).  Model: a
-2-layer pre-LN Transformer (64 units, 2 heads, 'last' pooling) over the
-history plus user features, a 128-unit shared bottom and 64-unit towers.
+2-layer pre-LN Transformer (32 units, 2 heads, 'last' pooling) over the
+history plus user features, a 64-unit shared bottom and 32-unit towers
+(sized for CPU).
 Tasks: next item (softmax over all 1,683 ids), and as auxiliaries the rating
 (regression) and like (rating >= 4) of the candidate item, which only their
 towers read (`model.task_inputs`), and the next item's genres.
@@ -48,16 +49,16 @@ def ml100k_config():
   c.data.data_dir = ""  # "" = $MTREC_DATA_DIR/ml-100k
   c.data.variant = "100k"
   c.data.max_len = 50
-  c.data.embed_dim = 64
+  c.data.embed_dim = 32
   c.data.tfds_dir = ""
   c.model.name = "shared_bottom"
-  c.model.bottom_hidden = (128,)
-  c.model.tower_hidden = (64,)
+  c.model.bottom_hidden = (64,)
+  c.model.tower_hidden = (32,)
   c.model.dropout = 0.1
   c.model.encoder.num_layers = 2
   c.model.encoder.num_heads = 2
-  c.model.encoder.hidden_dim = 64
-  c.model.encoder.mlp_dim = 128
+  c.model.encoder.hidden_dim = 32
+  c.model.encoder.mlp_dim = 64
   c.model.encoder.pooling = "last"
   c.model.encoder.dropout = 0.2
   c.model.encoder.attention_dropout = 0.2
@@ -66,8 +67,8 @@ def ml100k_config():
   c.optimizer.learning_rate = 1e-3
   c.optimizer.weight_decay = 0.01
   c.train.batch_size = 256
-  c.train.num_steps = 3000  # ~8 epochs of 97k prefixes
-  c.train.eval_every = 500
+  c.train.num_steps = 1200  # ~3 epochs of 97k prefixes (CPU budget)
+  c.train.eval_every = 300
   c.train.eval_batch_size = 1024
   c.train.selection_metric = "val/next_item/ndcg@10"
   return c

@@ -31,6 +31,10 @@ def base_config() -> ConfigDict:
   # from their prepared 'array_record' copy (real datasets always are).
   c.data = ConfigDict({"name": "mmoe_synthetic", "storage": "memory"})
   c.tasks = ()  # names of the dataset's tasks to train; empty = all of them
+  # A run directory (or its params/ folder) whose parameters initialise
+  # every matching parameter of this run (pre-train then fine-tune).
+  c.init_from = ""
+  c.init_scope = ("shared/feature_encoder",)  # path prefixes; "" = all
   c.model = default_model_config()
   c.strategy = ConfigDict()
   c.strategy.name = "mean"

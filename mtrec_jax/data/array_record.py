@@ -79,6 +79,10 @@ class ColumnarBuilder(tfds.core.GeneratorBasedBuilder):
               else None)
     dataset = self.parse(manual)
     for split, columns in dataset.splits.items():
+      if dataset_rows(columns) == 0:
+        raise ValueError(f"{self.name}: split {split!r} is empty; the "
+                         f"ArrayRecord store holds non-empty splits only "
+                         f"(keep this dataset in memory, or give it rows)")
       unknown = set(columns) - set(self.columns())
       if unknown:
         raise ValueError(f"{self.name}: split {split!r} has columns not "
@@ -100,7 +104,7 @@ class ColumnarBuilder(tfds.core.GeneratorBasedBuilder):
       stored[column] = array.reshape(array.shape + (1,) * (rank + 1 -
                                                             array.ndim))
     n = dataset_rows(columns)
-    for block, start in enumerate(range(0, max(n, 1), BLOCK_ROWS)):
+    for block, start in enumerate(range(0, n, BLOCK_ROWS)):
       example = {"block": block}
       for column, (dtype, rank) in declared.items():
         if column in stored:

@@ -25,6 +25,7 @@ from mtrec_jax.registry import DATASETS, UnknownNameError, closest
 from mtrec_jax.results import provenance as provenance_lib
 from mtrec_jax.results import run_files
 from mtrec_jax.tasks.metrics import direction
+from mtrec_jax.train import checkpoints
 from mtrec_jax.train import state as state_lib
 from mtrec_jax.train.evaluate import evaluate, make_predict_fn
 from mtrec_jax.train.optim import make_optimizer
@@ -110,6 +111,8 @@ class Components:
                        f"'val/<task>/<metric>' with a task of this run "
                        f"({', '.join(t.name for t in self.tasks)})")
     self.selection_mode = "min" if parts[-1] == "loss" else direction(parts[-1])
+    if config.init_from:
+      checkpoints.params_dir(config.init_from)  # a missing one fails early
     engines = ("auto", "vmap", "unrolled")
     if config.train.jacobian_engine not in engines:
       raise ValueError(f"train.jacobian_engine {config.train.jacobian_engine!r}"
@@ -195,6 +198,15 @@ def _train(c: Components, workdir, progress: bool) -> dict[str, Any]:
   cfg = c.config
   tcfg = cfg.train
   state = init_state(c)
+  init_info = None
+  if cfg.init_from:
+    params, copied = checkpoints.merge_params(
+        state.params, checkpoints.load_params(cfg.init_from),
+        tuple(cfg.init_scope))
+    state = state_lib.create(params, c.optimizer, c.strategy, len(c.tasks),
+                             state.rng)
+    init_info = {"path": str(cfg.init_from), "copied": len(copied),
+                 "total": len(jax.tree_util.tree_leaves(params))}
   engine = tcfg.jacobian_engine
   if engine == "auto":
     engine = "unrolled" if jax.devices()[0].platform == "cpu" else "vmap"
@@ -267,4 +279,8 @@ def _train(c: Components, workdir, progress: bool) -> dict[str, Any]:
                       "mode": c.selection_mode}
   out["train_log"] = history_weights
   out["strategy_state"] = _small_tree(state.strategy_state)
+  if init_info is not None:
+    out["init_from"] = init_info
+  if workdir is not None:
+    out["params_dir"] = str(checkpoints.save_params(workdir, best_params))
   return out

@@ -122,3 +122,9 @@ def test_real_datasets_through_the_store(tmp_path):
   n = sum(ci.num_examples(s) for s in ("train", "val", "test"))
   assert n == 99_762
   assert ci.num_examples("train") == int(0.6 * n)
+
+
+def test_empty_split_is_refused_with_the_fix(tmp_path):
+  with pytest.raises(ValueError, match="'test' is empty.*in memory"):
+    load_synthetic("mmoe_synthetic", storage="array_record", tfds_dir=tmp_path,
+                   seed=0, n_train=10, n_val=2, n_test=0)
