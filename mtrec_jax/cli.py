@@ -180,7 +180,7 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   try:
     return args.fn(args)
-  except (UnknownNameError, ValueError, TypeError) as e:
+  except (UnknownNameError, ValueError, TypeError, FileNotFoundError) as e:
     print(f"mtrec: error: {e}", file=sys.stderr)
     return 2
 

@@ -68,3 +68,13 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys, argv, m
   err = capsys.readouterr().err
   assert message in err
   assert not (tmp_path / "out").exists()
+
+
+def test_missing_real_data_is_a_clear_error_and_writes_nothing(
+    tmp_path, capsys, monkeypatch):
+  monkeypatch.delenv("MTREC_DATA_DIR", raising=False)
+  code = cli.main(["run", "census-mtl", "--seed", "0", "--workdir",
+                   str(tmp_path / "runs")])
+  assert code == 2
+  assert "set $MTREC_DATA_DIR" in capsys.readouterr().err
+  assert not (tmp_path / "runs").exists()
