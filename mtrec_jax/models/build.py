@@ -27,7 +27,7 @@ _SET_BY_BUILD = frozenset({"num_tasks", "dtype", "dropout_rate", "parent",
                            "name"})
 # Model-level keys, with their defaults.
 _MODEL_KEYS = {"name": "shared_bottom", "tower_hidden": (32,), "dropout": 0.0,
-               "dtype": "float32", "task_inputs": {}}
+               "dtype": "float32", "task_inputs": {}, "features": ()}
 # Config key -> EncoderConfig field.
 _ENCODER_KEYS = {"num_layers": "num_layers", "num_heads": "num_heads",
                  "hidden_dim": "hidden_dim", "mlp_dim": "mlp_dim",
@@ -141,12 +141,26 @@ def build_model(model_cfg: Mapping[str, Any] | ml_collections.ConfigDict,
     kwargs["dropout_rate"] = float(cfg["dropout"])
   connection = cls(num_tasks=len(tasks), dtype=dtype, **kwargs)
   task_inputs, excluded = _task_inputs(cfg["task_inputs"], tasks)
+  features = tuple(features)
+  excluded = _unread_features(_plain(cfg["features"]), features, excluded)
   return MultiTaskModel(
       features=tuple(features), task_dims=tasks, connection=connection,
       tower_hidden=_plain(cfg["tower_hidden"]),
       dropout_rate=float(cfg["dropout"]),
       encoder=encoder_config(cfg.get("encoder", {})), dtype=dtype,
       task_inputs=task_inputs, excluded=excluded)
+
+
+def _unread_features(read, features, excluded) -> tuple[str, ...]:
+  """`excluded` plus the features outside `model.features` (when given)."""
+  if not read:
+    return excluded
+  names = [f.name for f in features]
+  for name in read:
+    if name not in names:
+      raise ValueError(f"model.features names {name!r}, which is not a "
+                       f"feature of the dataset; features: {', '.join(names)}")
+  return tuple(sorted(set(excluded) | {n for n in names if n not in read}))
 
 
 def _task_inputs(spec: Mapping[str, Any], tasks
