@@ -14,6 +14,11 @@ decay 0.3 were chosen on validation RMSE (seed 0) among decay {0.05, 0.3,
 1, 3} and learning rate {1e-3, 3e-3, 1e-2}: val 1.099 / 1.048 / 1.438 / 2.490
 and 1.130 / 1.048 / 1.074.  (The decay also reaches mu, the tower's bias,
 which is why large values hurt.)
+
+Measured (2 CPU cores, 17 s wall, 2026-11-28), test on each user's last
+rating, mean ± std over 3 seeds: RMSE 1.0922±0.0138, MAE 0.8730±0.0101.
+The multi-task Transformer of `ml100k-mtl` (rating as one of four tasks)
+reaches RMSE 1.0608±0.0014 on the same targets.
 """
 from experiments.ml100k_mtl import ml100k_config
 from mtrec_jax.experiment import Experiment

@@ -1,6 +1,6 @@
 """The MMoE paper's synthetic benchmark: task correlation vs architecture.
 
-    mtrec run mmoe-synthetic            # 45 runs, about 4 minutes on 2 cores
+    mtrec run mmoe-synthetic            # 45 runs, about 5 minutes on 2 cores
 
 Ma et al., KDD 2018, section 4: two regression tasks whose weight vectors have
 cosine rho in {1.0, 0.9, 0.5}; d = 100, c = 1, m = 10 sinusoids whose shapes
@@ -20,7 +20,7 @@ under the training curves that the paper's Figure 4 compares.
 The paper's findings: MMoE's loss is below shared-bottom's at low
 correlation, and the loss of the shared-bottom model grows as rho falls.
 
-Measured (2 CPU cores, 4 min 28 s wall, 2026-11-28), mean ± std over 5 seeds,
+Measured (2 CPU cores, 4.5-5 min wall, 2026-11-28), mean ± std over 5 seeds,
 rho = 1.0 / 0.9 / 0.5:
   test MSE        shared_bottom  0.0693±0.0053  0.0687±0.0033  0.0676±0.0047
                   mmoe           0.0389±0.0027  0.0403±0.0032  0.0413±0.0027
