@@ -22,6 +22,7 @@ copies are rebuilt), `COLUMNS` (column -> (dtype, per-row rank)) or
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import hashlib
@@ -59,9 +60,9 @@ class ColumnarBuilder(tfds.core.GeneratorBasedBuilder):
     """Column -> (dtype, per-row rank); override when it depends on config."""
     return self.COLUMNS
 
+  @abc.abstractmethod
   def parse(self, manual_dir: Path | None) -> Dataset:
     """The parsed dataset; `manual_dir` is None without manual files."""
-    raise NotImplementedError(f"{type(self).__name__} must implement parse()")
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = {"block": tfds.features.Scalar(dtype=np.int64)}
