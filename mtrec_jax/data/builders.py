@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 
 from mtrec_jax.data import array_record, census, movielens
 from mtrec_jax.data.dataset import Dataset
-from mtrec_jax.registry import DATASETS
+from mtrec_jax.registry import DATASETS, UnknownNameError, unknown_name_message
 
 DATA_DIR_ENV = "MTREC_DATA_DIR"
 
@@ -105,8 +105,8 @@ def census_income(*, seed: int = 0, data_dir: str = "",
   del seed
   source = resolve_source(data_dir, "census-income", "census_income")
   if task_pair not in census.TASK_PAIRS:  # fail before preparing anything
-    raise ValueError(f"data.task_pair {task_pair!r} is not one of "
-                     f"{', '.join(census.TASK_PAIRS)}")
+    raise UnknownNameError("data.task_pair: " + unknown_name_message(
+        "census task pair", task_pair, census.TASK_PAIRS))
   return _prepare(MtrecCensusIncome, source, "census_income",
                   {"task_pair": task_pair, "embed_dim": int(embed_dim)},
                   tfds_dir or None)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Callable, Literal, Mapping, Optional
 import numpy as np
 
 from mtrec_jax.registry import UnknownNameError, unknown_name_message
+from mtrec_jax.tasks import ranking
 
 if TYPE_CHECKING:
   from mtrec_jax.tasks.spec import TaskSpec
@@ -308,7 +309,6 @@ CONTEXT_METRICS: set[str] = set()
 
 def _ranking_metric(key: str, sampled: bool):
   def metric(pred, label, weight=None, exclude=None) -> float:
-    from mtrec_jax.tasks import ranking  # light module; avoids a cycle
     scores = np.asarray(pred, np.float64)
     targets = np.asarray(label).astype(np.int64)
     rows = np.arange(len(targets))
