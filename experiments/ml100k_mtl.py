@@ -45,8 +45,11 @@ from mtrec_jax.registry import EXPERIMENTS
 from mtrec_jax.tasks import metrics as metrics_lib
 
 TASK_SETS = {
-    "next_item": ("next_item",),
-    "all": ("next_item", "rating", "like", "genre"),
+    "next_item": {"tasks": ("next_item",)},
+    "all": {"tasks": ("next_item", "rating", "like", "genre")},
+    # Next item plus the self-supervised and knowledge tasks on the encoder
+    # (masked items, CL4SRec contrastive, item knowledge graph).
+    "ssl": {"tasks": ("next_item",), "aux.tasks": ("mim", "cl", "kg")},
 }
 
 
@@ -58,6 +61,7 @@ def ml100k_config():
   c.data.variant = "100k"
   c.data.max_len = 50
   c.data.embed_dim = 32
+  c.data.train_examples = "prefixes"  # or "sequences" (all-positions tasks)
   c.data.tfds_dir = ""
   c.model.name = "shared_bottom"
   c.model.bottom_hidden = (64,)
@@ -100,8 +104,7 @@ def popularity_report(result, dataset) -> dict:
 def get_experiment() -> Experiment:
   """Next-item alone vs with rating, like and genre tasks (mean weighting)."""
   return Experiment(ml100k_config(), axes=(
-      Axis("tasks", None, {name: {"tasks": tasks}
-                           for name, tasks in TASK_SETS.items()}),
+      Axis("tasks", None, TASK_SETS),
   ), seeds=(0, 1, 2), report=popularity_report,
       table_metrics=("test/next_item/ndcg@10", "test/next_item/hr@10",
                      "test/next_item/s_ndcg@10"))

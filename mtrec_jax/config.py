@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import ml_collections
 
+from mtrec_jax.models.auxiliary import default_aux_config
 from mtrec_jax.models.build import default_model_config
 from mtrec_jax.registry import UnknownNameError, closest
 
@@ -31,6 +32,10 @@ def base_config() -> ConfigDict:
   # from their prepared 'array_record' copy (real datasets always are).
   c.data = ConfigDict({"name": "mmoe_synthetic", "storage": "memory"})
   c.tasks = ()  # names of the dataset's tasks to train; empty = all of them
+  # Auxiliary tasks on the shared encoder (models/auxiliary.py): aux.tasks
+  # names them (mim, cl, kg); aux.<name>.* are their settings; aux.only
+  # trains them without the dataset's tasks (pre-training).
+  c.aux = ConfigDict(default_aux_config())
   # A run directory (or its params/ folder) whose parameters initialise
   # every matching parameter of this run (pre-train then fine-tune).
   c.init_from = ""

@@ -119,8 +119,9 @@ def census_income(*, seed: int = 0, data_dir: str = "",
 class MtrecMovielens(array_record.ColumnarBuilder):
   """MovieLens 100K / 1M, leave-last-out sequential examples."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Next-item, rating, like and genre labels."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Next-item, rating, like and genre labels.",
+                   "1.1.0": "seq_targets; train_examples='sequences'."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       f"Place ml-100k/ (extracted) or ml-100k.zip (or the 1M release) from "
       f"{movielens.DOWNLOAD_URL} in the manual folder.")
@@ -129,6 +130,7 @@ class MtrecMovielens(array_record.ColumnarBuilder):
                                     "zip", "hist_len", "target_item",
                                     "cand_item")},
       "hist_items": (np.int32, 1), "hist_ratings": (np.float32, 1),
+      "seq_targets": (np.int32, 1),
       "rating": (np.float32, 0), "like": (np.float32, 0),
       "target_genres": (np.float32, 1), "exclude": (np.int32, 1),
   }
@@ -140,22 +142,30 @@ class MtrecMovielens(array_record.ColumnarBuilder):
     return movielens.movielens_dataset(
         raw, max_len=kwargs["max_len"],
         min_interactions=kwargs["min_interactions"],
-        embed_dim=kwargs["embed_dim"])
+        embed_dim=kwargs["embed_dim"],
+        train_examples=kwargs["train_examples"])
 
 
 @DATASETS.register("movielens")
 def movielens_data(*, seed: int = 0, data_dir: str = "", variant: str = "100k",
                    max_len: int = 50, min_interactions: int = 3,
                    embed_dim: int = 16, strict_counts: bool = True,
+                   train_examples: str = "prefixes",
                    tfds_dir: str = "") -> Dataset:
   """MovieLens with the leave-last-out split (see `movielens.py`); the split
   is fixed, so `seed` only seeds training.  `strict_counts=False` accepts
-  files smaller than the official release (a sample, or test files)."""
+  files smaller than the official release (a sample, or test files).
+  `train_examples`: 'prefixes' (every history position a target) or
+  'sequences' (one row per user, for all-positions training)."""
   del seed
   variant = movielens.normalize_variant(variant)
+  if train_examples not in movielens.TRAIN_EXAMPLES:  # fail before parsing
+    raise UnknownNameError("data.train_examples: " + unknown_name_message(
+        "train_examples", train_examples, movielens.TRAIN_EXAMPLES))
   source = resolve_source(data_dir, f"ml-{variant}", "movielens")
   return _prepare(MtrecMovielens, source, f"movielens_{variant}",
                   {"variant": variant, "max_len": int(max_len),
                    "min_interactions": int(min_interactions),
                    "embed_dim": int(embed_dim),
-                   "strict_counts": bool(strict_counts)}, tfds_dir or None)
+                   "strict_counts": bool(strict_counts),
+                   "train_examples": train_examples}, tfds_dir or None)

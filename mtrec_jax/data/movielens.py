@@ -644,9 +644,13 @@ def _windows(values: np.ndarray, start: np.ndarray, end: np.ndarray,
       values.dtype)
 
 
+TRAIN_EXAMPLES = ("prefixes", "sequences")
+
+
 def movielens_dataset(raw: MovieLensRaw, *, max_len: int = 50,
                       min_interactions: int = 3, embed_dim: int = 16,
-                      name: Optional[str] = None) -> Dataset:
+                      name: Optional[str] = None,
+                      train_examples: str = "prefixes") -> Dataset:
   """Leave-one-out next-item examples with rating, like and genre labels.
 
   Split (`SPLIT_RULE`): per user, interactions sorted by (timestamp, item
@@ -654,6 +658,11 @@ def movielens_dataset(raw: MovieLensRaw, *, max_len: int = 50,
   the rest the training history.  Training examples: each history position
   t >= 1 is a target whose input is the (at most) `max_len` history items
   before it (sliding prefixes, as in SASRec / GRU4Rec training).
+  With ``train_examples='sequences'`` the training split keeps only each
+  user's longest prefix (one row per user: the last `max_len` history items
+  before the last one, whose `seq_targets` are the items that follow each
+  position), the input of all-positions training as in SASRec and
+  BERT4Rec; every target then appears once, at its own position.
   Validation: input = the last `max_len` training-history items.  Test:
   input = training history + the validation item (last `max_len`).  Hence no
   target is ever in its own input window, and no validation or test
@@ -671,6 +680,9 @@ def movielens_dataset(raw: MovieLensRaw, *, max_len: int = 50,
     'hist_ratings' float32 [N, L] stars 1..5 of 'hist_items', 0.0 at padding
     'hist_len'     int32 [N] non-padding length of the window
     'target_item'  int32 [N] item id in 1..num_items; label of 'next_item'
+    'seq_targets'  int32 [N, L] the item that follows each position of
+        'hist_items' (0 at padding); its last entry is 'target_item'.  The
+        labels of all-positions next-item training (`models.auxiliary`).
     'cand_item'    int32 [N] == 'target_item', the candidate item INPUT of
         'rating' and 'like'.  The 'next_item' and 'genre' towers must not
         read it (it is their answer).
@@ -696,6 +708,9 @@ def movielens_dataset(raw: MovieLensRaw, *, max_len: int = 50,
                      f"history, a validation and a test item), got "
                      f"{min_interactions!r}")
   max_len = int(max_len)
+  if train_examples not in TRAIN_EXAMPLES:
+    raise ValueError(f"train_examples must be one of {TRAIN_EXAMPLES}, got "
+                     f"{train_examples!r}")
 
   order = np.lexsort((raw.item, raw.timestamp, raw.user))
   counts = np.bincount(raw.user, minlength=raw.num_users + 1)
@@ -717,6 +732,9 @@ def movielens_dataset(raw: MovieLensRaw, *, max_len: int = 50,
   targets = {"train": np.flatnonzero(in_history & (pos >= 1)),
              "val": np.flatnonzero(pos == length - 2),
              "test": np.flatnonzero(pos == length - 1)}
+  if train_examples == "sequences":  # each user's last history position
+    targets["train"] = np.flatnonzero(in_history & (pos >= 1)
+                                      & (pos == length - 3))
 
   splits = {}
   for split, g in targets.items():
@@ -733,6 +751,7 @@ def movielens_dataset(raw: MovieLensRaw, *, max_len: int = 50,
         "hist_ratings": _windows(rating, s, g, max_len, left=True),
         "hist_len": np.minimum(g - s, max_len).astype(np.int32),
         "target_item": target.astype(np.int32),
+        "seq_targets": _windows(item, s + 1, g + 1, max_len, left=True),
         "cand_item": target.astype(np.int32),
         "rating": rating[g],
         "like": (rating[g] >= LIKE_THRESHOLD).astype(np.float32),
@@ -786,6 +805,7 @@ def movielens_dataset(raw: MovieLensRaw, *, max_len: int = 50,
       "max_len": max_len,
       "like_threshold": LIKE_THRESHOLD,
       "split_rule": SPLIT_RULE,
+      "train_examples": train_examples,
       "genre_names": list(raw.genre_names),
       "vocab": {"gender": list(GENDERS), "age": list(AGE_BUCKETS),
                 "occupation": list(raw.occupation_names),
@@ -810,6 +830,7 @@ def load_movielens(path: Optional[str | os.PathLike] = None, *,
                    variant: str = "100k", max_len: int = 50,
                    min_interactions: int = 3, embed_dim: int = 16,
                    strict_counts: bool = True,
+                   train_examples: str = "prefixes",
                    seed: Optional[int] = None) -> Dataset:
   """`read_movielens` then `movielens_dataset`.
 
@@ -829,4 +850,4 @@ def load_movielens(path: Optional[str | os.PathLike] = None, *,
   raw = read_movielens(path, variant, strict_counts=strict_counts)
   return movielens_dataset(raw, max_len=max_len,
                            min_interactions=min_interactions,
-                           embed_dim=embed_dim)
+                           embed_dim=embed_dim, train_examples=train_examples)

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtrec_jax.models.auxiliary import AuxHeads, AuxTask
 from mtrec_jax.models.embeddings import Batch, FeatureEncoder
 from mtrec_jax.models.encoder import EncoderConfig
 from mtrec_jax.models.features import FeatureSpec, validate_features
@@ -39,10 +40,11 @@ class SharedTrunk(nn.Module):
   dtype: Dtype = jnp.float32
   task_inputs: tuple[tuple[str, ...], ...] = ()
   excluded: tuple[str, ...] = ()
+  mask_tokens: tuple[str, ...] = ()
 
   def setup(self):
     self.feature_encoder = FeatureEncoder(self.features, self.encoder,
-                                          self.dtype)
+                                          self.dtype, self.mask_tokens)
 
   def _shared_names(self) -> tuple[str, ...] | None:
     private = {n for names in self.task_inputs for n in names}
@@ -104,6 +106,10 @@ class MultiTaskModel(nn.Module):
       reads (see `SharedTrunk`); empty = every feature is shared.
     excluded: features no task reads (e.g. another task's private input when
       that task is not trained).
+    aux_tasks: auxiliary (self-supervised, knowledge) tasks computed from the
+      shared feature encoder (`models.auxiliary`); their losses come from
+      `aux_losses`, their private parameters sit under params['aux'].  With
+      auxiliary tasks, `task_dims` may be empty (pre-training).
   """
   features: tuple[FeatureSpec, ...]
   task_dims: tuple[tuple[str, int], ...]
@@ -114,20 +120,28 @@ class MultiTaskModel(nn.Module):
   dtype: Dtype = jnp.float32
   task_inputs: tuple[tuple[str, ...], ...] = ()
   excluded: tuple[str, ...] = ()
+  aux_tasks: tuple[AuxTask, ...] = ()
 
   def __post_init__(self):
     validate_features(self.features)  # Fail at build time, not in init.
     names = [task for task, _ in self.task_dims]
-    if not names:
-      raise ValueError("MultiTaskModel needs at least one task in task_dims")
-    if len(set(names)) != len(names):
-      raise ValueError(f"task names must be unique, got {names}")
+    if not names and not self.aux_tasks:
+      raise ValueError("MultiTaskModel needs at least one task in task_dims "
+                       "or in aux_tasks")
+    names_all = names + [t.name for t in self.aux_tasks]
+    causal = [t.name for t in self.aux_tasks if t.needs_causal_encoder]
+    if causal and not self.encoder.causal:
+      raise ValueError(f"auxiliary task(s) {causal} predict each position's "
+                       f"next item, which a bidirectional encoder sees; set "
+                       f"model.encoder.causal=True")
+    if len(set(names_all)) != len(names_all):
+      raise ValueError(f"task names must be unique, got {names_all}")
     bad = [(t, d) for t, d in self.task_dims
            if not isinstance(d, numbers.Integral) or d < 1]
     if bad:
       raise ValueError(f"task output widths must be positive ints, got {bad}")
     k = getattr(self.connection, "num_tasks", None)
-    if k != len(names):
+    if names and k != len(names):  # no tasks: pre-training, never called
       raise ValueError(f"connection {type(self.connection).__name__} has "
                        f"num_tasks={k} but task_dims lists {len(names)} tasks "
                        f"{names}")
@@ -149,11 +163,44 @@ class MultiTaskModel(nn.Module):
   def setup(self):
     # A fresh copy, so the connection's parameters live under 'shared'
     # rather than being adopted by this module as a top-level child.
+    masks = tuple(sorted({t.feature for t in self.aux_tasks
+                          if t.needs_mask_token}))
     self.shared = SharedTrunk(self.features, self.connection.clone(),
                               self.encoder, self.dtype, self.task_inputs,
-                              self.excluded)
+                              self.excluded, masks)
     self.towers = TaskTowers(self.task_dims, self.tower_hidden,
                              self.dropout_rate, self.dtype)
+    if self.aux_tasks:
+      self.aux = AuxHeads(self.aux_tasks)
+
+  @property
+  def aux_names(self) -> tuple[str, ...]:
+    return tuple(t.name for t in self.aux_tasks)
+
+  def aux_losses(self, batch: Batch, key: jax.Array, *, train: bool = False
+                 ) -> jax.Array:
+    """[A] losses of the auxiliary tasks, in `aux_tasks` order; `key` draws
+    their masks, augmentations and knowledge-graph queries."""
+    encoder = self.shared.feature_encoder
+    keys = jax.random.split(key, max(len(self.aux_tasks), 1))
+    losses = [t.loss(encoder, lambda *a, n=t.name: self.aux(n, *a), batch,
+                     keys[i], train) for i, t in enumerate(self.aux_tasks)]
+    return jnp.stack(losses).astype(jnp.float32)
+
+  def aux_scores(self, batch: Batch) -> dict[str, jax.Array]:
+    """Evaluation scores of the auxiliary tasks that have an `eval_task`."""
+    encoder = self.shared.feature_encoder
+    return {t.name: t.scores(encoder, lambda *a, n=t.name: self.aux(n, *a),
+                             batch)
+            for t in self.aux_tasks if t.eval_task is not None}
+
+  def init_all(self, batch: Batch, key: jax.Array) -> dict[str, jax.Array]:
+    """Touches every parameter (task towers and auxiliary heads); `init`
+    with ``method='init_all'`` builds the whole tree."""
+    out = self(batch) if self.task_dims else {}
+    if self.aux_tasks:
+      out = {**out, "aux": self.aux_losses(batch, key)}
+    return out
 
   def represent(self, batch: Batch, *, train: bool = False) -> jax.Array:
     """The shared part: batch -> [K, B, H] float32, one row per task."""
@@ -166,6 +213,8 @@ class MultiTaskModel(nn.Module):
 
   def __call__(self, batch: Batch, *, train: bool = False
                ) -> dict[str, jax.Array]:
+    if not self.task_dims:
+      return {}
     return self.heads(self.represent(batch, train=train), train=train)
 
   def embedding_table(self, name: str) -> jax.Array:

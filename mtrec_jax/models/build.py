@@ -115,8 +115,8 @@ def encoder_config(cfg: Mapping[str, Any]) -> EncoderConfig:
 
 def build_model(model_cfg: Mapping[str, Any] | ml_collections.ConfigDict,
                 features: Iterable[FeatureSpec],
-                task_dims: Mapping[str, int] | Iterable[tuple[str, int]]
-                ) -> MultiTaskModel:
+                task_dims: Mapping[str, int] | Iterable[tuple[str, int]],
+                aux_tasks: tuple = ()) -> MultiTaskModel:
   """Builds the `MultiTaskModel` that `model_cfg` describes.
 
   Args:
@@ -124,6 +124,7 @@ def build_model(model_cfg: Mapping[str, Any] | ml_collections.ConfigDict,
       take the module defaults.
     features: the dataset's feature specs.
     task_dims: {task: output width} or (task, width) pairs, in task order.
+    aux_tasks: auxiliary tasks (`models.auxiliary.build_aux_tasks`).
   """
   cfg = _as_dict(model_cfg)
   _check_keys("model config", cfg,
@@ -139,7 +140,9 @@ def build_model(model_cfg: Mapping[str, Any] | ml_collections.ConfigDict,
             if key in cfg}
   if "dropout_rate" in {f.name for f in dataclasses.fields(cls)}:
     kwargs["dropout_rate"] = float(cfg["dropout"])
-  connection = cls(num_tasks=len(tasks), dtype=dtype, **kwargs)
+  # With no tasks (pre-training on auxiliary tasks) the connection is
+  # never called; it is built for one task only to exist.
+  connection = cls(num_tasks=max(len(tasks), 1), dtype=dtype, **kwargs)
   task_inputs, excluded = _task_inputs(cfg["task_inputs"], tasks)
   features = tuple(features)
   excluded = _unread_features(_plain(cfg["features"]), features, excluded)
@@ -148,7 +151,7 @@ def build_model(model_cfg: Mapping[str, Any] | ml_collections.ConfigDict,
       tower_hidden=_plain(cfg["tower_hidden"]),
       dropout_rate=float(cfg["dropout"]),
       encoder=encoder_config(cfg.get("encoder", {})), dtype=dtype,
-      task_inputs=task_inputs, excluded=excluded)
+      task_inputs=task_inputs, excluded=excluded, aux_tasks=tuple(aux_tasks))
 
 
 def _unread_features(read, features, excluded) -> tuple[str, ...]:

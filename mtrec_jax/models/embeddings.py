@@ -35,17 +35,29 @@ class FeatureEncoder(nn.Module):
 
   Parameters: `embed_<name>` [rows, embed_dim] per owned table; per sequence
   feature `pos_<name>` positions, `cls_<name>` (cls pooling), `proj_<name>`
-  (only when embed_dim != encoder.hidden_dim) and the encoder `seq_<name>`.
+  (only when embed_dim != encoder.hidden_dim), the encoder `seq_<name>`,
+  and `mask_<name>` [embed_dim] for the sequences named in `mask_tokens`
+  (the learned [mask] input of masked-item and contrastive tasks).
   """
   features: tuple[FeatureSpec, ...]
   encoder: EncoderConfig = EncoderConfig()
   dtype: Dtype = jnp.float32
+  mask_tokens: tuple[str, ...] = ()
 
   def setup(self):
     features = validate_features(self.features)
     cfg = self.encoder
     use_cls = cfg.pooling == "cls"
     tables, positions, cls_tokens, projections, encoders = {}, {}, {}, {}, {}
+    masks = {}
+    for name in self.mask_tokens:
+      spec = next((f for f in features if f.name == name), None)
+      if spec is None or spec.kind != "sequence":
+        raise ValueError(f"mask_tokens names {name!r}, which is not a "
+                         f"sequence feature")
+      masks[name] = self.param(
+          f"mask_{name}", nn.initializers.normal(stddev=spec.embed_dim ** -0.5),
+          (spec.embed_dim,), jnp.float32)
     for spec in features:
       if spec.kind == "numeric":
         continue
@@ -73,6 +85,7 @@ class FeatureEncoder(nn.Module):
     self.cls_tokens = cls_tokens
     self.projections = projections
     self.seq_encoders = encoders
+    self.mask_vectors = masks
 
   @property
   def output_dim(self) -> int:
@@ -152,20 +165,48 @@ class FeatureEncoder(nn.Module):
   def _encode_sequence(self, spec: FeatureSpec, ids: jax.Array,
                        train: bool) -> jax.Array:
     """[B, L] ids -> [B, hidden] pooled encoding."""
-    name, length = spec.name, spec.max_len
+    h, mask = self.encode_positions(spec.name, ids, train=train)
+    return self.pool(h, mask)
+
+  def encode_positions(self, name: str, ids: jax.Array, *, train: bool = False,
+                       masked: jax.Array | None = None
+                       ) -> tuple[jax.Array, jax.Array]:
+    """Sequence feature `name`: [B, L] ids -> ([B, L', hidden], [B, L'] real).
+
+    The per-position outputs that masked-item modelling scores and pooling
+    reduces; L' = L + 1 with 'cls' pooling (the token last).  `masked` [B, L]
+    bool replaces those positions' item embeddings by the learned
+    `mask_<name>` vector (the feature must be in `mask_tokens`); masked
+    positions still count as real tokens.
+    """
+    spec = self._spec(name)
+    if spec.kind != "sequence":
+      raise ValueError(f"feature {name!r} is {spec.kind}, not a sequence")
+    length = spec.max_len
+    ids = jnp.asarray(ids)
     mask = ids != 0
     x = self.embed_ids(name, ids)
+    if masked is not None:
+      if name not in self.mask_vectors:
+        raise ValueError(f"feature {name!r} has no mask vector; add it to "
+                         f"mask_tokens (a masked-item or contrastive task "
+                         f"does this)")
+      x = jnp.where(masked[..., None], self.mask_vectors[name].astype(x.dtype),
+                    x)
     if name in self.projections:
       x = self.projections[name](x)
     positions = self.positions[name].astype(self.dtype)
     x = x + positions[:length]
-    pooling = self.encoder.pooling
-    if pooling == "cls":
+    if self.encoder.pooling == "cls":
       cls = self.cls_tokens[name].astype(self.dtype) + positions[length]
       x = jnp.concatenate(
           [x, jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1]))], axis=1)
       mask = jnp.concatenate([mask, jnp.ones((x.shape[0], 1), bool)], axis=1)
-    h = self.seq_encoders[name](x, mask, train=train)
+    return self.seq_encoders[name](x, mask, train=train), mask
+
+  def pool(self, h: jax.Array, mask: jax.Array) -> jax.Array:
+    """[B, L', hidden] per-position outputs -> [B, hidden] (`encoder.pooling`)."""
+    pooling = self.encoder.pooling
     if pooling == "cls":
       return h[:, -1]
     if pooling == "mean":
@@ -173,6 +214,7 @@ class FeatureEncoder(nn.Module):
       count = jnp.maximum(weights.sum(axis=1), 1.0)
       return (h * weights).sum(axis=1) / count
     # 'last': the last real position; an empty history pools to zeros.
+    length = mask.shape[1]
     last = length - 1 - jnp.argmax(mask[:, ::-1], axis=1)
     pooled = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
     return jnp.where(mask.any(axis=1, keepdims=True), pooled, 0.0)

@@ -20,6 +20,7 @@ from mtrec_jax import weighting
 from mtrec_jax.data import stored_synthetic
 from mtrec_jax.data.dataset import Dataset
 from mtrec_jax.data.pipeline import train_batches
+from mtrec_jax.models.auxiliary import build_aux_tasks
 from mtrec_jax.models.build import build_model
 from mtrec_jax.registry import DATASETS, UnknownNameError, closest
 from mtrec_jax.results import provenance as provenance_lib
@@ -98,18 +99,37 @@ class Components:
   def __init__(self, config):
     self.config = config
     self.dataset = load_dataset(config)
-    self.tasks = select_tasks(self.dataset, tuple(config.tasks))
+    aux_cfg = config_lib.to_dict(config.aux)
+    self.aux_tasks = build_aux_tasks(aux_cfg, self.dataset)
+    if aux_cfg["only"]:
+      if not self.aux_tasks:
+        raise ValueError("aux.only trains the auxiliary tasks alone, but "
+                         "aux.tasks is empty; name some (e.g. mim, cl, kg)")
+      if tuple(config.tasks):
+        raise ValueError(f"aux.only trains no dataset task, but tasks = "
+                         f"{tuple(config.tasks)}; clear one of the two")
+      self.tasks = ()
+    else:
+      self.tasks = select_tasks(self.dataset, tuple(config.tasks))
+    self.task_names = tuple(t.name for t in self.tasks) + tuple(
+        t.name for t in self.aux_tasks)
     self.model = build_model(config.model, self.dataset.features,
-                             tuple((t.name, t.out_dim) for t in self.tasks))
+                             tuple((t.name, t.out_dim) for t in self.tasks),
+                             self.aux_tasks)
     self.strategy = build_strategy(config)
     self.optimizer = make_optimizer(config.optimizer, config.train.num_steps)
     sel = config.train.selection_metric
     parts = sel.split("/")
-    if not (sel == "val/loss" or (len(parts) == 3 and parts[0] == "val" and
-                                  parts[1] in {t.name for t in self.tasks})):
+    aux_names = {t.name for t in self.aux_tasks}
+    ranked = {t.name for t in self.aux_tasks if t.eval_task is not None}
+    if not (sel == "val/loss" or (
+        len(parts) == 3 and parts[0] == "val" and
+        (parts[1] in {t.name for t in self.tasks} | ranked or
+         (parts[1] in aux_names and parts[2] == "loss")))):
       raise ValueError(f"train.selection_metric {sel!r} must be 'val/loss' or "
                        f"'val/<task>/<metric>' with a task of this run "
-                       f"({', '.join(t.name for t in self.tasks)})")
+                       f"({', '.join(self.task_names)}; auxiliary tasks other "
+                       f"than next_all have only a loss)")
     self.selection_mode = "min" if parts[-1] == "loss" else direction(parts[-1])
     if config.init_from:
       checkpoints.params_dir(config.init_from)  # a missing one fails early
@@ -124,9 +144,13 @@ def init_state(c: Components):
   root = jax.random.PRNGKey(cfg.seed)
   init_key, dropout_key, train_key = jax.random.split(root, 3)
   sample = {k: v[:2] for k, v in c.dataset.splits["train"].items()}
-  params = c.model.init({"params": init_key, "dropout": dropout_key}, sample,
-                        train=False)["params"]
-  return state_lib.create(params, c.optimizer, c.strategy, len(c.tasks),
+  if c.aux_tasks:
+    params = c.model.init({"params": init_key, "dropout": dropout_key}, sample,
+                          dropout_key, method="init_all")["params"]
+  else:
+    params = c.model.init({"params": init_key, "dropout": dropout_key},
+                          sample, train=False)["params"]
+  return state_lib.create(params, c.optimizer, c.strategy, len(c.task_names),
                           train_key)
 
 
@@ -164,7 +188,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path | None = None, *,
       "experiment": experiment, "grid": dict(grid or {"seed": int(cfg.seed)}),
       "seed": int(cfg.seed), "config_hash": config_lib.config_hash(cfg),
       "strategy": cfg.strategy.name, "model": cfg.model.name,
-      "tasks": [t.name for t in c.tasks], **provenance_lib.provenance()}
+      "tasks": [t.name for t in c.tasks],
+      "aux_tasks": [t.name for t in c.aux_tasks], **provenance_lib.provenance()}
   if workdir is not None:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "metrics.jsonl").unlink(missing_ok=True)
@@ -203,8 +228,8 @@ def _train(c: Components, workdir, progress: bool) -> dict[str, Any]:
     params, copied = checkpoints.merge_params(
         state.params, checkpoints.load_params(cfg.init_from),
         tuple(cfg.init_scope))
-    state = state_lib.create(params, c.optimizer, c.strategy, len(c.tasks),
-                             state.rng)
+    state = state_lib.create(params, c.optimizer, c.strategy,
+                             len(c.task_names), state.rng)
     init_info = {"path": str(cfg.init_from), "copied": len(copied),
                  "total": len(jax.tree_util.tree_leaves(params))}
   engine = tcfg.jacobian_engine
@@ -239,8 +264,8 @@ def _train(c: Components, workdir, progress: bool) -> dict[str, Any]:
         if int(state.diverged_step) >= 0:
           status, diverged_at = "diverged", int(state.diverged_step)
           break
-        desc = " ".join(f"{t.name}={float(host['loss/' + t.name]):.4g}"
-                        for t in c.tasks)
+        desc = " ".join(f"{n}={float(host['loss/' + n]):.4g}"
+                        for n in c.task_names)
         bar.update(bar_task, description=desc)
         history_weights.append({"step": step, **{
             k: float(v) for k, v in host.items()
@@ -270,11 +295,11 @@ def _train(c: Components, workdir, progress: bool) -> dict[str, Any]:
     final.update(evaluate(predict, best_params, splits[split], c.tasks,
                           tcfg.eval_batch_size, split))
   final["val/loss_ratio_sum"] = float(sum(
-      final[f"val/{t.name}/loss"] / initial[f"val/{t.name}/loss"]
-      for t in c.tasks))
+      final[f"val/{n}/loss"] / initial[f"val/{n}/loss"]
+      for n in c.task_names))
   out["metrics"] = final
-  out["initial_val_losses"] = {t.name: initial[f"val/{t.name}/loss"]
-                               for t in c.tasks}
+  out["initial_val_losses"] = {n: initial[f"val/{n}/loss"]
+                               for n in c.task_names}
   out["selection"] = {"metric": tcfg.selection_metric, "value": best_value,
                       "mode": c.selection_mode}
   out["train_log"] = history_weights

@@ -35,13 +35,13 @@ def task_losses(outputs: dict, batch: dict, tasks: Sequence[TaskSpec]) -> jax.Ar
   return jnp.stack([t.loss(outputs[t.name], batch) for t in tasks])
 
 
-def _weighting_metrics(tasks, weights, gram=None) -> Metrics:
-  m = {f"weight/{t.name}": weights[i] for i, t in enumerate(tasks)}
+def _weighting_metrics(names, weights, gram=None) -> Metrics:
+  m = {f"weight/{n}": weights[i] for i, n in enumerate(names)}
   if gram is not None:
     cos = cosines(gram)
-    for i in range(len(tasks)):
-      for j in range(i + 1, len(tasks)):
-        m[f"cos/{tasks[i].name}/{tasks[j].name}"] = cos[i, j]
+    for i in range(len(names)):
+      for j in range(i + 1, len(names)):
+        m[f"cos/{names[i]}/{names[j]}"] = cos[i, j]
   return m
 
 
@@ -106,6 +106,37 @@ def split_jacobian(represent, heads, params, engine: str = "vmap"):
   return losses, head_grads, jax.lax.optimization_barrier(jac)
 
 
+def aux_jacobian(aux_losses, params, names, engine: str = "vmap"):
+  """Per-task gradients of auxiliary losses ``aux_losses(params) -> [A]``
+  (self-supervised and knowledge tasks, which read the shared encoder
+  directly): one forward pass, A backward passes (batched or unrolled).
+
+  Returns (losses [A], each auxiliary head's own gradient {name: tree},
+  the per-task gradient tree with a leading A axis).
+  """
+  losses, vjp = jax.vjp(aux_losses, params)
+  onehot = jnp.eye(losses.shape[0], dtype=losses.dtype)
+  if engine == "vmap":
+    (jac,) = jax.vmap(vjp)(onehot)
+  elif engine == "unrolled":
+    rows = [vjp(onehot[i])[0] for i in range(losses.shape[0])]
+    jac = jax.tree_util.tree_map(lambda *r: jnp.stack(r), *rows)
+  else:
+    raise ValueError(f"jacobian engine {engine!r} is not 'vmap' or 'unrolled'")
+  jac = jax.lax.optimization_barrier(jac)
+  own = {n: jax.tree_util.tree_map(lambda x, i=i: x[i], jac["aux"][n])
+         for i, n in enumerate(names) if n in jac.get("aux", {})}
+  return losses, own, jac
+
+
+def _concat_rows(*trees):
+  """Stacks per-task gradient trees (leading task axes) along that axis."""
+  trees = [t for t in trees if t is not None]
+  if len(trees) == 1:
+    return trees[0]
+  return jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *trees)
+
+
 def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
                     optimizer: optax.GradientTransformation,
                     mode: str = "", jacobian: str = "vmap") -> Callable:
@@ -120,14 +151,40 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
     raise ValueError(f"jacobian engine {jacobian!r} is not 'vmap' or 'unrolled'")
   tasks = tuple(tasks)
   k = len(tasks)
+  aux_names = tuple(getattr(model, "aux_names", ()))
+  names = tuple(t.name for t in tasks) + aux_names
   mode = mode or strategy.default_mode
   if mode not in ("params", "rep"):
     raise ValueError(f"gradient mode {mode!r} is not 'params' or 'rep'")
+  if aux_names and mode == "rep" and strategy.kind != "loss":
+    raise ValueError(
+        f"strategy {strategy.name!r} in rep mode needs every task to read the "
+        f"shared representation, but the auxiliary tasks {list(aux_names)} "
+        f"read the encoder directly; set strategy.mode=params")
+
+  def split_rng(rng):
+    """(task-model dropout, auxiliary dropout, auxiliary draws); without
+    auxiliary tasks the task model keeps the step's key unchanged."""
+    if not aux_names:
+      return rng, None, None
+    return tuple(jax.random.split(rng, 3))
+
+  def aux_fn(batch, r_drop, r_aux):
+    def losses(p):
+      return model.apply({"params": p}, batch, r_aux, train=True,
+                         rngs={"dropout": r_drop}, method="aux_losses")
+    return losses
 
   def forward(params, batch, rng):
-    out = model.apply({"params": params}, batch, train=True,
-                      rngs={"dropout": rng})
-    return task_losses(out, batch, tasks)
+    r_main, r_drop, r_aux = split_rng(rng)
+    parts = []
+    if tasks:
+      out = model.apply({"params": params}, batch, train=True,
+                        rngs={"dropout": r_main})
+      parts.append(task_losses(out, batch, tasks))
+    if aux_names:
+      parts.append(aux_fn(batch, r_drop, r_aux)(params))
+    return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
 
   def grads_loss_kind(state, batch, rng, key):
     losses, vjp = jax.vjp(lambda p: forward(p, batch, rng), state.params)
@@ -150,26 +207,47 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
 
     return represent, heads
 
-  def weighted_towers(head_grads, weights):
-    """Tower k affects only L_k: its weighted gradient is w_k times its own
-    (no second backward pass through the heads)."""
-    towers = head_grads["towers"]
+  def weighted_own(own, weights, offset=0):
+    """Tower k (or auxiliary head k) affects only L_k: its weighted gradient
+    is w_k times its own (no second backward pass through the heads)."""
     if not strategy.weight_task_params:
-      return towers
-    return {t.name: jax.tree_util.tree_map(
-        lambda g, w=weights[i]: w.astype(g.dtype) * g, towers[t.name])
-        for i, t in enumerate(tasks)}
+      return own
+    order = names[offset:]
+    return {n: jax.tree_util.tree_map(
+        lambda g, w=weights[offset + order.index(n)]: w.astype(g.dtype) * g,
+        tree) for n, tree in own.items()}
+
+  def weighted_towers(head_grads, weights):
+    return weighted_own(head_grads["towers"], weights)
 
   def grads_params_mode(state, batch, rng, key):
-    represent, heads = represent_and_heads(batch, rng)
-    losses, head_grads, jac = split_jacobian(represent, heads, state.params,
-                                             jacobian)
-    gram = gramian_of_tree(jac["shared"])
+    r_main, r_drop, r_aux = split_rng(rng)
+    losses, jac_rows, grads = [], [], {}
+    if tasks:
+      represent, heads = represent_and_heads(batch, r_main)
+      main_losses, head_grads, jac = split_jacobian(represent, heads,
+                                                    state.params, jacobian)
+      losses.append(main_losses)
+      jac_rows.append(jac["shared"])
+    if aux_names:
+      a_losses, aux_own, a_jac = aux_jacobian(
+          aux_fn(batch, r_drop, r_aux), state.params, aux_names, jacobian)
+      losses.append(a_losses)
+      jac_rows.append(a_jac["shared"])
+    losses = jnp.concatenate(losses) if len(losses) > 1 else losses[0]
+    shared_jac = _concat_rows(*jac_rows)
+    gram = gramian_of_tree(shared_jac)
     shared_update, out = apply_strategy(
         strategy, state.strategy_state, losses=losses,
-        stacked_grads=jac["shared"], gram=gram, step=state.step, key=key)
-    towers = weighted_towers(head_grads, out.weights)
-    return losses, {"shared": shared_update, "towers": towers}, out, gram
+        stacked_grads=shared_jac, gram=gram, step=state.step, key=key)
+    grads["shared"] = shared_update
+    if "towers" in state.params:
+      grads["towers"] = (weighted_towers(head_grads, out.weights) if tasks
+                         else jax.tree_util.tree_map(jnp.zeros_like,
+                                                     state.params["towers"]))
+    if aux_names:
+      grads["aux"] = weighted_own(aux_own, out.weights, offset=k)
+    return losses, grads, out, gram
 
   def grads_rep_mode(state, batch, rng, key):
     represent, heads = represent_and_heads(batch, rng)
@@ -222,9 +300,9 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
         strategy_state=keep(out.state, state.strategy_state),
         diverged_step=jnp.where((state.diverged_step < 0) & ~finite,
                                 state.step, state.diverged_step))
-    metrics = {f"loss/{t.name}": losses[i] for i, t in enumerate(tasks)}
+    metrics = {f"loss/{n}": losses[i] for i, n in enumerate(names)}
     metrics["loss/total"] = jnp.sum(out.weights * losses)
-    metrics.update(_weighting_metrics(tasks, out.weights, gram))
+    metrics.update(_weighting_metrics(names, out.weights, gram))
     metrics.update({f"strategy/{n}": v for n, v in out.metrics.items()})
     return new_state, metrics
 

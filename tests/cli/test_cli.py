@@ -12,7 +12,8 @@ TINY = ["--set", "train.num_steps=30", "--set", "train.eval_every=10",
 
 
 def _run(tmp_path, *extra):
-  return cli.main(["run", "quickstart", "--workdir", str(tmp_path), *TINY, *extra])
+  return cli.main(["run", "quickstart", "--workdir", str(tmp_path),
+                   "--store", str(tmp_path / "mtrec.db"), *TINY, *extra])
 
 
 def _result(tmp_path, run):
@@ -46,7 +47,8 @@ def test_run_writes_outputs_and_is_deterministic(tmp_path, capsys):
   assert config["train"]["num_steps"] == 30
   # Same seed, same numbers; another seed, other numbers.
   again = tmp_path / "again"
-  assert cli.main(["run", "quickstart", "--workdir", str(again), *TINY,
+  assert cli.main(["run", "quickstart", "--workdir", str(again),
+                   "--store", str(again / "mtrec.db"), *TINY,
                    "--only", "model=mmoe", "--seeds", "0,1"]) == 0
   same = json.loads((again / "quickstart" / run / "result.json").read_text())
   other = json.loads((again / "quickstart" / "model=mmoe,seed=1" / "result.json").read_text())

@@ -205,6 +205,33 @@ def test_split_rule_on_hand_made_user(folder):
   assert rows_of(ds.splits["test"], 2)["hist_items"].tolist() == [[6, 8, 1]]
 
 
+def test_seq_targets_and_sequence_examples(folder):
+  ds = build(folder, max_len=3)
+  train = rows_of(ds.splits["train"], 1)
+  # The item after each input position; the last entry is the target.
+  assert train["seq_targets"].tolist() == [[0, 0, 2], [0, 2, 3], [2, 3, 7]]
+  assert rows_of(ds.splits["test"], 1)["seq_targets"].tolist() == [[7, 1, 4]]
+  for split in ds.splits.values():
+    np.testing.assert_array_equal(split["seq_targets"][:, -1],
+                                  split["target_item"])
+    # Shifted by one: seq_targets[:, :-1] is hist_items[:, 1:] where real.
+    real = split["hist_items"][:, :-1] != 0
+    np.testing.assert_array_equal(
+        np.where(real, split["seq_targets"][:, :-1], 0),
+        np.where(real, split["hist_items"][:, 1:], 0))
+  seq = build(folder, max_len=3, train_examples="sequences")
+  # One training row per user: the longest prefix.
+  assert seq.splits["train"]["user"].tolist() == [1, 2]
+  assert seq.splits["train"]["seq_targets"].tolist() == [[2, 3, 7],
+                                                         [0, 0, 8]]
+  for split in ("val", "test"):
+    for key, value in ds.splits[split].items():
+      np.testing.assert_array_equal(seq.splits[split][key], value)
+  assert seq.info["train_examples"] == "sequences"
+  with pytest.raises(ValueError, match="train_examples"):
+    build(folder, train_examples="windows")
+
+
 def test_long_window_and_counts(folder):
   ds = build(folder, max_len=10)
   history = ds.splits["test"]["hist_items"][0].tolist()

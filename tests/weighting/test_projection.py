@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mtrec_jax.weighting import aggregate, apply_strategy, build, gramian
-from mtrec_jax.weighting.projection import graddrop_combine
+from mtrec_jax.weighting.projection import graddrop_combine, uniform_16bit
 try:
   from tests.weighting import reference_projection as ref
 except ImportError:  # tests/ not importable as a package: rootdir-less run.
@@ -203,10 +203,29 @@ def test_graddrop_combine_matches_reference(leak):
   jac[:, 5:10] = -np.abs(jac[:, 5:10])  # All-negative columns.
   jac[:, 10] = 0.0                     # An all-zero column.
   noise = rng.uniform(size=50).astype(np.float32)
-  update, _ = graddrop_combine(jnp.asarray(jac), jnp.asarray(noise), leak)
+  update, kept = graddrop_combine(jnp.asarray(jac), jnp.asarray(noise), leak)
   expected = ref.graddrop(jac, noise, leak)
   assert_agrees(update, expected, what="graddrop")
   np.testing.assert_allclose(update, expected, rtol=1e-5, atol=1e-5)
+  # Kept fraction of each task's squared norm, by brute force.
+  total, mass = jac.sum(0), np.abs(jac).sum(0)
+  purity = np.where(mass > 0, 0.5 * (1 + total / np.where(mass > 0, mass, 1)),
+                    0.5)
+  keep = ((purity > noise) & (jac > 0)) | ((purity < noise) & (jac < 0))
+  mult = leak + (1 - leak) * keep
+  np.testing.assert_allclose(kept, (mult * jac**2).sum(1) / (jac**2).sum(1),
+                             rtol=1e-5)
+
+
+def test_uniform_16bit_is_uniform_on_the_open_interval():
+  u = np.asarray(uniform_16bit(jax.random.PRNGKey(3), 200_001))
+  assert u.shape == (200_001,) and u.min() > 0 and u.max() < 1
+  # Moments of U(0, 1): mean 1/2 (se 0.00065), P(U < 0.3) = 0.3 (se 0.001).
+  assert abs(u.mean() - 0.5) < 0.003 and abs((u < 0.3).mean() - 0.3) < 0.005
+  # 16-bit resolution: every value is (b + 1/2) / 2^16 for an integer b.
+  b = u * 65536 - 0.5
+  np.testing.assert_allclose(b, np.round(b), atol=1e-3)
+  assert len(np.unique(np.round(b))) > 60_000  # Both halves of each draw used.
 
 
 def test_graddrop_identical_signs_keep_everything():

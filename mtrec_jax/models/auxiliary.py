@@ -1,0 +1,384 @@
+"""Auxiliary tasks computed from the shared encoder, not from a task tower.
+
+Self-supervised and knowledge tasks read the model's internals (per-position
+encoder outputs, the item embedding table) and draw randomness every step,
+so they are not `TaskSpec` heads on the [K, B, H] representation.  Each
+`AuxTask` is a frozen spec with
+
+* ``make_head(name)``: the task's private module (its parameters live under
+  ``params['aux'][name]`` and get only this task's gradient, like a tower),
+  or None;
+* ``loss(encoder, head, batch, key, train)``: a scalar loss, given the bound
+  `FeatureEncoder` (shared), the bound head and a PRNG key.
+
+`MultiTaskModel.aux_losses` returns the [A] vector of them; the train step
+appends it to the K task losses, so every weighting strategy sees K + A
+tasks (in ``params`` gradient mode; ``rep`` mode needs every task to read the
+shared representation and refuses auxiliary tasks).
+
+Tasks (config ``aux.tasks``; builders in `AUX_TASKS`):
+  ``next_all`` all-positions next-item prediction (SASRec, Kang & McAuley
+          2018), evaluated with the next-item ranking metrics,
+  ``mim`` masked item modelling (BERT4Rec's Cloze task, Sun et al. 2019),
+  ``cl``  sequence contrastive learning (CL4SRec, Xie et al. 2022),
+  ``kg``  item-attribute knowledge-graph completion (MKR, Wang et al. 2019).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mtrec_jax.registry import Registry
+from mtrec_jax.tasks import knowledge, sequence_ssl
+
+AUX_TASKS: Registry = Registry("auxiliary task")
+NEXT_ALL_LOSSES = ("softmax", "bce")
+
+
+@dataclasses.dataclass(frozen=True)
+class AuxTask:
+  """Base of the auxiliary task specs: a name and the sequence feature whose
+  items (and item table) the task works on."""
+  name: str
+  feature: str = "hist_items"
+
+  @property
+  def needs_mask_token(self) -> bool:
+    """Whether the feature encoder needs a learned [mask] vector."""
+    return False
+
+  @property
+  def needs_causal_encoder(self) -> bool:
+    """Whether the task is only sound with causal attention (each position
+    must not see the item it predicts)."""
+    return False
+
+  @property
+  def eval_task(self):
+    """A `TaskSpec` whose metrics evaluate `scores` (e.g. next-item
+    ranking), or None: the task then reports only its loss."""
+    return None
+
+  def make_head(self, name: str) -> nn.Module | None:
+    return None
+
+  def loss(self, encoder, head: Callable | None, batch: Mapping[str, Any],
+           key: jax.Array, train: bool) -> jax.Array:
+    raise NotImplementedError(f"{type(self).__name__} must define loss()")
+
+  def scores(self, encoder, head: Callable | None, batch: Mapping[str, Any]
+             ) -> jax.Array:
+    raise NotImplementedError(f"{type(self).__name__} has no evaluation "
+                              f"scores")
+
+
+class ItemPredictionHead(nn.Module):
+  """BERT4Rec's output layer: Dense + GELU + LayerNorm to the embedding width,
+  then scores against the (shared) item table plus a per-item bias."""
+  embed_dim: int
+  num_items: int
+
+  @nn.compact
+  def __call__(self, h: jax.Array, table: jax.Array) -> jax.Array:
+    x = nn.LayerNorm()(nn.gelu(nn.Dense(self.embed_dim)(h)))
+    bias = self.param("bias", nn.initializers.zeros, (self.num_items,),
+                      jnp.float32)
+    return x.astype(jnp.float32) @ table.T + bias
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedItemTask(AuxTask):
+  """Masked item modelling, BERT4Rec's Cloze objective (Sun et al., CIKM
+  2019): hide random history items behind a learned [mask] vector and
+  predict each hidden id from the bidirectional encoding, softmax over the
+  whole catalogue (padding id 0 excluded).  Default mask_prob 0.2, the
+  authors' setting for ML-1M (`sequence_ssl.CLOZE_MASK_PROB`).  The loss is
+  the mean cross-entropy over masked positions (mean-like scale)."""
+  mask_prob: float = sequence_ssl.CLOZE_MASK_PROB
+  embed_dim: int = 0
+  num_items: int = 0
+
+  @property
+  def needs_mask_token(self) -> bool:
+    return True
+
+  def make_head(self, name: str) -> nn.Module:
+    return ItemPredictionHead(self.embed_dim, self.num_items, name=name)
+
+  def loss(self, encoder, head, batch, key, train):
+    ids = jnp.asarray(batch[self.feature])
+    masked = sequence_ssl.cloze_mask(key, ids, self.mask_prob)
+    h, _ = encoder.encode_positions(self.feature, ids, train=train,
+                                    masked=masked)
+    h = h[:, :ids.shape[1]]  # drop a 'cls' token
+    logits = head(h, encoder.embedding_table(self.feature))
+    logits = logits.at[..., 0].set(-1e9)  # padding is never an answer
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, ids)
+    weight = masked.astype(jnp.float32)
+    return jnp.sum(ce * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class NextItemSequenceTask(AuxTask):
+  """All-positions next-item prediction, SASRec's objective (Kang & McAuley,
+  ICDM 2018): with CAUSAL attention, every position of the history predicts
+  the item that follows it (`seq_targets`), scored against the shared item
+  table.  Trained with the full softmax cross-entropy over the catalogue
+  (as Klenitskiy & Vasilev, RecSys 2023, show works better than SASRec's
+  original binary loss with one sampled negative), averaged over real
+  positions (mean-like scale).  ``loss='bce'`` is SASRec's original: per
+  position, binary cross-entropy of the target against one item drawn
+  uniformly from the rest of the catalogue (SASRec draws among items the
+  user has not interacted with; with 1,682 items the difference is small).  Each training row then yields up to L
+  targets for one encoder pass; on `train_examples='sequences'` data each
+  (user, position) target is counted once, as in SASRec.  Evaluated like
+  the dataset's next-item task from the last position's scores.
+
+  The output layer is `ItemPredictionHead` (SASRec scores the raw output
+  against the item embeddings; the extra Dense+GELU+LayerNorm and bias are
+  BERT4Rec's and also map a hidden width to the embedding width)."""
+  targets: str = "seq_targets"
+  loss_kind: str = "softmax"
+  embed_dim: int = 0
+  num_items: int = 0
+  next_item_task: Any = None
+
+  def __post_init__(self):
+    if self.loss_kind not in NEXT_ALL_LOSSES:
+      raise ValueError(f"next_all: loss must be one of {NEXT_ALL_LOSSES}, "
+                       f"got {self.loss_kind!r}")
+
+  @property
+  def needs_causal_encoder(self) -> bool:
+    return True
+
+  @property
+  def eval_task(self):
+    if self.next_item_task is None:
+      return None
+    return dataclasses.replace(self.next_item_task, name=self.name)
+
+  def make_head(self, name: str) -> nn.Module:
+    return ItemPredictionHead(self.embed_dim, self.num_items, name=name)
+
+  def _logits(self, encoder, head, ids, train):
+    h, _ = encoder.encode_positions(self.feature, ids, train=train)
+    logits = head(h[:, :ids.shape[1]], encoder.embedding_table(self.feature))
+    return logits.at[..., 0].set(-1e9)  # padding is never an answer
+
+  def loss(self, encoder, head, batch, key, train):
+    ids = jnp.asarray(batch[self.feature])
+    targets = jnp.asarray(batch[self.targets])
+    logits = self._logits(encoder, head, ids, train)
+    if self.loss_kind == "softmax":
+      per_position = optax.softmax_cross_entropy_with_integer_labels(
+          logits, targets)
+    else:  # SASRec's original: the target against one random other item
+      vocab = logits.shape[-1]
+      shift = jax.random.randint(key, targets.shape, 1, vocab - 1)
+      negatives = 1 + (jnp.maximum(targets, 1) - 1 + shift) % (vocab - 1)
+      pos = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+      neg = jnp.take_along_axis(logits, negatives[..., None], -1)[..., 0]
+      per_position = (optax.sigmoid_binary_cross_entropy(pos, 1.0)
+                      + optax.sigmoid_binary_cross_entropy(neg, 0.0))
+    weight = ((targets != 0) & (ids != 0)).astype(jnp.float32)
+    return jnp.sum(per_position * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+  def scores(self, encoder, head, batch):
+    """[B, V] logits at the last position (the most recent item)."""
+    ids = jnp.asarray(batch[self.feature])
+    return self._logits(encoder, head, ids, False)[:, -1]
+
+
+@dataclasses.dataclass(frozen=True)
+class ContrastiveTask(AuxTask):
+  """CL4SRec's sequence contrastive task (Xie et al., ICDE 2022): two random
+  augmentations (crop / mask / reorder, one per row per view) of each
+  history, pooled by the model's encoder, pulled together by NT-Xent against
+  the batch's other views.  Defaults: the paper's dot-product similarity
+  with no temperature (1.0) and ratios eta 0.6, gamma 0.3, beta 0.6 (see
+  `sequence_ssl`); rows with an empty history are left out."""
+  eta: float = sequence_ssl.CROP_ETA
+  gamma: float = sequence_ssl.MASK_GAMMA
+  beta: float = sequence_ssl.REORDER_BETA
+  temperature: float = sequence_ssl.INFO_NCE_TEMPERATURE
+  similarity: str = sequence_ssl.INFO_NCE_SIMILARITY
+
+  @property
+  def needs_mask_token(self) -> bool:
+    return True
+
+  def loss(self, encoder, head, batch, key, train):
+    del head
+    ids = jnp.asarray(batch[self.feature])
+    views = []
+    for view_key in jax.random.split(key, 2):
+      aug_ids, aug_mask = sequence_ssl.augment(view_key, ids, self.eta,
+                                               self.gamma, self.beta)
+      h, real = encoder.encode_positions(self.feature, aug_ids, train=train,
+                                         masked=aug_mask)
+      views.append(encoder.pool(h, real).astype(jnp.float32))
+    return sequence_ssl.info_nce(views[0], views[1], self.temperature,
+                                 similarity=self.similarity,
+                                 valid=jnp.any(ids != 0, axis=1))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class KnowledgeTask(AuxTask):
+  """MKR-style knowledge-graph completion (Wang et al., WWW 2019) on
+  item-attribute triples (genres, release decade): a batch of (item,
+  relation) queries drawn uniformly from the graph each step, the head
+  vector being the SHARED item embedding (the link to the recommender),
+  tails scored by `knowledge.KGScorer` and trained with `knowledge.kg_loss`
+  (softmax within the relation).  Independent of the user batch."""
+  graph: knowledge.KnowledgeGraph | None = None
+  batch_items: int = 256
+  dim: int = 32
+  hidden: tuple[int, ...] = ()
+
+  def make_head(self, name: str) -> nn.Module:
+    return knowledge.KGScorer(self.graph.num_relations,
+                              self.graph.num_entities, self.dim, self.hidden,
+                              name=name)
+
+  def loss(self, encoder, head, batch, key, train):
+    del batch, train
+    items, relations = self.graph.query_pairs()
+    pick = jax.random.randint(key, (self.batch_items,), 0, items.size)
+    item_ids = jnp.asarray(items)[pick]
+    rel_ids = jnp.asarray(relations)[pick]
+    heads = encoder.embed_ids(self.feature, item_ids).astype(jnp.float32)
+    logits = head(heads, rel_ids)
+    rows = jnp.asarray(self.graph.item_entities)[item_ids]
+    return knowledge.kg_loss(logits, rows, rel_ids,
+                             jnp.asarray(self.graph.entity_relation))
+
+
+class AuxHeads(nn.Module):
+  """The private modules of the auxiliary tasks, one per task name, so their
+  parameters sit at ``params['aux'][name]``."""
+  tasks: tuple[AuxTask, ...]
+
+  @nn.compact
+  def __call__(self, name: str, *args):
+    task = next(t for t in self.tasks if t.name == name)
+    return task.make_head(name)(*args)
+
+
+# ----------------------------------------------------------------------------
+# Builders: (config section, dataset) -> AuxTask.  The config section holds
+# the task's hyper-parameters (`aux.<name>.*`).
+
+
+def _feature_spec(dataset, name: str):
+  for spec in dataset.features:
+    if spec.name == name:
+      if spec.kind != "sequence":
+        raise ValueError(f"auxiliary tasks need a sequence feature; "
+                         f"{name!r} is {spec.kind}")
+      return spec
+  seqs = [s.name for s in dataset.features if s.kind == "sequence"]
+  raise ValueError(f"dataset {dataset.name!r} has no sequence feature "
+                   f"{name!r}; its sequence features: {seqs or 'none'}")
+
+
+@AUX_TASKS.register("mim")
+def masked_items(cfg: Mapping[str, Any], dataset) -> MaskedItemTask:
+  spec = _feature_spec(dataset, cfg["feature"])
+  return MaskedItemTask("mim", cfg["feature"], float(cfg["mask_prob"]),
+                        embed_dim=spec.embed_dim, num_items=spec.num_rows)
+
+
+@AUX_TASKS.register("next_all")
+def next_item_sequence(cfg: Mapping[str, Any], dataset) -> NextItemSequenceTask:
+  spec = _feature_spec(dataset, cfg["feature"])
+  columns = dataset.splits["train"]
+  if cfg["targets"] not in columns:
+    raise ValueError(f"next_all needs the column {cfg['targets']!r} of "
+                     f"per-position next items; {dataset.name!r} has "
+                     f"{sorted(columns)}")
+  next_item = next((t for t in dataset.tasks
+                    if t.head == "multiclass" and t.label == "target_item"),
+                   None)
+  return NextItemSequenceTask("next_all", cfg["feature"], cfg["targets"],
+                              loss_kind=str(cfg["loss"]),
+                              embed_dim=spec.embed_dim,
+                              num_items=spec.num_rows,
+                              next_item_task=next_item)
+
+
+@AUX_TASKS.register("cl")
+def contrastive(cfg: Mapping[str, Any], dataset) -> ContrastiveTask:
+  _feature_spec(dataset, cfg["feature"])
+  return ContrastiveTask("cl", cfg["feature"], float(cfg["eta"]),
+                         float(cfg["gamma"]), float(cfg["beta"]),
+                         float(cfg["temperature"]), str(cfg["similarity"]))
+
+
+@AUX_TASKS.register("kg")
+def knowledge_graph(cfg: Mapping[str, Any], dataset) -> KnowledgeTask:
+  spec = _feature_spec(dataset, cfg["feature"])
+  info = dataset.info
+  needed = ("item_genre_ids", "item_year", "num_genres")
+  missing = [k for k in needed if k not in info]
+  if missing:
+    raise ValueError(f"the kg task needs item metadata {missing} in the "
+                     f"dataset's info; {dataset.name!r} has none (MovieLens "
+                     f"provides it)")
+  genre_ids = info["item_genre_ids"]
+  genres = np.zeros((len(genre_ids), int(info["num_genres"])), np.uint8)
+  for item, ids in enumerate(genre_ids):
+    genres[item, list(ids)] = 1
+  graph = knowledge.item_attribute_triples(
+      genres, np.asarray(info["item_year"]), tuple(cfg["year_edges"]),
+      genre_names=info.get("genre_names"))
+  if graph.num_items != spec.num_rows:
+    raise ValueError(f"kg: item metadata covers {graph.num_items} ids but "
+                     f"feature {spec.name!r} has {spec.num_rows} rows")
+  return KnowledgeTask("kg", cfg["feature"], graph,
+                       batch_items=int(cfg["batch_items"]),
+                       dim=int(cfg["dim"]), hidden=tuple(cfg["hidden"]))
+
+
+def default_aux_config() -> dict[str, Any]:
+  """`config.aux`: which auxiliary tasks to train and each one's settings."""
+  return {
+      "tasks": (),
+      # Train the auxiliary tasks alone (pre-training): no dataset task.
+      "only": False,
+      "mim": {"feature": "hist_items",
+              "mask_prob": sequence_ssl.CLOZE_MASK_PROB},
+      "next_all": {"feature": "hist_items", "targets": "seq_targets",
+                   "loss": "softmax"},
+      "cl": {"feature": "hist_items", "eta": sequence_ssl.CROP_ETA,
+             "gamma": sequence_ssl.MASK_GAMMA,
+             "beta": sequence_ssl.REORDER_BETA,
+             "temperature": sequence_ssl.INFO_NCE_TEMPERATURE,
+             "similarity": sequence_ssl.INFO_NCE_SIMILARITY},
+      "kg": {"feature": "hist_items", "batch_items": 256, "dim": 32,
+             "hidden": (), "year_edges": (1940, 1950, 1960, 1970, 1980, 1990,
+                                          2000)},
+  }
+
+
+def build_aux_tasks(aux_cfg: Mapping[str, Any], dataset
+                    ) -> tuple[AuxTask, ...]:
+  """The auxiliary tasks `aux.tasks` names, built for `dataset`."""
+  names = tuple(aux_cfg.get("tasks", ()))
+  if len(set(names)) != len(names):
+    raise ValueError(f"aux.tasks lists a task twice: {names}")
+  task_names = {t.name for t in dataset.tasks}
+  out = []
+  for name in names:
+    builder = AUX_TASKS.get(name)  # unknown names list the closest ones
+    if name in task_names:
+      raise ValueError(f"auxiliary task {name!r} has the name of a dataset "
+                       f"task")
+    out.append(builder(aux_cfg[name], dataset))
+  return tuple(out)

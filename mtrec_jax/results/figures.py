@@ -1,0 +1,493 @@
+"""Figures of stored runs: each writes one PNG and one PDF with matplotlib.
+
+Every function takes result dicts (as `Store.results` returns them, or as
+`mtrec paper --export` writes them: with ``train_log``, a list of
+{step, "weight/<task>", "cos/<a>/<b>", "loss/<task>"}, and for validation
+curves ``evals``, the store's eval history) and a base path; it writes
+``<base>.png`` and ``<base>.pdf`` and returns both paths.
+
+    weights            task-weight trajectories, one panel per grid point
+    cosines            pairwise task-gradient cosines over training
+    validation         per-task validation curves, one line per grid point
+    pareto             two-task scatter: seed means with std error bars
+    metric-vs-axis     a metric against one axis, one line per other axis
+                       value (the MMoE-synthetic loss-vs-correlation plot)
+
+Runs are grouped by their grid values (`by`: the axes that form the groups;
+default every axis but 'seed'); curves are seed means with a ±1 std band.
+
+Output is as deterministic as matplotlib allows: the figure size depends only
+on the panel count, colours follow the group order, and the PNG/PDF carry no
+software name or creation date, so the same results give the same files on
+one machine. Figures are not compared byte for byte (tables are): fonts and
+rasterisation may differ between matplotlib versions.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import pathlib
+from typing import Any, Callable, Mapping, Sequence
+
+from mtrec_jax.registry import UnknownNameError, closest, unknown_name_message
+from mtrec_jax.results import tables
+
+DONE = "done"
+PANEL_W, PANEL_H = 3.6, 2.8  # inches per panel
+MAX_COLS = 3
+DPI = 150
+_RC = {"svg.hashsalt": "mtrec", "pdf.fonttype": 42, "font.size": 8,
+       "axes.titlesize": 8, "legend.fontsize": 7, "figure.dpi": DPI}
+_PNG_META = {"Software": None}
+_PDF_META = {"Creator": None, "Producer": None, "CreationDate": None}
+
+
+# ----------------------------------------------------------------------------
+# Selecting and grouping runs.
+
+
+def _axes_of(results) -> list[str]:
+  axes: list[str] = []
+  for r in results:
+    axes += [a for a in r.get("grid", {}) if a != "seed" and a not in axes]
+  return axes
+
+
+def _check_axes(names, results, what: str) -> None:
+  axes = _axes_of(results)
+  for a in names:
+    if a not in axes:
+      near = closest(a, axes)
+      hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
+      raise UnknownNameError(
+          f"{what}: unknown axis {a!r}.{hint} Axes of these runs: "
+          f"{', '.join(axes) or '(none: seeds only)'}.")
+
+
+def _select(results: Sequence[dict], where: Mapping[str, Any] | None,
+            what: str) -> list[dict]:
+  results = list(results)
+  if not results:
+    raise ValueError(f"{what}: no results to plot; run the experiment "
+                     f"(`mtrec run NAME`) and load its results first")
+  _check_axes(list(where or {}), results, what)
+  wanted = {a: {str(w) for w in (v if isinstance(v, (list, tuple, set))
+                                 else [v])}
+            for a, v in (where or {}).items()}
+  kept = [r for r in results
+          if all(str(r.get("grid", {}).get(a)) in ok
+                 for a, ok in wanted.items())]
+  if not kept:
+    raise ValueError(f"{what}: no result matches where={dict(where or {})}")
+  return kept
+
+
+def _groups(results, by: Sequence[str] | str | None,
+            what: str) -> dict[str, list[dict]]:
+  """Group label -> runs, in order of first appearance."""
+  axes = _axes_of(results) if by is None else (
+      [by] if isinstance(by, str) else list(by))
+  _check_axes(axes, results, what)
+  out: dict[str, list[dict]] = {}
+  for r in results:
+    grid = r.get("grid", {})
+    if len(axes) == 1:
+      label = str(grid.get(axes[0]))
+    else:
+      label = tables.row_label(axes, [str(grid.get(a)) for a in axes])
+    out.setdefault(label, []).append(r)
+  return out
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  mean, std = tables.mean_std(values)
+  return mean, (0.0 if math.isnan(std) else std)
+
+
+def _finite(v) -> float | None:
+  try:
+    v = float(v)
+  except (TypeError, ValueError):
+    return None
+  return v if math.isfinite(v) else None
+
+
+def _curve(runs: Sequence[dict], key: str, source: str):
+  """(steps, means, stds) of `key` over the runs' records, step by step."""
+  by_step: dict[int, list[float]] = {}
+  for r in runs:
+    for rec in r.get(source) or ():
+      v = _finite(rec.get(key))
+      if v is not None and "step" in rec:
+        by_step.setdefault(int(rec["step"]), []).append(v)
+  steps = sorted(by_step)
+  stats = [_mean_std(by_step[s]) for s in steps]
+  return steps, [m for m, _ in stats], [s for _, s in stats]
+
+
+def _keys(results, source: str, prefix: str) -> list[str]:
+  """Keys with `prefix` in the runs' records, in order of first appearance."""
+  keys: list[str] = []
+  for r in results:
+    for rec in r.get(source) or ():
+      keys += [k for k in rec if k.startswith(prefix) and k not in keys]
+  return keys
+
+
+def _resolve_metric(metric: str, results, what: str) -> str:
+  """A full metric key from 'test/t/m', 't/m' (test split) or 'report/k'."""
+  try:
+    found = tables._resolve_columns([metric], results)
+  except UnknownNameError as e:
+    raise UnknownNameError(f"{what}: {e}") from None
+  if len(found) != 1:
+    raise ValueError(f"{what}: {metric!r} names {len(found)} columns "
+                     f"({', '.join(found)}); name one, e.g. {found[0]!r}")
+  return found[0]
+
+
+def _seed_means(runs, key: str) -> tuple[float, float, int]:
+  vals = [tables._value(r, key) for r in runs if r.get("status") == DONE]
+  vals = [v for v in vals if not math.isnan(v)]
+  mean, std = _mean_std(vals)
+  return mean, std, len(vals)
+
+
+# ----------------------------------------------------------------------------
+# Drawing and saving.
+
+
+def _new_figure(panels: int):
+  from matplotlib.figure import Figure
+  cols = min(panels, MAX_COLS)
+  rows = math.ceil(panels / cols)
+  fig = Figure(figsize=(PANEL_W * cols, PANEL_H * rows), dpi=DPI,
+               layout="constrained")
+  axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+  for ax in axes[panels:]:
+    ax.set_visible(False)
+  return fig, axes[:panels]
+
+
+def _colors(n: int) -> list:
+  from matplotlib import colormaps
+  cmap = colormaps["tab10"]
+  return [cmap(i % 10) for i in range(n)]
+
+
+def _band(ax, steps, means, stds, color, label) -> None:
+  ax.plot(steps, means, color=color, label=label, linewidth=1.2)
+  if any(stds):
+    lo = [m - s for m, s in zip(means, stds)]
+    hi = [m + s for m, s in zip(means, stds)]
+    ax.fill_between(steps, lo, hi, color=color, alpha=0.2, linewidth=0)
+
+
+def save(fig, base: str | pathlib.Path) -> list[pathlib.Path]:
+  """Writes `base`.png and `base`.pdf without volatile metadata."""
+  import matplotlib
+  base = pathlib.Path(base)
+  base.parent.mkdir(parents=True, exist_ok=True)
+  png, pdf = base.with_name(base.name + ".png"), base.with_name(
+      base.name + ".pdf")
+  with matplotlib.rc_context(_RC):
+    fig.savefig(png, format="png", dpi=DPI, metadata=_PNG_META)
+    fig.savefig(pdf, format="pdf", metadata=_PDF_META)
+  return [png, pdf]
+
+
+def _render(draw: Callable[[], Any], base) -> list[pathlib.Path]:
+  import matplotlib
+  with matplotlib.rc_context(_RC):
+    fig = draw()
+  return save(fig, base)
+
+
+# ----------------------------------------------------------------------------
+# The figures.
+
+
+def _trajectories(results, base, *, prefix: str, what: str, ylabel: str,
+                  empty_hint: str, by, where, title, ylim=None, zero=False):
+  runs = _select(results, where, what)
+  keys = _keys(runs, "train_log", prefix)
+  if not keys:
+    raise ValueError(f"{what}: no {prefix!r}... entries in the runs' "
+                     f"train_log; {empty_hint}")
+  groups = _groups(runs, by, what)
+
+  def draw():
+    fig, axes = _new_figure(len(groups))
+    colors = _colors(len(keys))
+    for ax, (label, grp) in zip(axes, groups.items()):
+      for key, color in zip(keys, colors):
+        steps, means, stds = _curve(grp, key, "train_log")
+        if steps:
+          _band(ax, steps, means, stds, color, key[len(prefix):])
+      if zero:
+        ax.axhline(0.0, color="0.5", linewidth=0.6, linestyle=":")
+      if ylim:
+        ax.set_ylim(*ylim)
+      ax.set_title(label)
+      ax.set_xlabel("step")
+      ax.set_ylabel(ylabel)
+      ax.legend(loc="best")
+    if title:
+      fig.suptitle(title)
+    return fig
+
+  return _render(draw, base)
+
+
+def weights(results: Sequence[dict], base: str | pathlib.Path, *,
+            by: Sequence[str] | None = None,
+            where: Mapping[str, Any] | None = None,
+            title: str = "") -> list[pathlib.Path]:
+  """Task weights over training, one panel per group (e.g. per strategy)."""
+  return _trajectories(
+      results, base, prefix="weight/", what="weights figure",
+      ylabel="task weight", by=by, where=where, title=title,
+      empty_hint="load the results with their train_log (Store.results or "
+                 "`mtrec paper --export` keep it)")
+
+
+def cosines(results: Sequence[dict], base: str | pathlib.Path, *,
+            by: Sequence[str] | None = None,
+            where: Mapping[str, Any] | None = None,
+            title: str = "") -> list[pathlib.Path]:
+  """Pairwise task-gradient cosines over training, one panel per group."""
+  return _trajectories(
+      results, base, prefix="cos/", what="cosines figure",
+      ylabel="gradient cosine", by=by, where=where, title=title,
+      ylim=(-1.05, 1.05), zero=True,
+      empty_hint="gradient cosines are logged only by strategies that "
+                 "compute the task-gradient Gramian (e.g. pcgrad, mgda, "
+                 "cagrad); loss-weighting strategies such as 'mean' have none")
+
+
+def validation(results: Sequence[dict], base: str | pathlib.Path, *,
+               metric: str | None = None, source: str = "evals",
+               by: Sequence[str] | None = None,
+               where: Mapping[str, Any] | None = None,
+               title: str = "") -> list[pathlib.Path]:
+  """Per-task curves over training: one panel per task, one line per group.
+
+  source 'evals': the validation records (keys val/<task>/<metric>; default
+  metric: each task's primary one, as tables choose it); 'train_log': the
+  training losses loss/<task> (metric must be None or 'loss').
+  """
+  what = "validation figure"
+  runs = _select(results, where, what)
+  if source not in ("evals", "train_log"):
+    raise ValueError(f"{what}: source {source!r} is not 'evals' (validation "
+                     f"records) or 'train_log' (training losses)")
+  tasks = tables._tasks(runs)
+  if source == "train_log":
+    if metric not in (None, "loss"):
+      raise ValueError(f"{what}: the train_log holds only task losses; use "
+                       f"metric=None or 'loss' with source='train_log', or "
+                       f"source='evals' for {metric!r}")
+    keys = [f"loss/{t}" for t in tasks]
+  else:
+    have = set(_keys(runs, "evals", "val/"))
+    if not have:
+      raise ValueError(
+          f"{what}: the runs have no eval history ('evals' with val/... "
+          f"keys). Results read with `mtrec paper` (store or --from) carry "
+          f"it; for Store.results add Store.eval_history(run_id). Or use "
+          f"source='train_log' for the training losses.")
+    registered = list(tables._registered_metrics())
+    keys = []
+    for t in tasks:
+      names = [metric] if metric else registered + ["loss"]
+      key = next((f"val/{t}/{m}" for m in names if f"val/{t}/{m}" in have),
+                 None)
+      if key is None:
+        near = closest(f"val/{t}/{metric}", sorted(have))
+        raise UnknownNameError(
+            f"{what}: no eval record has val/{t}/{metric}."
+            + (f" Did you mean {', '.join(map(repr, near))}?" if near else "")
+            + f" Available: {', '.join(sorted(have))}.")
+      keys.append(key)
+  if not keys:
+    raise ValueError(f"{what}: the results name no tasks ('tasks' list or "
+                     f"test/<task>/<metric> keys)")
+  groups = _groups(runs, by, what)
+
+  def draw():
+    fig, axes = _new_figure(len(keys))
+    colors = _colors(len(groups))
+    for ax, key in zip(axes, keys):
+      for (label, grp), color in zip(groups.items(), colors):
+        steps, means, stds = _curve(grp, key, source)
+        if steps:
+          _band(ax, steps, means, stds, color, label)
+      ax.set_title(key)
+      ax.set_xlabel("step")
+      ax.set_ylabel(key.split("/")[-1])
+      ax.legend(loc="best")
+    if title:
+      fig.suptitle(title)
+    return fig
+
+  return _render(draw, base)
+
+
+def _direction_word(column: str) -> str:
+  return ("higher is better" if tables._direction(column, {}) == "max"
+          else "lower is better")
+
+
+def pareto(results: Sequence[dict], base: str | pathlib.Path, *,
+           x: str | None = None, y: str | None = None,
+           by: Sequence[str] | None = None,
+           where: Mapping[str, Any] | None = None,
+           title: str = "") -> list[pathlib.Path]:
+  """Two metrics, one point per group (seed means, ±1 std bars); the points
+  no other point beats on both metrics are joined as the Pareto front.
+
+  Default x and y: the primary test metrics of the first two tasks.
+  """
+  what = "pareto figure"
+  runs = _select(results, where, what)
+  if x is None or y is None:
+    done = [r for r in runs if r.get("status") == DONE]
+    default = tables._default_columns(done)
+    if len(default) < 2:
+      raise ValueError(f"{what}: needs two metrics; the runs have "
+                       f"{len(default)} task(s) ({', '.join(default)}). Pass "
+                       f"x= and y=, e.g. x='test/loss', y='report/...'")
+    x, y = x or default[0], y or default[1]
+  x, y = _resolve_metric(x, runs, what), _resolve_metric(y, runs, what)
+  groups = _groups(runs, by, what)
+  points = []
+  for label, grp in groups.items():
+    mx, sx, nx = _seed_means(grp, x)
+    my, sy, ny = _seed_means(grp, y)
+    if nx and ny:
+      points.append((label, mx, sx, my, sy))
+  if not points:
+    raise ValueError(f"{what}: no done run has both {x} and {y}")
+  sign_x = 1.0 if tables._direction(x, {}) == "max" else -1.0
+  sign_y = 1.0 if tables._direction(y, {}) == "max" else -1.0
+
+  def dominated(p) -> bool:
+    return any(sign_x * q[1] >= sign_x * p[1] and sign_y * q[3] >= sign_y * p[3]
+               and (q[1], q[3]) != (p[1], p[3]) for q in points)
+
+  front = sorted((p for p in points if not dominated(p)), key=lambda p: p[1])
+
+  def draw():
+    fig, (ax,) = _new_figure(1)
+    colors = _colors(len(points))
+    for (label, mx, sx, my, sy), color in zip(points, colors):
+      ax.errorbar(mx, my, xerr=sx or None, yerr=sy or None, fmt="o",
+                  color=color, label=label, capsize=2, markersize=4)
+    if len(front) > 1:
+      ax.plot([p[1] for p in front], [p[3] for p in front], color="0.4",
+              linestyle="--", linewidth=0.8, label="Pareto front")
+    ax.set_xlabel(f"{x} ({_direction_word(x)})")
+    ax.set_ylabel(f"{y} ({_direction_word(y)})")
+    ax.legend(loc="best")
+    if title:
+      ax.set_title(title)
+    return fig
+
+  return _render(draw, base)
+
+
+def metric_vs_axis(results: Sequence[dict], base: str | pathlib.Path, *,
+                   x: str = "correlation", lines: str | None = "model",
+                   metric: str = "test/loss",
+                   where: Mapping[str, Any] | None = None,
+                   title: str = "") -> list[pathlib.Path]:
+  """A metric (seed mean ± std) against the values of axis `x`, one line per
+  value of axis `lines`: e.g. test loss vs task correlation per model, as in
+  Ma et al. (KDD 2018), Figure 4. Numeric x values are placed by value,
+  others in grid order. Other axes must be fixed with `where`."""
+  what = "metric-vs-axis figure"
+  runs = _select(results, where, what)
+  line_axes = [lines] if lines else []
+  _check_axes([x, *line_axes], runs, what)
+  if x in line_axes:
+    raise ValueError(f"{what}: x and lines are both {x!r}; give lines "
+                     f"another axis, or None")
+  key = _resolve_metric(metric, runs, what)
+  free = [a for a in _axes_of(runs) if a not in (x, *line_axes)]
+  for a in free:
+    values = {str(r["grid"].get(a)) for r in runs}
+    if len(values) > 1:
+      raise ValueError(f"{what}: axis {a!r} has several values "
+                       f"({', '.join(sorted(values))}); fix one with "
+                       f"where={{{a!r}: ...}}")
+  xs = []
+  for r in runs:
+    v = r["grid"].get(x)
+    if v not in xs:
+      xs.append(v)
+  numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                for v in xs)
+  groups = _groups(runs, line_axes, what)
+
+  def draw():
+    fig, (ax,) = _new_figure(1)
+    for (label, grp), color in zip(groups.items(), _colors(len(groups))):
+      px, py, pe = [], [], []
+      for i, xv in enumerate(xs):
+        m, s, n = _seed_means([r for r in grp if r["grid"].get(x) == xv],
+                              key)
+        if n:
+          px.append(xv if numeric else i)
+          py.append(m)
+          pe.append(s)
+      if px:
+        ax.errorbar(px, py, yerr=pe if any(pe) else None, marker="o",
+                    color=color, label=label, capsize=2, markersize=4,
+                    linewidth=1.2)
+    if not numeric:
+      ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+    ax.set_xlabel(x)
+    ax.set_ylabel(f"{key} ({_direction_word(key)})")
+    if lines:
+      ax.legend(title=lines, loc="best")
+    if title:
+      ax.set_title(title)
+    return fig
+
+  return _render(draw, base)
+
+
+KINDS: dict[str, Callable[..., list[pathlib.Path]]] = {
+    "weights": weights,
+    "cosines": cosines,
+    "validation": validation,
+    "pareto": pareto,
+    "metric-vs-axis": metric_vs_axis,
+}
+
+
+def options_of(kind: str) -> list[str]:
+  """The keyword options a figure kind takes."""
+  if kind not in KINDS:
+    raise UnknownNameError(unknown_name_message("figure kind", kind, KINDS))
+  params = inspect.signature(KINDS[kind]).parameters.values()
+  return [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+
+
+def check_options(kind: str, options: Mapping[str, Any]) -> None:
+  """Raises, naming the closest valid option, for an unknown one."""
+  valid = options_of(kind)
+  for name in options:
+    if name not in valid:
+      raise UnknownNameError(
+          f"figure kind {kind!r} has no option {name!r}."
+          + (f" Did you mean {', '.join(map(repr, closest(name, valid)))}?"
+             if closest(name, valid) else "")
+          + f" Options: {', '.join(valid)}.")
+
+
+def draw(kind: str, results: Sequence[dict], base: str | pathlib.Path,
+         **options) -> list[pathlib.Path]:
+  """The figure `kind` (see KINDS) of `results`, written to base.{png,pdf}."""
+  check_options(kind, options)
+  return KINDS[kind](results, base, **options)

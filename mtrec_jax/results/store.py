@@ -1,0 +1,826 @@
+"""The results store: one embedded SQLite file that many run processes share.
+
+Every run of every experiment lands here: what ran (grid, full config, config
+hash, seed, code and package versions, devices), how it went (status, error,
+start/end times), the evaluation records over time, the final metrics and the
+strategy's weights over time. The `mtrec` commands read it back to skip runs
+already done, to show a sweep's progress and to export tables.
+
+Why SQLite: it is in the standard library, it is one file to copy or archive,
+and with write-ahead logging (WAL) several processes on one machine can write
+to it at once while readers never block. Each process opens its own `Store`
+(a connection must not cross processes or threads). WAL needs the processes
+to share memory, so the file must be on a local disk, not NFS.
+
+Safety rules, kept by every method:
+
+* Every write is one ``BEGIN IMMEDIATE`` transaction: it takes the write lock
+  before reading, so "is this run free?" and "it is mine now" happen as one
+  step across processes, and a crash rolls back whatever was half done.
+  ``database is locked`` errors are retried with backoff up to a deadline.
+* Only `finish` marks a run done, and it writes the result, the final
+  metrics and the status in one transaction. A process that dies mid-run
+  leaves its attempt ``running``; readers then see the owner is gone (dead
+  pid on this host, or no heartbeat for `stale_after_s`) and report the run
+  as failed, and the next `claim` takes it over as a new attempt.
+* Attempts are never overwritten: a re-run (forced, or after a failure) adds
+  a row with the next attempt number, so nothing is lost.
+
+Schema (``PRAGMA user_version`` holds its version; `_MIGRATIONS` upgrades
+older files in place):
+
+* ``runs``: one row per attempt of (experiment, config_hash, seed).
+* ``series``: long table of values over time, ``source`` ``eval`` (the
+  records of ``metrics.jsonl``: ``val/<task>/<metric>``, ``weight/<task>``,
+  ...) or ``train`` (the result's ``train_log``: weights, cosines, losses).
+* ``final_metrics``: long table of a finished attempt's ``metrics``.
+
+Values that are NaN or infinite are stored as NULL (None in Python).
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+import os
+import pathlib
+import random
+import socket
+import sqlite3
+import tempfile
+import time
+import warnings
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
+
+RUNNING, DONE, DIVERGED, FAILED, MISSING = (
+    "running", "done", "diverged", "failed", "missing")
+# Outcomes a run keeps: `claim` skips them unless forced. A diverged run is a
+# finding about its strategy, not an accident; with the same config and seed
+# it would diverge again. Failed runs (exceptions, crashes) are retried.
+FINAL = (DONE, DIVERGED)
+EXPORT_FORMATS = ("csv", "jsonl", "parquet")
+SOURCES = ("eval", "train")  # the `series` table's kinds of records
+
+SCHEMA_VERSION = 1
+# version -> statements that bring a store from version - 1 to version.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE runs (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             experiment TEXT NOT NULL,
+             run_name TEXT NOT NULL,
+             config_hash TEXT NOT NULL,
+             seed INTEGER NOT NULL,
+             attempt INTEGER NOT NULL,
+             status TEXT NOT NULL
+               CHECK (status IN ('running', 'done', 'diverged', 'failed')),
+             superseded INTEGER NOT NULL DEFAULT 0,
+             error TEXT,
+             grid TEXT NOT NULL,
+             config TEXT NOT NULL,
+             git_commit TEXT,
+             git_dirty INTEGER,
+             packages TEXT,
+             device_platform TEXT,
+             device_kind TEXT,
+             device_count INTEGER,
+             process_count INTEGER,
+             hostname TEXT NOT NULL,
+             pid INTEGER NOT NULL,
+             started_at REAL NOT NULL,
+             heartbeat_at REAL NOT NULL,
+             ended_at REAL,
+             steps INTEGER,
+             best_step INTEGER,
+             wall_time_s REAL,
+             result TEXT,
+             UNIQUE (experiment, config_hash, seed, attempt))""",
+        "CREATE INDEX runs_by_key ON runs (experiment, config_hash, seed)",
+        """CREATE TABLE series (
+             run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+             source TEXT NOT NULL CHECK (source IN ('eval', 'train')),
+             step INTEGER NOT NULL,
+             key TEXT NOT NULL,
+             value REAL,
+             PRIMARY KEY (run_id, source, key, step)) WITHOUT ROWID""",
+        """CREATE TABLE final_metrics (
+             run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+             key TEXT NOT NULL,
+             value REAL,
+             PRIMARY KEY (run_id, key)) WITHOUT ROWID""",
+    ),
+}
+
+
+class StoreLockedError(sqlite3.OperationalError):
+  """The store stayed locked by other writers past the retry deadline."""
+
+
+class RunStatus(NamedTuple):
+  """One run's state as `Store.status` reports it."""
+  run_name: str
+  config_hash: str
+  seed: int
+  status: str  # done | running | diverged | failed | missing
+  run_id: int | None  # the attempt the status describes; None when missing
+  attempts: int
+  detail: str  # why failed / who is running it; "" otherwise
+
+
+def default_store_path() -> pathlib.Path:
+  """``$MTREC_STORE`` when set, else ``./results/mtrec.db``."""
+  env = os.environ.get("MTREC_STORE", "").strip()
+  return pathlib.Path(env).expanduser() if env else pathlib.Path(
+      "results", "mtrec.db")
+
+
+# ---------------------------------------------------------------- values
+
+
+def _plain(x: Any) -> Any:
+  """JSON-ready copy: numpy values become Python ones, NaN/inf become None."""
+  if x is None or isinstance(x, (bool, int, str)):
+    return x
+  if isinstance(x, float):
+    return x if math.isfinite(x) else None
+  if isinstance(x, dict):
+    return {str(k): _plain(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_plain(v) for v in x]
+  if isinstance(x, pathlib.PurePath):
+    return str(x)
+  if hasattr(x, "tolist"):  # numpy / jax arrays and scalars
+    return _plain(x.tolist())
+  if hasattr(x, "to_dict"):  # ml_collections.ConfigDict
+    return _plain(x.to_dict())
+  raise TypeError(f"cannot store a value of type {type(x).__name__} ({x!r}) "
+                  f"in the results store; convert it to a number, string, "
+                  f"list or dict first")
+
+
+def _dumps(x: Any) -> str:
+  return json.dumps(_plain(x), sort_keys=True, allow_nan=False)
+
+
+def _number(x: Any) -> tuple[bool, float | None]:
+  """(is numeric, value or None for NaN/inf/None)."""
+  if x is None:
+    return True, None
+  if isinstance(x, str) or not hasattr(x, "__float__"):
+    return False, None
+  try:
+    v = float(x)
+  except (TypeError, ValueError):
+    return False, None
+  return True, (v if math.isfinite(v) else None)
+
+
+def _long_rows(record: dict, skip: Iterable[str] = ()) -> list[tuple]:
+  """(key, value) pairs of a record's numeric entries.
+
+  Non-numeric entries are left out of the long tables rather than failing:
+  losing a finished run over a stray string would be worse; the full record
+  is kept in the result JSON anyway.
+  """
+  skip = set(skip)
+  rows = []
+  for k, v in record.items():
+    ok, value = _number(v)
+    if k not in skip and ok:
+      rows.append((str(k), value))
+  return rows
+
+
+def _step(record: dict, what: str) -> int:
+  if "step" not in record:
+    raise ValueError(f"{what} has no 'step' entry; every record over time "
+                     f"needs its training step, e.g. {{'step': 100, ...}}")
+  return int(record["step"])
+
+
+def _check_source(source: str) -> None:
+  if source not in SOURCES:
+    raise ValueError(f"unknown series source {source!r}; use 'eval' (eval "
+                     f"records) or 'train' (the result's train_log)")
+
+
+def _iso(t: float | None) -> str | None:
+  if t is None:
+    return None
+  return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(
+      timespec="seconds")
+
+
+def _pid_alive(pid: int) -> bool:
+  """Whether a process with this pid exists here (zombies count as gone)."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True  # exists, owned by someone else
+  except OSError:
+    return True
+  try:  # Linux: a killed child that was not reaped yet is a zombie
+    with open(f"/proc/{pid}/stat") as f:
+      state = f.read().rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X")
+  except (OSError, IndexError):
+    return True
+
+
+def _is_busy(e: sqlite3.OperationalError) -> bool:
+  msg = str(e).lower()
+  return "locked" in msg or "busy" in msg
+
+
+def _provenance_columns(p: dict) -> dict[str, Any]:
+  """Columns from a provenance dict ({git, packages, devices}), or a result."""
+  git = p.get("git") or {}
+  dev = p.get("devices") or {}
+  out = {}
+  if git:
+    out["git_commit"] = git.get("commit")
+    dirty = git.get("dirty")
+    out["git_dirty"] = None if dirty is None else int(bool(dirty))
+  if p.get("packages") is not None:
+    out["packages"] = _dumps(p["packages"])
+  if dev:
+    out.update(device_platform=dev.get("platform"),
+               device_kind=dev.get("kind"), device_count=dev.get("count"),
+               process_count=dev.get("process_count"))
+  return out
+
+
+# ----------------------------------------------------------------- store
+
+
+class Store:
+  """A connection to the results store; one per process (and thread).
+
+  `busy_timeout_ms` is how long SQLite itself waits for a lock; on top of it,
+  each transaction is retried with growing, jittered sleeps until
+  `lock_timeout_s` has passed, then `StoreLockedError` is raised.
+  `stale_after_s`: a running attempt whose heartbeat is older counts as
+  abandoned even if its host is another machine (call `heartbeat` or
+  `log_eval` more often than this).
+  """
+
+  def __init__(self, path: str | os.PathLike | None = None, *,
+               busy_timeout_ms: int = 5_000, lock_timeout_s: float = 120.0,
+               stale_after_s: float = 1800.0):
+    self.path = pathlib.Path(path) if path is not None else default_store_path()
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.lock_timeout_s = float(lock_timeout_s)
+    self.stale_after_s = float(stale_after_s)
+    self.busy_retries = 0  # retries after "database is locked", for logs/tests
+    self._host = socket.gethostname()
+    self._conn: sqlite3.Connection | None = sqlite3.connect(
+        self.path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+    self._conn.row_factory = sqlite3.Row
+    try:
+      self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+      self._conn.execute("PRAGMA foreign_keys = ON")
+      mode = self._retry(
+          lambda: self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+      if str(mode).lower() != "wal":
+        warnings.warn(f"results store {self.path}: SQLite could not switch to "
+                      f"WAL mode (got {mode!r}); concurrent writers will be "
+                      f"slow and readers may block. Put the store on a local "
+                      f"disk.", RuntimeWarning, stacklevel=2)
+      # WAL + NORMAL: a crash of the process loses nothing committed; a power
+      # cut may lose the last commits but never corrupts the file.
+      self._conn.execute("PRAGMA synchronous = NORMAL")
+      self._migrate()
+    except BaseException:
+      self.close()
+      raise
+
+  # -- plumbing
+
+  def close(self) -> None:
+    if self._conn is not None:
+      self._conn.close()
+      self._conn = None
+
+  def __enter__(self) -> Store:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  @property
+  def conn(self) -> sqlite3.Connection:
+    """The open connection (ad-hoc read queries; writes go through methods)."""
+    if self._conn is None:
+      raise ValueError(f"results store {self.path} is closed; open a new "
+                       f"Store(path)")
+    return self._conn
+
+  def _retry(self, fn: Callable[[], Any]) -> Any:
+    """Calls `fn` until it stops failing with 'database is locked'."""
+    deadline = time.monotonic() + self.lock_timeout_s
+    delay = 0.005
+    while True:
+      try:
+        return fn()
+      except sqlite3.OperationalError as e:
+        if not _is_busy(e):
+          raise
+        if time.monotonic() >= deadline:
+          raise StoreLockedError(
+              f"results store {self.path} stayed locked for "
+              f"{self.lock_timeout_s:g}s ({self.busy_retries} retries): "
+              f"another process holds a long transaction. Retry later, or "
+              f"raise Store(lock_timeout_s=...)") from e
+        self.busy_retries += 1
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.5)
+
+  def _transaction(self, fn: Callable[[sqlite3.Connection], Any], *,
+                   write: bool) -> Any:
+    """Runs `fn(conn)` in one transaction, retried whole when locked.
+
+    Writes use BEGIN IMMEDIATE (the write lock is taken before the first
+    read, so check-then-insert is atomic across processes); reads use a
+    deferred BEGIN, which gives `fn` one consistent snapshot.
+    """
+    conn = self.conn
+
+    def attempt():
+      conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+      try:
+        out = fn(conn)
+        conn.execute("COMMIT")
+        return out
+      except BaseException:
+        if conn.in_transaction:
+          conn.execute("ROLLBACK")
+        raise
+
+    return self._retry(attempt)
+
+  def _migrate(self) -> None:
+    def version(conn):
+      return conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def check(v):
+      if v > SCHEMA_VERSION:
+        raise ValueError(
+            f"results store {self.path} has schema version {v}, newer than "
+            f"this mtrec-jax understands ({SCHEMA_VERSION}); upgrade mtrec-jax "
+            f"or use another store (--store PATH or MTREC_STORE)")
+
+    current = self._retry(lambda: version(self.conn))
+    check(current)
+    if current == SCHEMA_VERSION:
+      return
+
+    def upgrade(conn):
+      v = version(conn)  # again, under the lock: another process may have won
+      check(v)
+      for target in range(v + 1, SCHEMA_VERSION + 1):
+        for statement in _MIGRATIONS[target]:
+          conn.execute(statement)
+      conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    self._transaction(upgrade, write=True)
+
+  def _row(self, conn, run_id: int) -> sqlite3.Row:
+    row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+      raise ValueError(f"results store {self.path} has no run with id "
+                       f"{run_id}; use the id that claim() returned")
+    return row
+
+  def _owner(self, row: sqlite3.Row, now: float) -> tuple[bool, str]:
+    """(alive, why) for a running attempt's owning process."""
+    age = now - row["heartbeat_at"]
+    if age > self.stale_after_s:
+      return False, (f"stale: no heartbeat for {age:.0f}s from pid "
+                     f"{row['pid']} on {row['hostname']}")
+    if row["hostname"] == self._host and not _pid_alive(row["pid"]):
+      return False, (f"process gone: pid {row['pid']} on this host "
+                     f"({row['hostname']}) no longer exists")
+    return True, f"pid {row['pid']} on {row['hostname']}"
+
+  def _resolve(self, attempts: Sequence[sqlite3.Row], now: float):
+    """(status row, result row, status, detail) of one run's attempts.
+
+    The status describes what is happening (a live attempt wins); the result
+    row is "the" result: the latest attempt that ended done or diverged, else
+    the latest attempt.
+    """
+    active = [r for r in attempts if not r["superseded"]] or list(attempts)
+    final = [r for r in active if r["status"] in FINAL]
+    result_row = final[-1] if final else active[-1]
+    for r in reversed(active):
+      if r["status"] == RUNNING:
+        alive, why = self._owner(r, now)
+        if alive:
+          return r, result_row, RUNNING, why
+    status, detail = self._own_status(result_row, now)
+    if status in (FAILED, DIVERGED) and not detail:
+      detail = result_row["error"] or ""
+    return result_row, result_row, status, detail
+
+  def _own_status(self, row: sqlite3.Row, now: float) -> tuple[str, str]:
+    """(status, detail) of one attempt on its own; a dead owner -> failed."""
+    if row["status"] != RUNNING:
+      return row["status"], ""
+    alive, why = self._owner(row, now)
+    return (RUNNING, why) if alive else (FAILED, why)
+
+  def _grouped(self, conn, experiment: str) -> dict[tuple, list[sqlite3.Row]]:
+    """Attempts by (config_hash, seed), in the order runs were first stored."""
+    groups: dict[tuple, list[sqlite3.Row]] = {}
+    for r in conn.execute("SELECT * FROM runs WHERE experiment = ? ORDER BY id",
+                          (experiment,)):
+      groups.setdefault((r["config_hash"], r["seed"]), []).append(r)
+    return groups
+
+  # -- writing
+
+  def claim(self, experiment: str, run_name: str, grid: dict, config: Any,
+            config_hash: str, seed: int, provenance: dict | None = None, *,
+            force: bool = False) -> int | None:
+    """Starts a new attempt of a run and returns its id, or None to skip it.
+
+    Skipped when the run (same experiment, config hash and seed) already
+    ended done or diverged (unless `force`), or when another live process is
+    running it (even with `force`: two processes would race on one workdir).
+    Attempts whose owner is gone are marked failed and taken over.
+    """
+    grid_json, config_json = _dumps(grid), _dumps(config)
+    prov = _provenance_columns(provenance or {})
+    seed = int(seed)
+
+    def fn(conn):
+      now = time.time()
+      attempts = conn.execute(
+          "SELECT * FROM runs WHERE experiment = ? AND config_hash = ? AND "
+          "seed = ? ORDER BY id", (experiment, config_hash, seed)).fetchall()
+      gone = []
+      for r in attempts:
+        if r["status"] != RUNNING:
+          continue
+        alive, why = self._owner(r, now)
+        if alive and not r["superseded"]:
+          return None
+        if not alive:
+          gone.append((r, why))
+      if not force and any(r["status"] in FINAL and not r["superseded"]
+                           for r in attempts):
+        return None
+      attempt = max((r["attempt"] for r in attempts), default=0) + 1
+      for r, why in gone:
+        conn.execute(
+            "UPDATE runs SET status = ?, error = ?, ended_at = ? WHERE id = ? "
+            "AND status = ?", (FAILED, f"abandoned ({why}); taken over by "
+                               f"attempt {attempt}", now, r["id"], RUNNING))
+      columns = dict(experiment=experiment, run_name=run_name,
+                     config_hash=config_hash, seed=seed, attempt=attempt,
+                     status=RUNNING, grid=grid_json, config=config_json,
+                     hostname=self._host, pid=os.getpid(), started_at=now,
+                     heartbeat_at=now, **prov)
+      cur = conn.execute(
+          f"INSERT INTO runs ({', '.join(columns)}) VALUES "
+          f"({', '.join('?' * len(columns))})", tuple(columns.values()))
+      return cur.lastrowid
+
+    return self._transaction(fn, write=True)
+
+  def heartbeat(self, run_id: int) -> None:
+    """Tells other processes this attempt's owner is still at work."""
+    def fn(conn):
+      if not conn.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?",
+                          (time.time(), run_id)).rowcount:
+        self._row(conn, run_id)  # raises: no such run
+
+    self._transaction(fn, write=True)
+
+  def log_eval(self, run_id: int, record: dict) -> None:
+    """Stores one evaluation record ({step, key: value, ...}); a heartbeat too.
+
+    Logging the same step again replaces its values (safe to repeat).
+    """
+    step = _step(record, "eval record")
+    rows = [(run_id, "eval", step, k, v)
+            for k, v in _long_rows(record, ["step"])]
+
+    def fn(conn):
+      self._row(conn, run_id)
+      conn.executemany("INSERT OR REPLACE INTO series (run_id, source, step, "
+                       "key, value) VALUES (?, ?, ?, ?, ?)", rows)
+      conn.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?",
+                    (time.time(), run_id))
+
+    self._transaction(fn, write=True)
+
+  def finish(self, run_id: int, result: dict,
+             evals: Iterable[dict] | None = None) -> None:
+    """Stores a run's result; the only way an attempt becomes done.
+
+    One transaction writes the final metrics, the train log, `evals` (eval
+    records not sent with `log_eval`, e.g. read back from ``metrics.jsonl``),
+    the full result JSON, status, error and end time, so readers see all of
+    it or none of it. A done or diverged attempt supersedes older ones.
+    """
+    status = result.get("status")
+    if status not in (DONE, DIVERGED, FAILED):
+      raise ValueError(f"result status {status!r} cannot finish a run; it "
+                       f"must be one of {DONE}, {DIVERGED}, {FAILED}")
+    metrics = _long_rows(result.get("metrics") or {})
+    series = []
+    for source, records in (("train", result.get("train_log") or ()),
+                            ("eval", evals or ())):
+      for rec in records:
+        step = _step(rec, f"{source} record")
+        series += [(run_id, source, step, k, v)
+                   for k, v in _long_rows(rec, ["step"])]
+    result_json = _dumps(result)
+    prov = _provenance_columns(result)
+    num = lambda k: _number(result.get(k))[1]  # noqa: E731
+
+    def fn(conn):
+      now = time.time()
+      row = self._row(conn, run_id)
+      if row["status"] in FINAL:
+        raise ValueError(
+            f"run {run_id} ({row['run_name']}) already ended {row['status']}; "
+            f"claim a new attempt with force=True to run it again")
+      for key, want in (("config_hash", row["config_hash"]),
+                        ("seed", row["seed"])):
+        if result.get(key) is not None and result[key] != want:
+          raise ValueError(
+              f"result {key} {result[key]!r} does not match run {run_id}'s "
+              f"{want!r}; finish() got the result of another run")
+      conn.execute("DELETE FROM final_metrics WHERE run_id = ?", (run_id,))
+      conn.execute("DELETE FROM series WHERE run_id = ? AND source = 'train'",
+                   (run_id,))
+      conn.executemany("INSERT INTO final_metrics (run_id, key, value) "
+                       "VALUES (?, ?, ?)", [(run_id, k, v) for k, v in metrics])
+      conn.executemany("INSERT OR REPLACE INTO series (run_id, source, step, "
+                       "key, value) VALUES (?, ?, ?, ?, ?)", series)
+      columns = dict(status=status, error=result.get("error"), ended_at=now,
+                     heartbeat_at=now, result=result_json,
+                     steps=num("steps"), best_step=num("best_step"),
+                     wall_time_s=num("wall_time_s"), **prov)
+      for k in ("steps", "best_step"):
+        columns[k] = None if columns[k] is None else int(columns[k])
+      conn.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in columns)} "
+                   f"WHERE id = ?", (*columns.values(), run_id))
+      # Older attempts than the latest done/diverged one are superseded.
+      conn.execute(
+          "UPDATE runs SET superseded = (id < COALESCE((SELECT max(id) FROM "
+          "runs AS r WHERE r.experiment = runs.experiment AND r.config_hash = "
+          "runs.config_hash AND r.seed = runs.seed AND r.status IN (?, ?)), 0))"
+          " WHERE experiment = ? AND config_hash = ? AND seed = ?",
+          (DONE, DIVERGED, row["experiment"], row["config_hash"], row["seed"]))
+
+    self._transaction(fn, write=True)
+
+  def fail(self, run_id: int, error: str) -> None:
+    """Marks an attempt failed (an exception the caller caught)."""
+    def fn(conn):
+      row = self._row(conn, run_id)
+      if row["status"] in FINAL:
+        raise ValueError(f"run {run_id} ({row['run_name']}) already ended "
+                         f"{row['status']}; it cannot fail now")
+      now = time.time()
+      conn.execute("UPDATE runs SET status = ?, error = ?, ended_at = ?, "
+                   "heartbeat_at = ? WHERE id = ?",
+                   (FAILED, str(error), now, now, run_id))
+
+    self._transaction(fn, write=True)
+
+  # -- reading
+
+  def _result_dict(self, row: sqlite3.Row, status: str, detail: str) -> dict:
+    if row["result"] is not None:
+      out = json.loads(row["result"])
+    else:  # never finished: what the store knows from claim()
+      out = {"experiment": row["experiment"], "grid": json.loads(row["grid"]),
+             "seed": row["seed"], "config_hash": row["config_hash"],
+             "git": {"commit": row["git_commit"],
+                     "dirty": None if row["git_dirty"] is None
+                     else bool(row["git_dirty"])},
+             "metrics": {}}
+    out.setdefault("config", json.loads(row["config"]))
+    out.update(run_id=row["id"], run_name=row["run_name"],
+               attempt=row["attempt"], superseded=bool(row["superseded"]),
+               status=status, started_at=row["started_at"],
+               ended_at=row["ended_at"])
+    if status in (FAILED, DIVERGED):
+      out["error"] = row["error"] or detail or None
+    return out
+
+  def results(self, experiment: str, latest_only: bool = True) -> list[dict]:
+    """The stored result dicts of an experiment, in the order first run.
+
+    One per (config_hash, seed) with `latest_only`: the latest done or
+    diverged attempt, else the latest attempt (a failed or running one, as
+    a dict with empty metrics if it never finished). Otherwise every attempt.
+    Each dict is the JSON given to `finish` plus run_id, run_name, attempt,
+    superseded, status, started_at, ended_at and config.
+    """
+    def fn(conn):
+      now = time.time()
+      out = []
+      for attempts in self._grouped(conn, experiment).values():
+        rows = [self._resolve(attempts, now)[1]] if latest_only else attempts
+        for r in rows:
+          out.append(self._result_dict(r, *self._own_status(r, now)))
+      return out
+
+    return self._transaction(fn, write=False)
+
+  def status(self, experiment: str,
+             expected_runs: Iterable[tuple[str, str, int]] | None = None,
+             ) -> list[RunStatus]:
+    """done / running / diverged / failed / missing for each run.
+
+    `expected_runs` ((run_name, config_hash, seed), e.g. an experiment's
+    grid) gives the rows and their order, and runs never stored show as
+    missing; without it, every run stored for the experiment is listed.
+    A running attempt whose owner is gone shows as failed, with the reason.
+    """
+    def fn(conn):
+      now = time.time()
+      groups = self._grouped(conn, experiment)
+      if expected_runs is None:
+        wanted = [(a[-1]["run_name"], h, s) for (h, s), a in groups.items()]
+      else:
+        wanted = [(n, h, int(s)) for n, h, s in expected_runs]
+      out = []
+      for name, h, s in wanted:
+        attempts = groups.get((h, s))
+        if not attempts:
+          out.append(RunStatus(name, h, s, MISSING, None, 0, ""))
+          continue
+        row, _, status, detail = self._resolve(attempts, now)
+        out.append(RunStatus(name, h, s, status, row["id"], len(attempts),
+                             detail))
+      return out
+
+    return self._transaction(fn, write=False)
+
+  def eval_history(self, run_id: int, source: str = "eval") -> list[dict]:
+    """An attempt's records over time, [{step, key: value, ...}] by step.
+
+    `source` "eval": the evaluation records (as in metrics.jsonl); "train":
+    the result's train_log (weights, cosines, losses at log steps).
+    """
+    _check_source(source)
+
+    def fn(conn):
+      self._row(conn, run_id)
+      records: dict[int, dict] = {}
+      for step, key, value in conn.execute(
+          "SELECT step, key, value FROM series WHERE run_id = ? AND source = ?"
+          " ORDER BY step, key", (run_id, source)):
+        records.setdefault(step, {"step": step})[key] = value
+      return list(records.values())
+
+    return self._transaction(fn, write=False)
+
+  def metric_history(self, experiment: str, key: str,
+                     source: str = "eval") -> list[dict]:
+    """One key over time for each run of an experiment (e.g. for figures).
+
+    [{run_id, run_name, grid, seed, config_hash, status, steps, values}] for
+    the same attempt per run that `results` picks; steps/values may be empty.
+    """
+    _check_source(source)
+
+    def fn(conn):
+      now = time.time()
+      out = []
+      for attempts in self._grouped(conn, experiment).values():
+        row = self._resolve(attempts, now)[1]
+        status = self._own_status(row, now)[0]
+        points = conn.execute(
+            "SELECT step, value FROM series WHERE run_id = ? AND source = ? "
+            "AND key = ? ORDER BY step", (row["id"], source, key)).fetchall()
+        out.append({"run_id": row["id"], "run_name": row["run_name"],
+                    "grid": json.loads(row["grid"]), "seed": row["seed"],
+                    "config_hash": row["config_hash"], "status": status,
+                    "steps": [p[0] for p in points],
+                    "values": [p[1] for p in points]})
+      return out
+
+    return self._transaction(fn, write=False)
+
+  # -- export
+
+  def table(self, experiment: str) -> tuple[list[str], list[dict]]:
+    """(columns, rows): one flat row per run, as `export` writes csv/parquet.
+
+    Columns: run_name, the grid axes (``grid/<axis>`` when an axis name
+    clashes with a fixed column), seed, status, attempt, ids, provenance,
+    times, then every final metric and scalar ``report/<key>``, sorted.
+    """
+    results = self.results(experiment)
+    fixed = ["run_name", "seed", "status", "error", "config_hash", "run_id",
+             "attempt", "git_commit", "git_dirty", "device_kind",
+             "device_count", "started_at", "ended_at", "wall_time_s", "steps",
+             "best_step"]
+    axes: list[str] = []
+    extra: set[str] = set()
+    rows = []
+    for r in results:
+      git, dev = r.get("git") or {}, r.get("devices") or {}
+      row = {"run_name": r["run_name"], "seed": r.get("seed"),
+             "status": r["status"], "error": r.get("error"),
+             "config_hash": r.get("config_hash"), "run_id": r["run_id"],
+             "attempt": r["attempt"], "git_commit": git.get("commit"),
+             "git_dirty": git.get("dirty"), "device_kind": dev.get("kind"),
+             "device_count": dev.get("count"),
+             "started_at": _iso(r["started_at"]),
+             "ended_at": _iso(r["ended_at"]),
+             "wall_time_s": r.get("wall_time_s"), "steps": r.get("steps"),
+             "best_step": r.get("best_step")}
+      for axis, value in (r.get("grid") or {}).items():
+        if axis == "seed":
+          continue
+        col = f"grid/{axis}" if axis in fixed else axis
+        if col not in axes:
+          axes.append(col)
+        row[col] = _dumps(value) if isinstance(value, (list, dict)) else value
+      for k, v in (r.get("metrics") or {}).items():
+        row[k] = _number(v)[1]
+        extra.add(k)
+      for k, v in (r.get("report") or {}).items():
+        if v is None or isinstance(v, (bool, int, float, str)):
+          row[f"report/{k}"] = _number(v)[1] if not isinstance(v, str) else v
+          extra.add(f"report/{k}")
+      rows.append(row)
+    columns = ["run_name", *axes, *fixed[1:], *sorted(extra)]
+    return columns, rows
+
+  def export(self, experiment: str, fmt: str,
+             out_path: str | os.PathLike) -> pathlib.Path:
+    """Writes an experiment's runs to `out_path` and returns the path.
+
+    csv and parquet: the flat table of `table` (one row per run, NaN as an
+    empty cell / null); jsonl: one full result dict per line. The file is
+    written to a temporary name first, so a failed export leaves no half file.
+    """
+    if fmt not in EXPORT_FORMATS:
+      raise ValueError(f"unknown export format {fmt!r}; use one of "
+                       f"{', '.join(EXPORT_FORMATS)}")
+    out_path = pathlib.Path(out_path)
+    if fmt == "parquet":
+      try:
+        import pyarrow
+        import pyarrow.parquet
+      except ImportError as e:
+        raise ImportError("exporting to parquet needs pyarrow: "
+                          "pip install pyarrow (or use --format csv)") from e
+    if fmt == "jsonl":
+      payload = self.results(experiment)
+      if not payload:
+        raise ValueError(self._nothing(experiment))
+    else:
+      columns, rows = self.table(experiment)
+      if not rows:
+        raise ValueError(self._nothing(experiment))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.")
+    os.close(fd)
+    try:
+      if fmt == "jsonl":
+        with open(tmp, "w") as f:
+          for r in payload:
+            f.write(_dumps(r) + "\n")
+      elif fmt == "csv":
+        with open(tmp, "w", newline="") as f:
+          w = csv.DictWriter(f, fieldnames=columns, restval="")
+          w.writeheader()
+          for row in rows:
+            w.writerow({k: "" if v is None else v for k, v in row.items()})
+      else:
+        data = {c: _parquet_column([row.get(c) for row in rows])
+                for c in columns}
+        pyarrow.parquet.write_table(pyarrow.table(data), tmp)
+      os.replace(tmp, out_path)
+    except BaseException:
+      pathlib.Path(tmp).unlink(missing_ok=True)
+      raise
+    return out_path
+
+  def _nothing(self, experiment: str) -> str:
+    known = [r[0] for r in self.conn.execute(
+        "SELECT DISTINCT experiment FROM runs ORDER BY experiment")]
+    return (f"results store {self.path} has no runs of {experiment!r}; run "
+            f"`mtrec run {experiment}` first" +
+            (f" (stored: {', '.join(known)})" if known else ""))
+
+
+def _parquet_column(values: list) -> list:
+  """A column of one type: mixed ones (e.g. 0.1 and 'auto') become text."""
+  kinds = {type(v) for v in values if v is not None}
+  if kinds <= {int, float} or len(kinds) <= 1:
+    return values
+  return [None if v is None else str(v) for v in values]

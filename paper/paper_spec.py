@@ -1,0 +1,30 @@
+"""The blocks `mtrec paper` generates in paper.md (mtrec_jax/results/paper.py).
+
+To add a block: append a Table or Figure here, and put its two marker lines
+in paper.md where it should appear:
+
+    <!-- mtrec:table census-mtl-auc -->
+    <!-- mtrec:end -->
+
+then `mtrec run census-mtl` (if its runs are not stored yet) and
+`mtrec paper --export`, which writes paper/results/census-mtl.jsonl from the
+store and regenerates paper.md and paper/figures/. Commit all three.
+
+Table(id, experiment, metrics=(), rows=None, baseline="auto", where=None,
+      digits=4, caption="")
+Figure(id, experiment, kind, options={}, caption="")
+  kinds (mtrec_jax/results/figures.py): weights, cosines, validation,
+  pareto, metric-vs-axis; options are the keyword arguments of each.
+"""
+from mtrec_jax.results.paper import Figure, Table
+
+BLOCKS = [
+    Table("quickstart-mse", "quickstart",
+          baseline={"model": "shared_bottom"},
+          caption="Quickstart: test MSE per task, shared-bottom vs MMoE."),
+    Figure("quickstart-validation", "quickstart", "validation",
+           caption="Quickstart: validation MSE per task over training."),
+    Figure("quickstart-pareto", "quickstart", "pareto",
+           caption="Quickstart: test MSE of task 1 against task 2, one "
+                   "point per model."),
+]

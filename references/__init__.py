@@ -1,0 +1,1 @@
+"""Independent reference implementations (not part of the mtrec_jax package)."""
