@@ -59,3 +59,31 @@ def get_experiment() -> Experiment:
       Axis("model", "model.name",
            ("single_task", "shared_bottom", "mmoe", "ple")),
   ), seeds=(0, 1, 2), table_metrics=("test/income/auc", "test/marital/auc"))
+
+
+# Every registered strategy except the ones that need per-run settings
+# (`static` weights, `alternating` schedules) or duplicate another here
+# (`sum` = 2 x `mean` for two tasks).
+CENSUS_STRATEGIES = ("mean", "max", "uncertainty", "dwa", "rlw", "gls", "famo",
+                     "imtl_l", "gradnorm", "mgda", "pcgrad", "gradvac",
+                     "graddrop", "cagrad", "imtl_g", "nash_mtl", "aligned_mtl",
+                     "upgrad", "dualproj")
+
+
+@EXPERIMENTS.register("census-strategies")
+def strategies() -> Experiment:
+  """MMoE on Census-Income under every weighting strategy, 3 seeds.
+
+      mtrec run census-strategies        # 19 strategies x 3 seeds
+
+  The `census-mtl` setup with MMoE; each strategy with its documented
+  defaults and default gradient mode (see `mtrec_jax/weighting/`), equal
+  weighting (`mean`) as the baseline of the Δm% column.  Selection is on the
+  validation mean task loss for every strategy, so no strategy picks its
+  checkpoint by its own weighted loss.
+  """
+  c = census_config()
+  c.model.name = "mmoe"
+  return Experiment(c, axes=(
+      Axis("strategy", "strategy.name", CENSUS_STRATEGIES),
+  ), seeds=(0, 1, 2), table_metrics=("test/income/auc", "test/marital/auc"))

@@ -4,7 +4,7 @@
     mtrec show NAME [--set k=v ...]
     mtrec run NAME [--workdir DIR] [--seeds 0-2 | --seed N]
                    [--only axis=v1,v2 ...] [--set k=v ...]
-                   [--shard I/N] [--force] [--store PATH]
+                   [--shard I/N] [--force] [--resume] [--store PATH]
     mtrec status NAME [--only ...] [--seeds ...] [--set k=v ...] [--store PATH]
     mtrec export NAME --format csv|jsonl|parquet [--out PATH] [--store PATH]
     mtrec table NAME [--metric M ...] [--format md|latex] [--rows AXIS,...]
@@ -15,6 +15,9 @@
 Every run is recorded in the results store (an SQLite file; default
 $MTREC_STORE or ./results/mtrec.db), so `mtrec run` skips runs already done
 with the same config and seed, and array jobs (--shard I/N) can share it.
+A run keeps checkpoints in its folder; after a crash or a kill, `mtrec run
+NAME --resume` continues each unfinished run from its newest usable one
+(without --resume, a run starts over and deletes them).
 
 `mtrec paper` regenerates the tables and figures of paper/paper.md from the
 committed export paper/results/*.jsonl; `--export` first refreshes that
@@ -32,6 +35,7 @@ import sqlite3
 import sys
 import threading
 import time
+import warnings
 from collections import defaultdict
 
 import numpy as np
@@ -260,17 +264,35 @@ def _store_result(store, console, run_id: int, res: dict,
 
 
 def _train_one(store, console, exp, run, comp, workdir: pathlib.Path,
-               run_id: int, progress: bool) -> tuple[dict, bool]:
+               run_id: int, progress: bool,
+               resume: bool = False) -> tuple[dict, bool]:
   """Trains one claimed run and stores its outcome: (result, ok)."""
-  from mtrec_jax.train import loop
+  from mtrec_jax.train import checkpoints, loop
   key = _run_key(run)
   started = time.time()
+
+  def log(message: str) -> None:
+    console.print("  " + message, markup=False, highlight=False,
+                  soft_wrap=True)
+
+  def show(message, category, *args, **kwargs):
+    if issubclass(category, checkpoints.CheckpointWarning):
+      log(f"warning: {message}")
+    else:
+      shown(message, category, *args, **kwargs)
+
+  shown = warnings.showwarning
   try:
-    with _Heartbeat(store.path, run_id):
+    with _Heartbeat(store.path, run_id), warnings.catch_warnings():
+      # Checkpoint trouble (a damaged one skipped) is said in the run's
+      # output, every time, rather than once as a Python warning.
+      warnings.simplefilter("always", checkpoints.CheckpointWarning)
+      warnings.showwarning = show
       res = loop.train_and_evaluate(run.config, workdir,
                                     experiment=exp.name, grid=run.grid,
                                     progress=progress, components=comp,
-                                    report=exp.report)
+                                    report=exp.report, resume=resume,
+                                    log=log)
   except KeyboardInterrupt:
     store.fail(run_id, "interrupted (KeyboardInterrupt)")
     raise
@@ -326,8 +348,10 @@ def _grid_results(store, exp_name: str, runs, ran: dict,
 def cmd_run(args) -> int:
   from rich.console import Console
   from mtrec_jax.results import provenance as provenance_lib
-  from mtrec_jax.train import loop
+  from mtrec_jax.train import loop, parallel
   shard, num_shards = _parse_shard(args.shard)
+  # On a cluster (SLURM, MPI, TPU pod), join the other processes first.
+  parallel.initialize_distributed()
   exp, runs = _resolve_runs(args)
   mine = [r for j, r in enumerate(runs) if j % num_shards == shard]
   # Build this shard's components first: a bad name or key fails before
@@ -354,7 +378,7 @@ def cmd_run(args) -> int:
         console.print("  " + _skip_reason(store, exp.name, run, key))
         continue
       res, ok = _train_one(store, console, exp, run, comp, root / run.name,
-                           run_id, not args.no_progress)
+                           run_id, not args.no_progress, args.resume)
       failed += not ok
       ran[key] = res
     results = _grid_results(store, exp.name, runs, ran, order)
@@ -588,6 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "N), e.g. one cluster array job task each")
   run.add_argument("--force", action="store_true",
                    help="run again even if the store has the run done")
+  run.add_argument("--resume", action="store_true",
+                   help="continue each unfinished run from its newest usable "
+                        "checkpoint in its run folder (a run with none starts "
+                        "fresh); without it a run starts over and deletes "
+                        "its old checkpoints")
   with_store(run)
   run.set_defaults(fn=cmd_run)
   status = sub.add_parser("status", help="done/running/failed/missing for "

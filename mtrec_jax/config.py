@@ -68,7 +68,31 @@ def base_config() -> ConfigDict:
   # improvement before stopping early (0 = never stop early).
   c.train.selection_metric = "val/loss"
   c.train.patience = 0
+  # Checkpoints in <run dir>/checkpoints/, for `mtrec run --resume`: one
+  # every checkpoint_every steps (0 = at each evaluation), one whenever
+  # checkpoint_minutes have passed since the last (0 = no timed ones), one
+  # at the last step; the last keep_checkpoints are kept, and the best by
+  # selection_metric (keep_checkpoints 0 = no checkpoints).  They do not
+  # change results, so config_hash leaves them out (see NOT_HASHED).
+  c.train.checkpoint_every = 0
+  c.train.checkpoint_minutes = 0.0
+  c.train.keep_checkpoints = 2
+  # Data parallelism (train/parallel.py): the batch is split over a mesh
+  # axis "data" of mesh_data devices (0 = all devices / mesh_model), and
+  # with shard_embeddings the embedding tables over an axis "model" of
+  # mesh_model devices.  One device gives exactly the single-device numbers;
+  # more give them up to float rounding, so these keys are not hashed.
+  c.train.mesh_data = 0
+  c.train.mesh_model = 1
+  c.train.shard_embeddings = False
   return c
+
+
+# Keys that change how a run is kept, not what it computes: runs that differ
+# only in them are the same run to the results store.
+NOT_HASHED = ("train.checkpoint_every", "train.checkpoint_minutes",
+              "train.keep_checkpoints", "train.mesh_data", "train.mesh_model",
+              "train.shard_embeddings")
 
 
 def flat_keys(config: ConfigDict, prefix: str = "") -> list[str]:
@@ -175,9 +199,12 @@ def to_dict(config: ConfigDict) -> dict:
 
 
 def config_hash(config: ConfigDict) -> str:
-  """A stable hash of everything but the seed (runs that differ only in their
-  seed share it, so a results store can group them)."""
+  """A stable hash of everything but the seed and `NOT_HASHED` (runs that
+  differ only in their seed share it, so a results store can group them)."""
   d = to_dict(config)
   d.pop("seed", None)
+  for key in NOT_HASHED:
+    section, _, leaf = key.rpartition(".")
+    d.get(section, {}).pop(leaf, None)
   blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
   return hashlib.sha256(blob.encode()).hexdigest()[:16]

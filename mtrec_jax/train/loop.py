@@ -2,16 +2,27 @@
 
 Model selection and early stopping look at validation metrics only; the test
 split is evaluated once, with the selected parameters, at the end.
+
+With a run directory, the run keeps checkpoints there (`checkpoints.py`;
+`train.checkpoint_every`, `checkpoint_minutes`, `keep_checkpoints`), and
+`resume=True` continues from the newest usable one.  Everything a step
+depends on is in the checkpoint or a pure function of (seed, step): the
+batch of step t, the step's RNG key fold_in(rng, t), evaluation.  So a
+resumed run ends with the same result as an uninterrupted one, timings
+aside.
 """
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
 import pathlib
 import sys
+import tempfile
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 import jax
 
@@ -27,6 +38,7 @@ from mtrec_jax.results import provenance as provenance_lib
 from mtrec_jax.results import run_files
 from mtrec_jax.tasks.metrics import direction
 from mtrec_jax.train import checkpoints
+from mtrec_jax.train import parallel
 from mtrec_jax.train import state as state_lib
 from mtrec_jax.train.evaluate import evaluate, make_predict_fn
 from mtrec_jax.train.optim import make_optimizer
@@ -133,6 +145,23 @@ class Components:
     self.selection_mode = "min" if parts[-1] == "loss" else direction(parts[-1])
     if config.init_from:
       checkpoints.params_dir(config.init_from)  # a missing one fails early
+    tcfg = config.train
+    if min(tcfg.checkpoint_every, tcfg.checkpoint_minutes,
+           tcfg.keep_checkpoints) < 0:
+      raise ValueError(f"train.checkpoint_every ({tcfg.checkpoint_every}), "
+                       f"checkpoint_minutes ({tcfg.checkpoint_minutes}) and "
+                       f"keep_checkpoints ({tcfg.keep_checkpoints}) must be "
+                       f">= 0 (keep_checkpoints 0 turns checkpoints off)")
+    # The mesh (and so a batch size it cannot split) fails here, before
+    # anything is written, rather than at the first step.
+    mesh = parallel.make_mesh(config.train.mesh_data or None,
+                              config.train.mesh_model)
+    data = mesh.shape[parallel.DATA]
+    if config.train.batch_size % data:
+      raise ValueError(f"train.batch_size {config.train.batch_size} does not "
+                       f"split over the {data} devices of the 'data' mesh "
+                       f"axis; use a multiple of {data} (or set "
+                       f"train.mesh_data)")
     engines = ("auto", "vmap", "unrolled")
     if config.train.jacobian_engine not in engines:
       raise ValueError(f"train.jacobian_engine {config.train.jacobian_engine!r}"
@@ -172,12 +201,17 @@ def train_and_evaluate(config, workdir: str | pathlib.Path | None = None, *,
                        experiment: str = "", grid: dict | None = None,
                        progress: bool | None = None,
                        components: Components | None = None,
-                       report=None) -> dict[str, Any]:
+                       report=None, resume: bool = False,
+                       log: Callable[[str], None] | None = None
+                       ) -> dict[str, Any]:
   """Trains one run and returns its result dict (also ``workdir/result.json``).
 
   A non-finite loss stops the run with status ``diverged`` at its step; an
   exception gives status ``failed`` (with the error) and is re-raised.
   `report(result, dataset) -> dict`, when given, adds ``result["report"]``.
+  `resume` continues from the newest usable checkpoint in `workdir` (none:
+  a fresh start); without it, old checkpoints there are deleted first.
+  `log(message)` hears where the run starts from.
   """
   start = time.time()
   workdir = pathlib.Path(workdir) if workdir is not None else None
@@ -192,10 +226,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path | None = None, *,
       "aux_tasks": [t.name for t in c.aux_tasks], **provenance_lib.provenance()}
   if workdir is not None:
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "metrics.jsonl").unlink(missing_ok=True)
     run_files.write_json(workdir / "config.json", config_lib.to_dict(cfg))
   try:
-    result.update(_train(c, workdir, progress))
+    result.update(_train(c, workdir, progress, resume, log or (lambda m: None)))
     if report is not None:
       result["report"] = report(result, c.dataset)
   except Exception as e:  # recorded, then re-raised for the caller to decide
@@ -219,7 +252,80 @@ def _small_tree(tree, max_size: int = 10_000):
   return jax.tree_util.tree_map(lambda x: jax.device_get(x).tolist(), tree)
 
 
-def _train(c: Components, workdir, progress: bool) -> dict[str, Any]:
+def _keep_evals_until(path: pathlib.Path, step: int) -> None:
+  """Drops the records of `path` (metrics.jsonl) after `step`, and a torn
+  last line: a resumed run appends them again."""
+  if not path.exists():
+    return
+  kept = []
+  for line in path.read_text().splitlines():
+    try:
+      rec = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(rec, dict) and rec.get("step", math.inf) <= step:
+      kept.append(line + "\n")
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+  with os.fdopen(fd, "w") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
+class _Saver:
+  """The run's checkpoints (`store`: None without a run directory, or with
+  checkpoints off and none to resume) and when to write one: every
+  `checkpoint_every` steps (0 = at each evaluation), after
+  `checkpoint_minutes`, at the last step and at an early stop."""
+
+  def __init__(self, c: Components, workdir, resume: bool, log):
+    tcfg = c.config.train
+    self.every = int(tcfg.checkpoint_every) or int(tcfg.eval_every)
+    self.seconds = 60.0 * float(tcfg.checkpoint_minutes)
+    self.keep = int(tcfg.keep_checkpoints)
+    self.last_save = time.monotonic()
+    self.store = None
+    if workdir is None:
+      return
+    found = checkpoints.saved_steps(workdir)
+    if found and not resume:
+      log(f"deleting the checkpoints of an earlier attempt (steps "
+          f"{', '.join(map(str, found))}); resuming would continue from "
+          f"them (mtrec run --resume)")
+      checkpoints.clear_checkpoints(workdir)
+    if self.keep or (resume and found):
+      self.store = checkpoints.RunCheckpoints(
+          workdir, keep=self.keep, mode=c.selection_mode,
+          identity={"config_hash": config_lib.config_hash(c.config),
+                    "seed": int(c.config.seed)})
+
+  def due(self, step: int, final: bool) -> bool:
+    """Whether to save after `step`; `final`: the last step of the loop."""
+    if self.store is None or not self.keep:
+      return False
+    return (final or step % self.every == 0 or
+            (self.seconds > 0 and
+             time.monotonic() - self.last_save >= self.seconds))
+
+  def save(self, step, state, best_params, meta, value) -> None:
+    self.store.save(step, state, best_params, meta, value)
+    self.last_save = time.monotonic()
+
+  def close(self) -> None:
+    if self.store is not None:
+      self.store.close()
+
+
+def _train(c: Components, workdir, progress: bool, resume: bool = False,
+           log=lambda m: None) -> dict[str, Any]:
+  saver = _Saver(c, workdir, resume, log)
+  try:
+    return _train_with(c, workdir, progress, resume, log, saver)
+  finally:
+    saver.close()
+
+
+def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
+                saver: _Saver) -> dict[str, Any]:
   cfg = c.config
   tcfg = cfg.train
   state = init_state(c)
@@ -235,26 +341,57 @@ def _train(c: Components, workdir, progress: bool) -> dict[str, Any]:
   engine = tcfg.jacobian_engine
   if engine == "auto":
     engine = "unrolled" if jax.devices()[0].platform == "cpu" else "vmap"
-  step_fn = jax.jit(make_train_step(c.model, c.tasks, c.strategy, c.optimizer,
-                                    cfg.strategy.mode, jacobian=engine))
+  mesh = parallel.make_mesh(tcfg.mesh_data or None, tcfg.mesh_model)
+  shardings = parallel.state_sharding(state, mesh, tcfg.shard_embeddings)
+  step_fn = parallel.jit_train_step(
+      make_train_step(c.model, c.tasks, c.strategy, c.optimizer,
+                      cfg.strategy.mode, jacobian=engine), mesh, shardings)
   predict = make_predict_fn(c.model, c.tasks)
   splits = c.dataset.splits
-  batches = train_batches(splits["train"], tcfg.batch_size, cfg.seed)
-  best_params, best_value, best_step, bad_evals = state.params, None, 0, 0
-  history_weights = []
-  status, diverged_at = "done", None
-  # Validation losses before training: the denominators of the relative
-  # loss sum L_k(t) / L_k(0) that GradNorm (Chen et al. 2018) reports.
-  initial = evaluate(predict, state.params, splits["val"], c.tasks,
-                     tcfg.eval_batch_size, "val")
+  restored = None
+  if resume and saver.store is not None:
+    restored = saver.store.restore_latest(state, state.params)
+  if restored is None:
+    if resume:
+      log("no usable checkpoint: starting from step 0")
+    best_params, best_value, best_step, bad_evals = state.params, None, 0, 0
+    history_weights = []
+    stopped = False
+    # Validation losses before training: the denominators of the relative
+    # loss sum L_k(t) / L_k(0) that GradNorm (Chen et al. 2018) reports.
+    initial = evaluate(predict, state.params, splits["val"], c.tasks,
+                       tcfg.eval_batch_size, "val")
+    if workdir is not None:
+      (workdir / "metrics.jsonl").unlink(missing_ok=True)
+  else:
+    log(f"resuming from the checkpoint of step {restored.step}")
+    meta = restored.meta
+    state, best_params = restored.state, restored.best_params
+    best_value, best_step = meta["best_value"], meta["best_step"]
+    bad_evals, stopped = meta["bad_evals"], meta["stopped"]
+    history_weights, initial = meta["train_log"], meta["initial"]
+    _keep_evals_until(workdir / "metrics.jsonl", restored.step)
+  state = jax.device_put(state, shardings)  # restored states are unsharded
+  step = int(state.step)
+  batches = train_batches(splits["train"], tcfg.batch_size, cfg.seed,
+                          start_step=step)
+  status, diverged_at, compile_s = "done", None, None
+
+  def checkpoint(value=None):
+    saver.save(step, state, best_params, {
+        "best_value": best_value, "best_step": best_step,
+        "bad_evals": bad_evals, "stopped": stopped,
+        # A copy: the save is written in the background while the log grows.
+        "train_log": list(history_weights), "initial": initial}, value)
+
   compile_start = time.time()
   with _progress(progress, tcfg.num_steps) as bar:
-    bar_task = bar.add_task("training", total=tcfg.num_steps)
-    step = 0
-    while step < tcfg.num_steps:
-      state, metrics = step_fn(state, next(batches))
+    bar_task = bar.add_task("training", total=tcfg.num_steps, completed=step)
+    while step < tcfg.num_steps and not stopped:
+      state, metrics = step_fn(state, parallel.shard_batch(next(batches),
+                                                           mesh))
       step += 1
-      if step == 1:
+      if compile_s is None:
         jax.block_until_ready(state)
         compile_s = time.time() - compile_start
       bar.advance(bar_task)
@@ -270,6 +407,7 @@ def _train(c: Components, workdir, progress: bool) -> dict[str, Any]:
         history_weights.append({"step": step, **{
             k: float(v) for k, v in host.items()
             if k.startswith(("weight/", "cos/", "loss/"))}})
+      value = None
       if step % tcfg.eval_every == 0 or last:
         ev = evaluate(predict, state.params, splits["val"], c.tasks,
                       tcfg.eval_batch_size, "val")
@@ -282,11 +420,12 @@ def _train(c: Components, workdir, progress: bool) -> dict[str, Any]:
               state.params, value, step, 0)
         else:
           bad_evals += 1
-          if tcfg.patience and bad_evals >= tcfg.patience:
-            break
+          stopped = bool(tcfg.patience and bad_evals >= tcfg.patience)
+      if saver.due(step, last or stopped):
+        checkpoint(value)
   out: dict[str, Any] = {"status": status, "steps": step,
                          "best_step": best_step,
-                         "compile_time_s": compile_s if step else None}
+                         "compile_time_s": compile_s}
   if status == "diverged":
     out["diverged_step"] = diverged_at
     out["error"] = f"non-finite loss at step {diverged_at}"

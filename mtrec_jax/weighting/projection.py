@@ -228,7 +228,8 @@ def gradvac(beta: float = 0.5, eps: float = 1e-8, random_order: bool = True,
 
 @jax.jit
 def graddrop_combine(jacobian: jax.Array, noise: jax.Array,
-                     leak: Union[float, jax.Array] = 0.0
+                     leak: Union[float, jax.Array] = 0.0,
+                     with_kept: Union[bool, jax.Array] = True
                      ) -> tuple[jax.Array, jax.Array]:
   """GradDrop's masked sum for a [K, P] Jacobian and uniform noise [P].
 
@@ -238,7 +239,10 @@ def graddrop_combine(jacobian: jax.Array, noise: jax.Array,
   ``sum_k (l_k + (1 - l_k) M_k) * g_k`` with leak ``l``.  Returns
   ``(update [P], kept [K])`` where ``kept_k = sum_p m_kp g_kp^2 /
   sum_p g_kp^2`` is the fraction of task k's squared norm that survived
-  (1 for a zero row).
+  (1 for a zero row).  `with_kept` (a bool or a traced bool) computes the
+  fractions; when False they are NaN and skipped at run time: their K
+  reductions cost more than the update itself on XLA:CPU (1.2-1.9 ms
+  against 0.15 ms for K = 4, P = 131072).
 
   Written as K unrolled element-wise rows so XLA fuses the whole mask into
   one pass over P and never materialises the [K, P] multipliers: 0.9 ms
@@ -255,9 +259,14 @@ def graddrop_combine(jacobian: jax.Array, noise: jax.Array,
   leak = jnp.broadcast_to(jnp.asarray(leak, j.dtype), (len(rows),))
   masked = [jnp.where((up & (r > 0)) | (down & (r < 0)), r, leak[i] * r)
             for i, r in enumerate(rows)]
-  kept_sq = jnp.stack([jnp.vdot(m, r) for m, r in zip(masked, rows)])
-  sq = jnp.stack([jnp.vdot(r, r) for r in rows])
-  kept = jnp.where(sq > 0, kept_sq / jnp.where(sq > 0, sq, 1.0), 1.0)
+
+  def kept_fractions():
+    kept_sq = jnp.stack([jnp.vdot(m, r) for m, r in zip(masked, rows)])
+    sq = jnp.stack([jnp.vdot(r, r) for r in rows])
+    return jnp.where(sq > 0, kept_sq / jnp.where(sq > 0, sq, 1.0), 1.0)
+
+  kept = jax.lax.cond(jnp.asarray(with_kept), kept_fractions,
+                      lambda: jnp.full((len(rows),), jnp.nan, j.dtype))
   return functools.reduce(jnp.add, masked), kept
 
 
@@ -274,7 +283,7 @@ def uniform_16bit(key: jax.Array, size: int) -> jax.Array:
 
 @STRATEGIES.register("graddrop")
 def graddrop(leak: Union[float, Sequence[float]] = 0.0,
-             mode: Optional[str] = None) -> Strategy:
+             mode: Optional[str] = None, report_every: int = 10) -> Strategy:
   """GradDrop, gradient sign dropout (Chen et al., NeurIPS 2020).
 
   Per coordinate of the gradient, computes the sign purity
@@ -297,31 +306,45 @@ def graddrop(leak: Union[float, Sequence[float]] = 0.0,
 
   Reported weights (logging only; the update is not linear): for each task,
   the fraction of its squared gradient norm that was kept,
-  ``sum_p m_kp g_kp^2 / sum_p g_kp^2`` (1 when nothing was dropped).
+  ``sum_p m_kp g_kp^2 / sum_p g_kp^2`` (1 when nothing was dropped),
+  computed exactly at steps that are multiples of `report_every` and held
+  in the strategy state in between (the training loop logs every 50 steps,
+  a multiple of the default 10), since those K reductions cost XLA:CPU more
+  than the masked update itself.
   Scale: sum-like (agreeing gradients are summed).
 
   Args:
     leak: leak ``l`` in [0, 1], scalar or one per task.
     mode: "params" or "rep"; overrides the default mode.
+    report_every: steps between exact kept fractions (1 = every step).
   """
   name = "graddrop"
   leak_value = tuple(float(x) for x in leak) if isinstance(
       leak, (list, tuple)) else float(leak)
+  if isinstance(report_every, bool) or not isinstance(report_every, int) \
+      or report_every < 1:
+    raise ValueError(f"strategy {name!r}: report_every must be an int >= 1, "
+                     f"got {report_every!r}")
 
   def aggregate(state, *, jacobian, losses, step, key):
-    del losses, step
+    del losses
     if key is None:
       key = jax.random.PRNGKey(0)
+    step = jnp.zeros((), jnp.int32) if step is None else jnp.asarray(step)
     j = jax.lax.stop_gradient(jacobian)
     if isinstance(leak_value, tuple) and len(leak_value) != j.shape[0]:
       raise ValueError(f"strategy {name!r}: {len(leak_value)} leaks given for "
                        f"{j.shape[0]} tasks; give one per task")
     noise = uniform_16bit(key, j.shape[1])
-    update, kept = graddrop_combine(j, noise, jnp.asarray(leak_value))
-    return update.astype(jacobian.dtype), Weighting(kept, state, {})
+    due = step % report_every == 0
+    update, kept = graddrop_combine(j, noise, jnp.asarray(leak_value), due)
+    kept = jnp.where(due, kept, state).astype(state.dtype)
+    return update.astype(jacobian.dtype), Weighting(kept, kept, {})
 
-  return Strategy(name=name, kind="jacobian", init=lambda k: (),
+  return Strategy(name=name, kind="jacobian",
+                  init=lambda k: jnp.ones((k,), jnp.float32),
                   aggregate=aggregate,
                   default_mode=resolve_mode(name, mode, "rep"),
                   hparams={"leak": list(leak_value) if isinstance(
-                      leak_value, tuple) else leak_value, "mode": mode})
+                      leak_value, tuple) else leak_value, "mode": mode,
+                           "report_every": report_every})

@@ -243,6 +243,26 @@ def test_graddrop_identical_signs_keep_everything():
     np.testing.assert_allclose(out.weights, np.ones(3), rtol=1e-6)
 
 
+def test_graddrop_reports_kept_fractions_every_n_steps():
+  rng = np.random.default_rng(4)
+  jac = jnp.asarray(rng.normal(size=(3, 64)).astype(np.float32))
+  s = build("graddrop", report_every=5)
+  agg = jax.jit(lambda state, step, key: s.aggregate(
+      state, jacobian=jac, losses=jnp.ones(3), step=step, key=key)[1])
+  state = s.init(3)
+  for step in range(7):
+    key = jax.random.PRNGKey(step)
+    out = agg(state, step, key)
+    noise = uniform_16bit(key, 64)
+    _, exact = graddrop_combine(jac, noise)
+    # Exact at multiples of report_every, held (state) in between.
+    expected = exact if step % 5 == 0 else state
+    np.testing.assert_allclose(out.weights, expected, rtol=1e-6)
+    state = out.state
+  with pytest.raises(ValueError, match="report_every"):
+    build("graddrop", report_every=0)
+
+
 def test_graddrop_expectation():
   # E[update] per coordinate = P * sum(pos) + (1 - P) * sum(neg).
   jac = np.array([[1.0, -2.0, 0.5], [-3.0, 1.0, 0.5], [0.5, -1.0, -2.0]],
@@ -250,7 +270,7 @@ def test_graddrop_expectation():
   s = build("graddrop")
   keys = jax.random.split(jax.random.PRNGKey(0), 3000)
   run = jax.jit(jax.vmap(lambda key: s.aggregate(
-      (), jacobian=jnp.asarray(jac), losses=jnp.ones(3), step=0,
+      s.init(3), jacobian=jnp.asarray(jac), losses=jnp.ones(3), step=0,
       key=key)[0]))
   mean = np.asarray(run(keys)).mean(0)
   pos = np.where(jac > 0, jac, 0).sum(0)
