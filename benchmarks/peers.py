@@ -52,7 +52,7 @@ import optax
 
 from benchmarks.common import describe_device, write_outputs
 from benchmarks.roofline import matmul_peak
-from benchmarks.throughput import step_flops
+from benchmarks.throughput import OtherLoad, step_flops
 
 STRATEGIES = ("mean", "mgda", "pcgrad", "gradnorm", "cagrad")
 CAGRAD_C = 0.5
@@ -188,8 +188,9 @@ def main(argv=None) -> None:
   jax_rows, batch = jax_entries(args.k, args.batch_size, names)
   torch_rows = torch_entries(batch, args.k, names, warmup=3)
   entries = jax_rows + torch_rows
-  timed = time_rounds([(fn, st) for _, fn, st in entries], batch,
-                      rounds=rounds, iters=iters)
+  with OtherLoad() as load:
+    timed = time_rounds([(fn, st) for _, fn, st in entries], batch,
+                        rounds=rounds, iters=iters)
   measured = [{**meta, "step_ms": ms, "first_ms": first}
               for (meta, _, _), (ms, first) in zip(entries, timed)]
   peak = matmul_peak((1024,) if args.quick else (2048, 4096),
@@ -205,7 +206,7 @@ def main(argv=None) -> None:
              "rounds": rounds, "iters": iters, "threads": threads,
              "torch_version": torch.__version__, "cpu": platform.processor()
              or platform.machine(), "agreement": agreement(args.k),
-             "matmul_peak": peak,
+             "other_load": load.value, "matmul_peak": peak,
              "peak_gflops": max(r["gflops"] for r in peak),
              "rows": rows, "measured": measured}
   name = "peers_cpu" if jax.devices()[0].platform == "cpu" else "peers"
@@ -247,7 +248,8 @@ def summary(payload: dict) -> str:
            f"{payload['rounds']} interleaved rounds x {payload['iters']} "
            f"steps; torch {payload['torch_version']} with "
            f"{th['torch_threads']} intra-op threads, XLA:CPU on "
-           f"{th['cores_available']} cores.",
+           f"{th['cores_available']} cores; other processes kept "
+           f"{payload['other_load']:.2f} cores busy on average meanwhile.",
            "torch_ms is the PyTorch step in the same gradient mode; the last "
            "column compares with LibMTL's default (params) mode.", "",
            "GFLOP/s: XLA's FLOP count of the JAX step over each side's time "

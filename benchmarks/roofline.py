@@ -10,7 +10,8 @@ plus the elementwise work it counts) divided by the measured median step
 time give the achieved GFLOP/s; the peak is the best rate of a few large
 float32 matmuls (``a @ b``, n x n by n x n for n in `--matmul-sizes`, 2 n^3
 FLOPs) timed on the same device by the same rule (`common.time_step`: one
-untimed first call, warm-up calls, the median of timed calls).  fraction =
+untimed first call, warm-up calls, the median of timed calls), before and
+after the models.  fraction =
 achieved / peak, the share of the attainable compute rate the step reaches.
 Small models are bound by per-op overhead and memory traffic, not compute,
 so their fractions are low by nature; the number to watch is the
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 
 from benchmarks.common import (describe_device, time_interleaved, time_step,
                                write_outputs)
-from benchmarks.throughput import MODELS, build, compiled_step
+from benchmarks.throughput import MODELS, OtherLoad, build, compiled_step
 
 
 def matmul_peak(sizes=(2048, 4096), iters: int = 5) -> list[dict]:
@@ -40,8 +41,10 @@ def matmul_peak(sizes=(2048, 4096), iters: int = 5) -> list[dict]:
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
     step = lambda state, batch: mm(batch, state[1])
-    ms, _ = time_step(step, (a, b), a, warmup=1, iters=iters)
-    rows.append({"n": n, "ms": ms, "gflops": 2 * n ** 3 / (ms / 1e3) / 1e9})
+    with OtherLoad() as load:
+      ms, _ = time_step(step, (a, b), a, warmup=1, iters=iters)
+    rows.append({"n": n, "ms": ms, "gflops": 2 * n ** 3 / (ms / 1e3) / 1e9,
+                 "other_load": load.value})
     print(rows[-1], flush=True)
   return rows
 
@@ -66,10 +69,11 @@ def measure(models=MODELS, batch_sizes=(256,), strategies=("mean",), *,
                          "strategy": strategy, "mode": mode,
                          "flops": facts["flops"]},
                         lambda s, b, c=compiled: c(s, b)[0], state))
-      timed = time_interleaved([(fn, st) for _, fn, st in entries], batch,
-                               rounds=rounds, iters=iters)
+      with OtherLoad() as load:
+        timed = time_interleaved([(fn, st) for _, fn, st in entries], batch,
+                                 rounds=rounds, iters=iters)
       for (meta, _, _), (ms, _) in zip(entries, timed):
-        rows.append({**meta, "step_ms": ms,
+        rows.append({**meta, "step_ms": ms, "other_load": load.value,
                      "gflops": meta["flops"] / (ms / 1e3) / 1e9})
         print(rows[-1], flush=True)
   return rows
@@ -96,12 +100,17 @@ def main(argv=None) -> None:
   sizes = ((1024, 2048) if args.quick
            else tuple(int(n) for n in args.matmul_sizes.split(",")))
   rounds, iters = (2, 2) if args.quick else (args.rounds, args.iters)
-  peak_rows = matmul_peak(sizes, iters=3 if args.quick else 5)
+  peak_iters = 3 if args.quick else 5
+  # The peak before and after the models, the best counting: one
+  # measurement of it varied by 20% between runs (clock, other tenants).
+  peak_rows = [{**r, "when": "before"} for r in matmul_peak(sizes, peak_iters)]
+  rows = measure(args.models.split(","),
+                 tuple(int(b) for b in args.batch_sizes.split(",")),
+                 tuple(args.strategies.split(",")), rounds=rounds,
+                 iters=iters)
+  peak_rows += [{**r, "when": "after"} for r in matmul_peak(sizes, peak_iters)]
   peak = max(r["gflops"] for r in peak_rows)
-  rows = with_fractions(measure(
-      args.models.split(","),
-      tuple(int(b) for b in args.batch_sizes.split(",")),
-      tuple(args.strategies.split(",")), rounds=rounds, iters=iters), peak)
+  rows = with_fractions(rows, peak)
   device = describe_device()
   write_outputs(f"roofline_{jax.devices()[0].platform}",
                 {"device": device, "rounds": rounds, "iters": iters,
@@ -113,7 +122,9 @@ def summary(rows, peak_rows, device: str) -> str:
   peak = max(r["gflops"] for r in peak_rows)
   lines = [f"# Roofline: achieved / matmul-peak FLOP rate on {device}", "",
            "Peak: " + ", ".join(f"{r['n']}^3 matmul {r['gflops']:.1f} GFLOP/s"
-                                f" ({r['ms']:.1f} ms)" for r in peak_rows) +
+                                f" ({r['ms']:.1f} ms"
+                                f"{', ' + r['when'] if 'when' in r else ''})"
+                                for r in peak_rows) +
            f"; best {peak:.1f} GFLOP/s.", "",
            "| model | batch | strategy | GFLOP/step | step ms | GFLOP/s | "
            "peak GFLOP/s | fraction |", "|---|---|---|---|---|---|---|---|"]
@@ -122,6 +133,10 @@ def summary(rows, peak_rows, device: str) -> str:
                  f"{r['flops'] / 1e9:.3f} | {r['step_ms']:.2f} | "
                  f"{r['gflops']:.1f} | {r['peak_gflops']:.1f} | "
                  f"{r['fraction']:.1%} |")
+  load = max([r.get("other_load", float("nan")) for r in rows + peak_rows]
+             or [float("nan")])
+  lines += ["", f"Other processes kept at most {load:.2f} cores busy while "
+            "any row was timed."]
   return "\n".join(lines) + "\n"
 
 

@@ -20,8 +20,9 @@ elsewhere) and mgda in "rep" mode.
 Measured per row: `compile_ms`, the time of ``jit(step).lower(...)`` plus
 ``.compile()`` (tracing and XLA compilation; the compiled executable is the
 one timed); `step_ms`, the median step time, all rows of one model timed in
-interleaved rounds (`common.time_interleaved`); `examples_per_s` = batch /
-step; `flops`, XLA's cost-analysis count for one step; `xla_step_mb`, the
+interleaved rounds (`common.time_interleaved`), with `other_load`, the
+cores other processes kept busy meanwhile (`OtherLoad`; ~0 on a quiet
+machine); `examples_per_s` = batch / step; `flops`, XLA's cost-analysis count for one step; `xla_step_mb`, the
 compiled step's arguments + outputs + temporaries - aliased buffers
 (`memory_analysis`); and the peak memory while running the step a few times:
 the device's ``peak_bytes_in_use`` where the device reports memory stats
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import time
 from typing import Any
@@ -221,6 +223,39 @@ def peak_memory(fn, state, batch, steps: int = 3) -> tuple[float, float, str]:
           "rss_peak" if reset else "rss_peak_process")
 
 
+class OtherLoad:
+  """Cores kept busy by other processes while the block ran (a quality flag:
+  PyTorch's OpenMP steps slowed 30-60x when another process took a core,
+  XLA's steps about 2x).  ``with OtherLoad() as load: ...; load.value``:
+  busy CPU time from /proc/stat minus this process's own, over wall time;
+  NaN where /proc/stat is missing."""
+
+  @staticmethod
+  def _busy_s() -> float:
+    try:
+      fields = pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+      return float("nan")
+    user, nice, system, idle, iowait, irq, softirq, steal = map(
+        int, fields[1:9])
+    del idle, iowait
+    return (user + nice + system + irq + softirq + steal) / os.sysconf(
+        "SC_CLK_TCK")
+
+  def __enter__(self) -> "OtherLoad":
+    self.value = float("nan")
+    t = os.times()
+    self._start = (time.perf_counter(), self._busy_s(), t.user + t.system)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    t = os.times()
+    wall0, busy0, own0 = self._start
+    wall = time.perf_counter() - wall0
+    other = (self._busy_s() - busy0) - (t.user + t.system - own0)
+    self.value = max(other, 0.0) / wall if wall > 0 else float("nan")
+
+
 def param_count(params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
 
@@ -248,10 +283,11 @@ def measure(models=MODELS, strategy_modes=STRATEGY_MODES, *,
               "params": param_count(params), **facts, "peak_mb": peak,
               "before_mb": before, "memory_source": source}
       entries.append((meta, fn, state))
-    timed = time_interleaved([(fn, st) for _, fn, st in entries], batch,
-                             rounds=rounds, iters=iters)
+    with OtherLoad() as load:
+      timed = time_interleaved([(fn, st) for _, fn, st in entries], batch,
+                               rounds=rounds, iters=iters)
     for (meta, _, _), (ms, _) in zip(entries, timed):
-      rows.append({**meta, "step_ms": ms,
+      rows.append({**meta, "step_ms": ms, "other_load": load.value,
                    "examples_per_s": batch_size / (ms / 1e3),
                    "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
       print(rows[-1], flush=True)
@@ -303,8 +339,10 @@ def summary(rows, device: str) -> str:
         f"{r['xla_step_mb']:.1f} | {r['peak_mb']:,.0f} | "
         f"{r['peak_mb'] - r['before_mb']:,.0f} | {r['memory_source']} |")
   if rows:
+    load = max(r.get("other_load", float("nan")) for r in rows)
     lines += ["", f"Batch {rows[0]['batch_size']}; step time: median of "
-              "interleaved rounds per model; compile: lower + compile of the "
+              "interleaved rounds per model (other processes kept at most "
+              f"{load:.2f} cores busy meanwhile); compile: lower + compile of the "
               "jitted step; XLA step MB: the compiled step's arguments + outputs + "
               "temporaries; peak MB: see `memory`, +MB: peak minus what was "
               "in use just before the row's first steps."]

@@ -85,6 +85,15 @@ def base_config() -> ConfigDict:
   c.train.mesh_data = 0
   c.train.mesh_model = 1
   c.train.shard_embeddings = False
+  # Logging (results/loggers.py): TensorBoard event files in
+  # <run dir>/tensorboard/; Weights & Biases when log.wandb (pip install
+  # wandb), "offline" unless wandb_mode = "online".  Not hashed.
+  c.log = ConfigDict()
+  c.log.tensorboard = True
+  c.log.wandb = False
+  c.log.wandb_project = "mtrec-jax"
+  c.log.wandb_entity = ""  # "" = the W&B default entity
+  c.log.wandb_mode = "offline"  # offline | online | disabled
   return c
 
 
@@ -92,7 +101,8 @@ def base_config() -> ConfigDict:
 # only in them are the same run to the results store.
 NOT_HASHED = ("train.checkpoint_every", "train.checkpoint_minutes",
               "train.keep_checkpoints", "train.mesh_data", "train.mesh_model",
-              "train.shard_embeddings")
+              "train.shard_embeddings", "log.tensorboard", "log.wandb",
+              "log.wandb_project", "log.wandb_entity", "log.wandb_mode")
 
 
 def flat_keys(config: ConfigDict, prefix: str = "") -> list[str]:
@@ -206,5 +216,7 @@ def config_hash(config: ConfigDict) -> str:
   for key in NOT_HASHED:
     section, _, leaf = key.rpartition(".")
     d.get(section, {}).pop(leaf, None)
+    if d.get(section) == {}:  # (log.*) hashes as before the section existed
+      del d[section]
   blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
   return hashlib.sha256(blob.encode()).hexdigest()[:16]

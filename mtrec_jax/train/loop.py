@@ -34,6 +34,7 @@ from mtrec_jax.data.pipeline import train_batches
 from mtrec_jax.models.auxiliary import build_aux_tasks
 from mtrec_jax.models.build import build_model
 from mtrec_jax.registry import DATASETS, UnknownNameError, closest
+from mtrec_jax.results import loggers
 from mtrec_jax.results import provenance as provenance_lib
 from mtrec_jax.results import run_files
 from mtrec_jax.tasks.metrics import direction
@@ -317,15 +318,17 @@ class _Saver:
 
 def _train(c: Components, workdir, progress: bool, resume: bool = False,
            log=lambda m: None) -> dict[str, Any]:
-  saver = _Saver(c, workdir, resume, log)
-  try:
-    return _train_with(c, workdir, progress, resume, log, saver)
-  finally:
-    saver.close()
+  with loggers.make_loggers(c.config, workdir) as run_logger:
+    saver = _Saver(c, workdir, resume, log)
+    try:
+      return _train_with(c, workdir, progress, resume, log, saver, run_logger)
+    finally:
+      saver.close()
 
 
 def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
-                saver: _Saver) -> dict[str, Any]:
+                saver: _Saver, run_logger: loggers.RunLogger
+                ) -> dict[str, Any]:
   cfg = c.config
   tcfg = cfg.train
   state = init_state(c)
@@ -373,6 +376,7 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
     _keep_evals_until(workdir / "metrics.jsonl", restored.step)
   state = jax.device_put(state, shardings)  # restored states are unsharded
   step = int(state.step)
+  run_logger.start(step, resumed=restored is not None)
   batches = train_batches(splits["train"], tcfg.batch_size, cfg.seed,
                           start_step=step)
   status, diverged_at, compile_s = "done", None, None
@@ -407,12 +411,15 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
         history_weights.append({"step": step, **{
             k: float(v) for k, v in host.items()
             if k.startswith(("weight/", "cos/", "loss/"))}})
+        run_logger.scalars(step, {k: v for k, v in history_weights[-1].items()
+                                  if k != "step"})
       value = None
       if step % tcfg.eval_every == 0 or last:
         ev = evaluate(predict, state.params, splits["val"], c.tasks,
                       tcfg.eval_batch_size, "val")
         value = ev[tcfg.selection_metric]
         record = {"step": step, **ev, **history_weights[-1]}
+        run_logger.scalars(step, ev)
         if workdir is not None:
           run_files.append_jsonl(workdir / "metrics.jsonl", record)
         if _better(value, best_value, c.selection_mode):
@@ -437,6 +444,7 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
       final[f"val/{n}/loss"] / initial[f"val/{n}/loss"]
       for n in c.task_names))
   out["metrics"] = final
+  run_logger.scalars(step, final, prefix="final/")
   out["initial_val_losses"] = {n: initial[f"val/{n}/loss"]
                                for n in c.task_names}
   out["selection"] = {"metric": tcfg.selection_metric, "value": best_value,
