@@ -27,4 +27,8 @@ BLOCKS = [
     Figure("quickstart-pareto", "quickstart", "pareto",
            caption="Quickstart: test MSE of task 1 against task 2, one "
                    "point per model."),
+    Table("census-mtl-auc", "census-mtl",
+          baseline={"model": "single_task"},
+          caption="Census-Income: test AUC per task and architecture "
+                  "(equal weights)."),
 ]
