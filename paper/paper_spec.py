@@ -34,4 +34,14 @@ BLOCKS = [
     Table("ml100k-sasrec", "ml100k-sasrec", baseline=None,
           caption="MovieLens-100K: SASRec's next-item test metrics with its "
                   "original loss and with the full softmax."),
+    Table("mmoe-synthetic-loss", "mmoe-synthetic",
+          metrics=("test/loss", "report/mean_train_loss"), baseline=None,
+          caption="MMoE synthetic benchmark: mean test loss and mean "
+                  "training loss by model and task correlation."),
+    Figure("mmoe-synthetic-correlation", "mmoe-synthetic", "metric-vs-axis",
+           options={"x": "correlation", "lines": "model",
+                    "metric": "report/mean_train_loss"},
+           caption="Mean training loss against task correlation, one line "
+                   "per model (mean ± std over seeds); compare Ma et al. "
+                   "2018, Figure 4."),
 ]
