@@ -44,4 +44,10 @@ BLOCKS = [
            caption="Mean training loss against task correlation, one line "
                    "per model (mean ± std over seeds); compare Ma et al. "
                    "2018, Figure 4."),
+    Table("census-strategies-auc", "census-strategies",
+          baseline={"strategy": "mean"},
+          caption="Census-Income, MMoE: test AUC per weighting strategy."),
+    Figure("census-strategies-pareto", "census-strategies", "pareto",
+           caption="Census-Income, MMoE: income AUC against never-married "
+                   "AUC, one point per strategy (mean ± std over seeds)."),
 ]
