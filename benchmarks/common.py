@@ -35,14 +35,15 @@ def time_step(fn: Callable, state, batch, *, warmup: int, iters: int
   return statistics.median(times), first_ms
 
 
-def time_interleaved(entries, batch, *, rounds: int, iters: int
-                     ) -> list[tuple[float, float]]:
+def time_interleaved(entries, batch, *, rounds: int, iters: int,
+                     settle: int = 0) -> list[tuple[float, float]]:
   """(median step ms, first-call ms) for each (fn, state) of `entries`.
 
   Every function is compiled and run once, then timed in `rounds` rounds of
   `iters` calls each, the functions taking turns within every round: a
   burst of background load then slows all of them alike instead of one row
   (timings of one row measured alone varied by ±20% on a 2-core machine).
+  `settle` untimed calls open each entry's turn (see `benchmarks.peers`).
   """
   states, first = [], []
   for fn, state in entries:
@@ -52,6 +53,8 @@ def time_interleaved(entries, batch, *, rounds: int, iters: int
   samples: list[list[float]] = [[] for _ in entries]
   for _ in range(rounds):
     for i, (fn, _) in enumerate(entries):
+      for _ in range(settle):
+        states[i] = jax.block_until_ready(fn(states[i], batch))
       for _ in range(iters):
         t0 = time.perf_counter()
         states[i] = jax.block_until_ready(fn(states[i], batch))

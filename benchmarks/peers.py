@@ -41,16 +41,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.common import describe_device, write_outputs
+from benchmarks.common import describe_device, time_interleaved, write_outputs
 from benchmarks.roofline import matmul_peak
 from benchmarks.throughput import OtherLoad, step_flops
 
@@ -70,27 +68,13 @@ def import_torch():
 
 def time_rounds(entries, batch, *, rounds: int, iters: int
                 ) -> list[tuple[float, float]]:
-  """`common.time_interleaved`'s rule (first call untimed, then `rounds`
-  rounds in which the entries take turns, `iters` timed calls each; the
-  median per entry), plus one untimed call per entry at the start of its
-  turn: in one process, PyTorch's OpenMP workers keep spinning for a while
-  after a PyTorch step, and so do XLA's after a JAX step, which slowed the
-  first call after a switch (JAX's mean step measured 15 ms instead of
+  """`common.time_interleaved` with one untimed call at the start of each
+  entry's turn: in one process, PyTorch's OpenMP workers keep spinning for a
+  while after a PyTorch step, and so do XLA's after a JAX step, which slowed
+  the first call after a switch (JAX's mean step measured 15 ms instead of
   9 ms with 2 calls a turn)."""
-  states, first = [], []
-  for fn, state in entries:
-    t0 = time.perf_counter()
-    states.append(jax.block_until_ready(fn(state, batch)))
-    first.append((time.perf_counter() - t0) * 1e3)
-  samples: list[list[float]] = [[] for _ in entries]
-  for _ in range(rounds):
-    for i, (fn, _) in enumerate(entries):
-      states[i] = jax.block_until_ready(fn(states[i], batch))
-      for _ in range(iters):
-        t0 = time.perf_counter()
-        states[i] = jax.block_until_ready(fn(states[i], batch))
-        samples[i].append((time.perf_counter() - t0) * 1e3)
-  return [(statistics.median(s), f) for s, f in zip(samples, first)]
+  return time_interleaved(entries, batch, rounds=rounds, iters=iters,
+                          settle=1)
 
 
 def jax_hparams(name: str) -> dict:
