@@ -25,6 +25,7 @@ Tasks (config ``aux.tasks``; builders in `AUX_TASKS`):
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any, Callable, Mapping
 
@@ -42,9 +43,11 @@ NEXT_ALL_LOSSES = ("softmax", "bce")
 
 
 @dataclasses.dataclass(frozen=True)
-class AuxTask:
+class AuxTask(abc.ABC):
   """Base of the auxiliary task specs: a name and the sequence feature whose
-  items (and item table) the task works on."""
+  items (and item table) the task works on.  Subclasses define `loss`;
+  those with an `eval_task` also define ``scores(encoder, head, batch) ->
+  [B, V]``, the evaluation scores its metrics rank."""
   name: str
   feature: str = "hist_items"
 
@@ -68,14 +71,10 @@ class AuxTask:
   def make_head(self, name: str) -> nn.Module | None:
     return None
 
+  @abc.abstractmethod
   def loss(self, encoder, head: Callable | None, batch: Mapping[str, Any],
            key: jax.Array, train: bool) -> jax.Array:
-    raise NotImplementedError(f"{type(self).__name__} must define loss()")
-
-  def scores(self, encoder, head: Callable | None, batch: Mapping[str, Any]
-             ) -> jax.Array:
-    raise NotImplementedError(f"{type(self).__name__} has no evaluation "
-                              f"scores")
+    """The scalar loss of a batch; `key` draws masks, views or queries."""
 
 
 class ItemPredictionHead(nn.Module):
