@@ -30,20 +30,23 @@ import jax.numpy as jnp
 
 from benchmarks.common import (describe_device, time_interleaved, time_step,
                                write_outputs)
-from benchmarks.throughput import MODELS, OtherLoad, build, compiled_step
+from benchmarks.throughput import (MODELS, OtherLoad, build, compiled_step,
+                                   with_dtype)
 
 
-def matmul_peak(sizes=(2048, 4096), iters: int = 5) -> list[dict]:
-  """GFLOP/s of an n x n float32 matmul for each n (median of `iters`)."""
+def matmul_peak(sizes=(2048, 4096), iters: int = 5,
+                dtype: str = "float32") -> list[dict]:
+  """GFLOP/s of an n x n matmul in `dtype` for each n (median of
+  `iters`)."""
   rows = []
   mm = jax.jit(lambda a, b: (a @ b, b))  # (state, batch) -> state, as time_step
   for n in sizes:
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
     step = lambda state, batch: mm(batch, state[1])
     with OtherLoad() as load:
       ms, _ = time_step(step, (a, b), a, warmup=1, iters=iters)
-    rows.append({"n": n, "ms": ms, "gflops": 2 * n ** 3 / (ms / 1e3) / 1e9,
+    rows.append({"n": n, "dtype": dtype, "ms": ms, "gflops": 2 * n ** 3 / (ms / 1e3) / 1e9,
                  "other_load": load.value})
     print(rows[-1], flush=True)
   return rows
@@ -51,21 +54,23 @@ def matmul_peak(sizes=(2048, 4096), iters: int = 5) -> list[dict]:
 
 def measure(models=MODELS, batch_sizes=(256,), strategies=("mean",), *,
             rounds: int = 5, iters: int = 3, configs: dict | None = None,
-            data: dict | None = None) -> list[dict]:
+            data: dict | None = None, dtype: str = "float32") -> list[dict]:
   """Per model x batch size x strategy: flops, step ms, achieved GFLOP/s
-  (`configs`, `data`: as `throughput.measure`)."""
+  (`configs`, `data`: as `throughput.measure`; `dtype`: the compute
+  dtype)."""
   rows = []
   for name in models:
     for batch_size in batch_sizes:
-      model, tasks, batch, params = build(name, batch_size,
-                                          (configs or {}).get(name),
-                                          (data or {}).get(name))
+      model, tasks, batch, params = build(
+          name, batch_size, with_dtype(name, (configs or {}).get(name), dtype),
+          (data or {}).get(name))
       entries = []
       for strategy in strategies:
         mode = {"mean": "loss", "mgda": "rep"}.get(strategy, "params")
         compiled, state, facts = compiled_step(model, tasks, params, batch,
                                                strategy, mode)
-        entries.append(({"model": name, "batch_size": batch_size,
+        entries.append(({"model": name, "dtype": dtype,
+                         "batch_size": batch_size,
                          "strategy": strategy, "mode": mode,
                          "flops": facts["flops"]},
                         lambda s, b, c=compiled: c(s, b)[0], state))
@@ -94,6 +99,9 @@ def main(argv=None) -> None:
   p.add_argument("--batch-sizes", default="256")
   p.add_argument("--strategies", default="mean")
   p.add_argument("--matmul-sizes", default="2048,4096")
+  p.add_argument("--dtype", default="float32",
+                 help="compute dtype of the models and of the peak matmuls "
+                 "(float32 or bfloat16)")
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--iters", type=int, default=3)
   args = p.parse_args(argv)
@@ -103,16 +111,19 @@ def main(argv=None) -> None:
   peak_iters = 3 if args.quick else 5
   # The peak before and after the models, the best counting: one
   # measurement of it varied by 20% between runs (clock, other tenants).
-  peak_rows = [{**r, "when": "before"} for r in matmul_peak(sizes, peak_iters)]
+  peak_rows = [{**r, "when": "before"}
+               for r in matmul_peak(sizes, peak_iters, args.dtype)]
   rows = measure(args.models.split(","),
                  tuple(int(b) for b in args.batch_sizes.split(",")),
                  tuple(args.strategies.split(",")), rounds=rounds,
-                 iters=iters)
-  peak_rows += [{**r, "when": "after"} for r in matmul_peak(sizes, peak_iters)]
+                 iters=iters, dtype=args.dtype)
+  peak_rows += [{**r, "when": "after"}
+                for r in matmul_peak(sizes, peak_iters, args.dtype)]
   peak = max(r["gflops"] for r in peak_rows)
   rows = with_fractions(rows, peak)
   device = describe_device()
-  write_outputs(f"roofline_{jax.devices()[0].platform}",
+  suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
+  write_outputs(f"roofline_{jax.devices()[0].platform}{suffix}",
                 {"device": device, "rounds": rounds, "iters": iters,
                  "matmul": peak_rows, "peak_gflops": peak, "rows": rows},
                 args.json, summary(rows, peak_rows, device))
@@ -120,7 +131,9 @@ def main(argv=None) -> None:
 
 def summary(rows, peak_rows, device: str) -> str:
   peak = max(r["gflops"] for r in peak_rows)
-  lines = [f"# Roofline: achieved / matmul-peak FLOP rate on {device}", "",
+  dtype = peak_rows[0].get("dtype", "float32") if peak_rows else "float32"
+  lines = [f"# Roofline: achieved / matmul-peak FLOP rate on {device} "
+           f"({dtype})", "",
            "Peak: " + ", ".join(f"{r['n']}^3 matmul {r['gflops']:.1f} GFLOP/s"
                                 f" ({r['ms']:.1f} ms"
                                 f"{', ' + r['when'] if 'when' in r else ''})"

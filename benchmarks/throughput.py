@@ -36,6 +36,7 @@ step added).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import pathlib
@@ -260,24 +261,35 @@ def param_count(params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
 
 
+def with_dtype(name: str, cfg: ml_collections.ConfigDict | None,
+               dtype: str) -> ml_collections.ConfigDict:
+  """Model `name`'s config (or `cfg`) computing in `dtype` (parameters and
+  optimizer state stay float32: `model.dtype` is the compute dtype)."""
+  cfg = ml_collections.ConfigDict((cfg or model_config(name)).to_dict())
+  cfg.dtype = dtype
+  return cfg
+
+
 def measure(models=MODELS, strategy_modes=STRATEGY_MODES, *,
             batch_size: int = 256, rounds: int = 5, iters: int = 5,
-            configs: dict | None = None, data: dict | None = None
-            ) -> list[dict]:
-  """One row per model x strategy (see the module docstring); `configs` and
-  `data` map a model name to `build`'s `cfg` and `data`."""
+            configs: dict | None = None, data: dict | None = None,
+            dtypes=("float32",)) -> list[dict]:
+  """One row per model x compute dtype x strategy (see the module
+  docstring); `configs` and `data` map a model name to `build`'s `cfg` and
+  `data`."""
   rows = []
-  for name in models:
-    model, tasks, batch, params = build(name, batch_size,
-                                        (configs or {}).get(name),
-                                        (data or {}).get(name))
+  for name, dtype in itertools.product(models, dtypes):
+    model, tasks, batch, params = build(
+        name, batch_size, with_dtype(name, (configs or {}).get(name), dtype),
+        (data or {}).get(name))
     entries = []
     for strategy_name, mode in strategy_modes:
       compiled, state, facts = compiled_step(model, tasks, params, batch,
                                              strategy_name, mode)
       fn = lambda s, b, c=compiled: c(s, b)[0]
       peak, before, source = peak_memory(fn, state, batch)
-      meta = {"model": name, "strategy": strategy_name, "mode": mode,
+      meta = {"model": name, "dtype": dtype, "strategy": strategy_name,
+              "mode": mode,
               "engine": default_engine() if mode == "params" else "",
               "batch_size": batch_size, "num_tasks": len(tasks),
               "params": param_count(params), **facts, "peak_mb": peak,
@@ -304,6 +316,8 @@ def main(argv=None) -> None:
   p.add_argument("--models", default=",".join(MODELS))
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--iters", type=int, default=5)
+  p.add_argument("--dtypes", default="float32",
+                 help="comma-separated compute dtypes (float32, bfloat16)")
   p.add_argument("--update", action="store_true",
                  help="keep the output file's rows of the models not "
                  "measured now (re-measure some models only)")
@@ -311,7 +325,7 @@ def main(argv=None) -> None:
   rounds, iters = (2, 2) if args.quick else (args.rounds, args.iters)
   models = args.models.split(",")
   rows = measure(models, batch_size=args.batch_size, rounds=rounds,
-                 iters=iters)
+                 iters=iters, dtypes=tuple(args.dtypes.split(",")))
   name = f"throughput_{jax.devices()[0].platform}"
   path = pathlib.Path(args.json) if args.json else RESULTS_DIR / f"{name}.json"
   if args.update and path.exists():
@@ -327,12 +341,13 @@ def main(argv=None) -> None:
 
 def summary(rows, device: str) -> str:
   lines = [f"# Train-step throughput on {device}", "",
-           "| model | strategy | mode | params | step ms | examples/s | "
+           "| model | dtype | strategy | mode | params | step ms | examples/s | "
            "compile ms | GFLOP/step | XLA step MB | peak MB | +MB | memory |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(
-        f"| {r['model']} | {r['strategy']} | {r['mode']}"
+        f"| {r['model']} | {r.get('dtype', 'float32')} | {r['strategy']} | "
+        f"{r['mode']}"
         f"{' (' + r['engine'] + ')' if r['engine'] else ''} | "
         f"{r['params']:,} | {r['step_ms']:.2f} | {r['examples_per_s']:,.0f} | "
         f"{r['compile_ms']:,.0f} | {r['flops'] / 1e9:.3f} | "

@@ -15,8 +15,20 @@ Table(id, experiment, metrics=(), rows=None, baseline="auto", where=None,
 Figure(id, experiment, kind, options={}, caption="")
   kinds (mtrec_jax/results/figures.py): weights, cosines, validation,
   pareto, metric-vs-axis; options are the keyword arguments of each.
+BenchTable(id, file, columns, where=None, sort=(), pivot=None, digits=2,
+           caption="")
+  the rows of benchmarks/results/<file>.json (what `python -m
+  benchmarks.NAME --json benchmarks/results/<file>.json` writes), read from
+  the repository holding this folder whatever --from says; its region is
+  marked <!-- mtrec:table ID --> like any table. columns: each 'key',
+  (key, label) or (key, label, format), format a Python format spec such as
+  ',.0f' or '.1%' (floats without one get `digits` decimals). where: {key:
+  value or [values]}. sort: keys (default: the file's order). pivot:
+  (across, value[, format]), one column per value of `across` holding
+  `value`. After rerunning a benchmark, `mtrec paper` regenerates its table
+  and `mtrec paper --check` fails until then; no export step is needed.
 """
-from mtrec_jax.results.paper import Figure, Table
+from mtrec_jax.results.paper import BenchTable, Figure, Table
 
 BLOCKS = [
     Table("quickstart-mse", "quickstart",
@@ -50,4 +62,33 @@ BLOCKS = [
     Figure("census-strategies-pareto", "census-strategies", "pareto",
            caption="Census-Income, MMoE: income AUC against never-married "
                    "AUC, one point per strategy (mean ± std over seeds)."),
+    BenchTable("perf-throughput", "throughput_cpu",
+               columns=("model", "strategy", "mode", "engine",
+                        ("step_ms", "step ms"),
+                        ("examples_per_s", "examples/s", ",.0f"),
+                        ("compile_ms", "compile ms", ",.0f")),
+               caption="Train step per model and strategy: median step "
+                       "time, examples per second and jit compile time."),
+    BenchTable("perf-roofline", "roofline_cpu",
+               columns=("model", ("batch_size", "batch"),
+                        ("step_ms", "step ms"),
+                        ("gflops", "GFLOP/s", ".1f"),
+                        ("peak_gflops", "peak GFLOP/s", ".1f"),
+                        ("fraction", "of peak", ".1%")),
+               caption="Achieved FLOP rate of the train step (equal "
+                       "weights) against the best measured float32 matmul "
+                       "rate."),
+    BenchTable("perf-peers", "peers_cpu",
+               columns=("strategy", ("jax_mode", "mode"),
+                        ("jax_ms", "JAX ms"), ("torch_ms", "PyTorch ms"),
+                        ("ratio", "PyTorch / JAX")),
+               caption="The same model and method, JAX against a "
+                       "LibMTL-style PyTorch step in the same gradient "
+                       "mode: median step time."),
+    BenchTable("perf-strategies-k4", "strategies_cpu_k4",
+               columns=("strategy",), where={"k": 4},
+               pivot=("mode", "step_ms", ".2f"),
+               caption="Median train-step time in ms of every weighting "
+                       "strategy with K = 4 tasks, one column per gradient "
+                       "mode; – : the strategy has no such mode."),
 ]

@@ -8,8 +8,9 @@
 
 ``paper/paper_spec.py`` says what goes in each region: ``BLOCKS``, a list of
 `Table` and `Figure` blocks, each naming its id, its experiment and its
-options. Adding a block is one entry there plus its two marker lines in
-paper.md, where it should appear.
+options, and `BenchTable` blocks, each naming a benchmark file. Adding a
+block is one entry there plus its two marker lines in paper.md, where it
+should appear (a BenchTable's region is marked ``mtrec:table``).
 
 Where the numbers come from: ``paper/results/<experiment>.jsonl``, a small
 frozen export of the results store (`export`, ``mtrec paper --export``),
@@ -22,6 +23,15 @@ metrics, report, train log, eval history) and the provenance a reviewer
 needs (config and its hash, seed, attempt, git commit, package versions,
 device); times, run ids and paths are left out, so exporting the same store
 twice gives the same bytes.
+
+A `BenchTable` reads ``benchmarks/results/<file>.json`` instead, the JSON a
+``python -m benchmarks.NAME --json`` run writes, always from the repository
+that holds the paper folder (the parent of ``--paper``; ``--from`` names
+where experiment results are read and does not move it). Those files are
+committed next to their Markdown summaries (benchmarks/RESULTS.md), so the
+performance tables also regenerate on a clean checkout and are checked by
+``--check``; their source line names the commit, the jax version and the
+device each benchmark recorded.
 """
 from __future__ import annotations
 
@@ -43,6 +53,7 @@ from mtrec_jax.results import tables
 SPEC_FILE = "paper_spec.py"
 PAPER_FILE = "paper.md"
 RESULTS_DIR = "results"
+BENCH_DIR = "benchmarks/results"  # relative to the repository root
 FIGURES_DIR = "figures"
 MISSING = "missing"
 _ID = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -114,11 +125,106 @@ class Figure:
       raise UnknownNameError(f"figure {self.id!r}: {e}") from None
 
 
-Block = Table | Figure
+class Column(NamedTuple):
+  """One column of a `BenchTable`: the JSON key, its header, its format."""
+  key: str
+  label: str
+  format: str | None  # a format spec such as ',.0f' or '.1%'; None: default
+
+
+def _column(spec, where: str) -> Column:
+  """A column spec, 'key' | (key, label) | (key, label, format), checked."""
+  if isinstance(spec, str):
+    spec = (spec,)
+  if (not isinstance(spec, (tuple, list)) or not 1 <= len(spec) <= 3
+      or not all(isinstance(x, str) or x is None for x in spec)
+      or not isinstance(spec[0], str) or not spec[0]):
+    raise ValueError(f"{where}: column {spec!r} must be 'key', "
+                     f"('key', 'label') or ('key', 'label', 'format'), e.g. "
+                     f"('fraction', 'of peak', '.1%')")
+  key = spec[0]
+  label = spec[1] if len(spec) > 1 and spec[1] else key
+  fmt = spec[2] if len(spec) > 2 else None
+  if fmt is not None:
+    try:
+      format(1.5, fmt)
+    except ValueError as e:
+      raise ValueError(f"{where}: column {key!r} has the format {fmt!r}, "
+                       f"which Python cannot apply to a number ({e}); use a "
+                       f"format spec such as '.2f', ',.0f' or '.1%'") from None
+  return Column(key, label, fmt)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchTable:
+  """A table of benchmark figures: rows of
+  ``benchmarks/results/<file>.json`` (what ``python -m benchmarks.NAME
+  --json`` writes), read from the repository holding the paper folder.
+
+  columns: each 'key', (key, label) or (key, label, format); a float
+  without a format gets `digits` decimals. where: {key: value or [values]}
+  keeps the rows that match. sort: keys to sort the rows by (stable;
+  default the file's order). pivot: (across, value) or (across, value,
+  format) makes one column per distinct value of `across`, in order of first
+  appearance, holding `value`; the rows are then the distinct combinations
+  of `columns`. caption: an italic line above the table.
+  """
+  id: str
+  file: str
+  columns: tuple
+  where: Mapping[str, Any] | None = None
+  sort: tuple[str, ...] | None = ()
+  pivot: tuple | None = None
+  digits: int = 2
+  caption: str = ""
+
+  def __post_init__(self):
+    _check_id(self.id)
+    where = f"bench table {self.id!r}"
+    if (not isinstance(self.file, str) or not _ID.fullmatch(self.file)
+        or self.file.endswith(".json")):
+      raise ValueError(f"{where}: file {self.file!r} must be the name of a "
+                       f"JSON file in {BENCH_DIR}/ without '.json', e.g. "
+                       f"'peers_cpu'")
+    if isinstance(self.columns, str) or not self.columns:
+      raise ValueError(f"{where}: columns is a tuple of column specs, e.g. "
+                       f"('strategy', ('step_ms', 'step ms'))")
+    if isinstance(self.sort, str) or not all(isinstance(k, str)
+                                             for k in self.sort or ()):
+      raise ValueError(f"{where}: sort is a tuple of keys, e.g. "
+                       f"sort=('model',)")
+    object.__setattr__(self, "sort", tuple(self.sort or ()))
+    if self.where is not None and not isinstance(self.where, Mapping):
+      raise ValueError(f"{where}: where is {{key: value or [values]}}, e.g. "
+                       f"where={{'k': 4}}")
+    if not isinstance(self.digits, int) or self.digits < 0:
+      raise ValueError(f"{where}: digits must be a whole number >= 0")
+    self.column_specs()
+    self.pivot_spec()
+
+  def column_specs(self) -> list[Column]:
+    return [_column(c, f"bench table {self.id!r}") for c in self.columns]
+
+  def pivot_spec(self) -> tuple[str, Column] | None:
+    """(across, value column), or None without a pivot."""
+    if self.pivot is None:
+      return None
+    p = self.pivot
+    if (isinstance(p, str) or not isinstance(p, (tuple, list))
+        or len(p) not in (2, 3)):
+      raise ValueError(f"bench table {self.id!r}: pivot must be (across, "
+                       f"value) or (across, value, format), e.g. ('mode', "
+                       f"'step_ms', '.2f')")
+    value = _column((p[1], p[1]) + tuple(p[2:]), f"bench table {self.id!r}")
+    return str(p[0]), value
+
+
+Block = Table | Figure | BenchTable
 
 
 def _kind(block: Block) -> str:
-  return "table" if isinstance(block, Table) else "figure"
+  """The marker word: a benchmark table is marked like any table."""
+  return "figure" if isinstance(block, Figure) else "table"
 
 
 def load_spec(paper_dir: str | os.PathLike) -> list[Block]:
@@ -138,12 +244,12 @@ def load_spec(paper_dir: str | os.PathLike) -> list[Block]:
   blocks = getattr(module, "BLOCKS", None)
   if not isinstance(blocks, (list, tuple)):
     raise ValueError(f"{path} must define BLOCKS = [Table(...), "
-                     f"Figure(...), ...]")
+                     f"Figure(...), BenchTable(...), ...]")
   seen = set()
   for b in blocks:
-    if not isinstance(b, (Table, Figure)):
+    if not isinstance(b, (Table, Figure, BenchTable)):
       raise TypeError(f"{path}: BLOCKS holds {b!r}; each entry must be a "
-                      f"mtrec_jax.results.paper.Table or Figure")
+                      f"mtrec_jax.results.paper.Table, Figure or BenchTable")
     if b.id in seen:
       raise ValueError(f"{path}: block id {b.id!r} is used twice; ids must "
                        f"be unique")
@@ -152,9 +258,12 @@ def load_spec(paper_dir: str | os.PathLike) -> list[Block]:
 
 
 def experiments_of(blocks: Iterable[Block]) -> list[str]:
-  """The experiments the blocks use, in order of first use."""
+  """The experiments the blocks use, in order of first use; a BenchTable
+  reads a benchmark file, not an experiment, so it adds none."""
   out: list[str] = []
   for b in blocks:
+    if isinstance(b, BenchTable):
+      continue
     if b.experiment not in out:
       out.append(b.experiment)
   return out
@@ -487,6 +596,211 @@ def draw_figure(block: Figure, results: Sequence[dict],
 
 
 # ----------------------------------------------------------------------------
+# Benchmark tables: rows of benchmarks/results/<file>.json.
+
+MISSING_CELL = "–"  # a row without the column's key
+
+
+def bench_path(root: pathlib.Path, file: str) -> pathlib.Path:
+  return root / BENCH_DIR / f"{file}.json"
+
+
+def read_bench(root: str | os.PathLike, block: BenchTable) -> dict:
+  """The benchmark JSON a block reads, checked: an object whose "rows" is a
+  list of objects (the provenance keys beside it are optional)."""
+  root = pathlib.Path(root)
+  path = bench_path(root, block.file)
+  rel = f"{BENCH_DIR}/{block.file}.json"
+  if not path.exists():
+    have = sorted(q.stem for q in path.parent.glob("*.json"))
+    near = closest(block.file, have)
+    raise FileNotFoundError(
+        f"bench table {block.id!r}: no benchmark results at {path}; write "
+        f"them with `python -m benchmarks.NAME --json {rel}` (see "
+        f"benchmarks/RESULTS.md) or fix the file name in {SPEC_FILE}"
+        + (f" (did you mean {', '.join(map(repr, near))}?)" if near else "")
+        + (f"; {BENCH_DIR} has: {', '.join(have)}" if have else ""))
+  try:
+    data = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg}); rerun the "
+                     f"benchmark that writes it") from None
+  rows = data.get("rows") if isinstance(data, dict) else None
+  if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+    raise ValueError(f"{path}: a benchmark result is a JSON object whose "
+                     f"\"rows\" is a list of objects, as `python -m "
+                     f"benchmarks.NAME --json` writes")
+  return data
+
+
+def _keys(rows: Sequence[Mapping]) -> list[str]:
+  """Every key of the rows, in order of first appearance."""
+  out: dict[str, None] = {}
+  for r in rows:
+    out.update(dict.fromkeys(r))
+  return list(out)
+
+
+def _check_keys(block: BenchTable, rows: Sequence[Mapping]) -> None:
+  """Raises UnknownNameError for a key the spec names that no row has."""
+  keys = _keys(rows)
+  pivot = block.pivot_spec()
+  named = ([c.key for c in block.column_specs()] + list(block.where or {})
+           + list(block.sort) + ([pivot[0], pivot[1].key] if pivot else []))
+  for key in named:
+    if key not in keys:
+      near = closest(key, keys)
+      raise UnknownNameError(
+          f"bench table {block.id!r}: no row of {BENCH_DIR}/{block.file}.json "
+          f"has the column {key!r}."
+          + (f" Did you mean {', '.join(map(repr, near))}?" if near else "")
+          + f" Its columns: {', '.join(keys) or '(no rows)'}. Fix the column "
+          f"in {SPEC_FILE}, or rerun the benchmark that writes it.")
+
+
+def _wanted(value) -> list:
+  return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _select_rows(block: BenchTable, rows: Sequence[Mapping]) -> list[Mapping]:
+  """The rows matching `where`; raises when none does, naming the values
+  each filtered column has."""
+  where = dict(block.where or {})
+  out = [r for r in rows
+         if all(r.get(k) in _wanted(v) for k, v in where.items())]
+  if not out:
+    have = "; ".join(
+        f"{k} has {', '.join(dict.fromkeys(repr(r.get(k)) for r in rows))}"
+        for k in where)
+    raise ValueError(f"bench table {block.id!r}: where={where!r} keeps no row "
+                     f"of {BENCH_DIR}/{block.file}.json ({have})")
+  return out
+
+
+def _order(value) -> tuple:
+  """A sort key across types: numbers, then text, then missing values."""
+  if _is_number(value):
+    return (0, float(value), "")
+  if value is None:
+    return (2, 0.0, "")
+  return (1, 0.0, str(value))
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _cell(value, fmt: str | None, digits: int) -> str:
+  """A value as the table prints it: numbers by the column's format (floats
+  default to `digits` decimals), text escaped for Markdown."""
+  if value is None:
+    return MISSING_CELL
+  if _is_number(value):
+    if fmt is not None:
+      return format(value, fmt)
+    return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
+  text = value if isinstance(value, str) else json.dumps(value,
+                                                         sort_keys=True)
+  return text.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def _pivoted(block: BenchTable, rows: Sequence[Mapping]
+             ) -> tuple[list[str], list[list]]:
+  """(headers of the pivot columns, one list of values per output row)."""
+  across, value = block.pivot_spec()
+  index = [c.key for c in block.column_specs()]
+  if any(isinstance(r.get(across), (list, dict)) for r in rows):
+    raise ValueError(f"bench table {block.id!r}: pivot column {across!r} "
+                     f"must hold single values (text or numbers), not lists "
+                     f"or objects")
+  heads = list(dict.fromkeys(r.get(across) for r in rows))
+  table: dict[tuple, tuple[list, dict]] = {}  # index key -> (index, cells)
+  for r in rows:
+    key = tuple(json.dumps(r.get(k), sort_keys=True) for k in index)
+    labels, cells = table.setdefault(key, ([r.get(k) for k in index], {}))
+    if r.get(across) in cells:
+      raise ValueError(
+          f"bench table {block.id!r}: two rows of {BENCH_DIR}/{block.file}"
+          f".json have {dict(zip(index, labels))} and {across}="
+          f"{r.get(across)!r}; add a column or a where that tells them apart")
+    cells[r.get(across)] = r.get(value.key)
+  out = [labels + [cells.get(h) for h in heads]
+         for labels, cells in table.values()]
+  return [MISSING_CELL if h is None else str(h) for h in heads], out
+
+
+def bench_grid(block: BenchTable, data: Mapping
+               ) -> tuple[list[str], list[list[str]], list[bool]]:
+  """(headers, rows of cell text, which columns are numeric) of a block."""
+  rows = data["rows"]
+  _check_keys(block, rows)
+  rows = _select_rows(block, rows)
+  for key in reversed(block.sort):
+    rows = sorted(rows, key=lambda r, key=key: _order(r.get(key)))
+  cols = block.column_specs()
+  if block.pivot is None:
+    heads = [c.label for c in cols]
+    values = [[r.get(c.key) for c in cols] for r in rows]
+  else:
+    pivot_heads, values = _pivoted(block, rows)
+    heads = [c.label for c in cols] + pivot_heads
+    cols = cols + [block.pivot_spec()[1]] * len(pivot_heads)
+  numeric = [all(_is_number(row[j]) or row[j] is None for row in values)
+             and any(row[j] is not None for row in values)
+             for j in range(len(heads))]
+  text = [[_cell(v, c.format, block.digits) for v, c in zip(row, cols)]
+          for row in values]
+  return [_cell(h, None, 0) for h in heads], text, numeric
+
+
+def grid_markdown(heads: Sequence[str], rows: Sequence[Sequence[str]],
+                  numeric: Sequence[bool]) -> str:
+  """A padded GitHub Markdown table, numbers right-aligned, as
+  `tables.to_markdown` lays out the results tables."""
+  widths = [max(3, len(h), *(len(r[j]) for r in rows))
+            for j, h in enumerate(heads)]
+
+  def line(cells):
+    return "| " + " | ".join(
+        s.rjust(w) if num else s.ljust(w)
+        for s, w, num in zip(cells, widths, numeric)) + " |"
+
+  rule = "|" + "|".join("-" * (w + 1) + ":" if num else ":" + "-" * (w + 1)
+                        for w, num in zip(widths, numeric)) + "|"
+  return "\n".join([line(heads), rule] + [line(r) for r in rows]) + "\n"
+
+
+def bench_source_line(block: BenchTable, data: Mapping) -> str:
+  """Where a benchmark table's figures come from: the file, and the code,
+  versions, batch and machine the benchmark recorded."""
+  parts = [f"Source: `{BENCH_DIR}/{block.file}.json`"]
+  git = data.get("git") or {}
+  if git.get("commit"):
+    parts.append(f"code at commit {str(git['commit'])[:7]}"
+                 + (" with uncommitted changes" if git.get("dirty") else ""))
+  jax_version = (data.get("packages") or {}).get("jax")
+  if jax_version:
+    parts.append(f"jax {jax_version}")
+  if data.get("torch_version"):
+    parts.append(f"torch {data['torch_version']}")
+  if isinstance(data.get("batch_size"), int):
+    parts.append(f"batch {data['batch_size']}")
+  device = data.get("device") or (data.get("devices") or {}).get("kind")
+  if device:
+    parts.append(f"on {device}")
+  return "*" + "; ".join(parts) + ".*\n"
+
+
+def render_bench(block: BenchTable, root: str | os.PathLike) -> str:
+  """A benchmark table region's body: caption, the table, its source."""
+  data = read_bench(root, block)
+  heads, rows, numeric = bench_grid(block, data)
+  head = f"*{block.caption}*\n\n" if block.caption else ""
+  return (head + grid_markdown(heads, rows, numeric) + "\n"
+          + bench_source_line(block, data))
+
+
+# ----------------------------------------------------------------------------
 # Generating and checking the paper.
 
 
@@ -537,9 +851,12 @@ def generate(paper_dir: str | os.PathLike = "paper",
   results = _load_all(blocks, results_dir)
   bodies = {}
   for b in blocks:
-    rs = results[b.experiment]
-    bodies[b.id] = (render_table(b, rs) if isinstance(b, Table)
-                    else render_figure_region(b, rs))
+    if isinstance(b, BenchTable):
+      bodies[b.id] = render_bench(b, paper_dir.resolve().parent)
+    elif isinstance(b, Table):
+      bodies[b.id] = render_table(b, results[b.experiment])
+    else:
+      bodies[b.id] = render_figure_region(b, results[b.experiment])
   new = replace_regions(old, bodies, str(path))
   changed = [r.id for r in regions if region_text(old, r) != bodies[r.id]]
   return Generated(path, old, new, bodies, changed, blocks, results)

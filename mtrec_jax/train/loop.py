@@ -392,8 +392,8 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
   with _progress(progress, tcfg.num_steps) as bar:
     bar_task = bar.add_task("training", total=tcfg.num_steps, completed=step)
     while step < tcfg.num_steps and not stopped:
-      state, metrics = step_fn(state, parallel.shard_batch(next(batches),
-                                                           mesh))
+      state, metrics = step_fn(state, parallel.shard_batch(
+          parallel.process_slice(next(batches)), mesh))
       step += 1
       if compile_s is None:
         jax.block_until_ready(state)

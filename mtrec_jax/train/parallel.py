@@ -116,6 +116,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def process_slice(batch: Mapping[str, Any]) -> dict[str, Any]:
+  """This process's share of a global batch: rows ``[i * n / P, (i + 1) *
+  n / P)`` for process i of P (the whole batch in a single process).
+
+  Every process draws the same global batch from the seeded pipeline and
+  keeps its own rows, so a run on P hosts trains on exactly the batches of a
+  one-process run (`shard_batch` puts the slices back together in process
+  order)."""
+  count, index = jax.process_count(), jax.process_index()
+  if count == 1:
+    return dict(batch)
+  size = len(next(iter(batch.values())))
+  if size % count:
+    raise ValueError(f"global batch size {size} does not split over "
+                     f"{count} processes; choose a multiple of {count}")
+  local = size // count
+  return {k: v[index * local:(index + 1) * local] for k, v in batch.items()}
+
+
 def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
   """Puts a batch on the mesh, its leading axis split over "data".
 

@@ -256,7 +256,12 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
     head_grads, rep_grads = vjp_heads(jnp.ones_like(losses))  # [K, B, H]
     rows = rep_grads.reshape(k, -1)
     gram = rows.astype(jnp.float32) @ rows.astype(jnp.float32).T
-    if strategy.kind == "jacobian":
+    if strategy.aggregate_rep is not None:
+      cot, out = strategy.aggregate_rep(state.strategy_state,
+                                        rep_grads=rep_grads, rep=rep,
+                                        losses=losses, step=state.step,
+                                        key=key)
+    elif strategy.kind == "jacobian":
       vec, out = strategy.aggregate(state.strategy_state, jacobian=rows,
                                     losses=losses, step=state.step, key=key)
       # Every task slot receives the combined update / K, so a representation

@@ -68,6 +68,12 @@ class Strategy:
       for "gramian": ``(state, *, gramian, losses, step, key) -> Weighting``.
     aggregate: for "jacobian" only:
       ``(state, *, jacobian, losses, step, key) -> (update [P], Weighting)``.
+    aggregate_rep: optional, for "jacobian" strategies that use the batch
+      structure of representation gradients (GradDrop's batch-reduced
+      purity): ``(state, *, rep_grads [K, B, *F], rep [K, B, *F], losses,
+      step, key) -> (cotangents [K, B, *F], Weighting)``, one cotangent per
+      task slot of the representation.  Used in "rep" mode instead of
+      ``aggregate`` on the flattened rows.
     default_mode: "params" (gradients w.r.t. shared parameters) or "rep"
       (w.r.t. the shared representation); ignored for "loss" strategies.
     weight_task_params: apply the weights to task-specific parameters too.
@@ -78,6 +84,7 @@ class Strategy:
   init: Callable[[int], PyTree]
   weigh: Optional[Callable[..., Weighting]] = None
   aggregate: Optional[Callable[..., tuple[jax.Array, Weighting]]] = None
+  aggregate_rep: Optional[Callable[..., tuple[jax.Array, Weighting]]] = None
   default_mode: Literal["params", "rep"] = "params"
   weight_task_params: bool = False
   hparams: dict = dataclasses.field(default_factory=dict)

@@ -21,6 +21,7 @@ GradDrop's update is not linear in the Jacobian (sign masks), so it is a
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional, Sequence, Union
 
 import jax
@@ -281,6 +282,50 @@ def uniform_16bit(key: jax.Array, size: int) -> jax.Array:
   return (halves.astype(jnp.float32) + 0.5) * (1.0 / 65536.0)
 
 
+@functools.partial(jax.jit, static_argnames=("with_kept",))
+def graddrop_rep_combine(rep_grads: jax.Array, rep: jax.Array,
+                         noise: jax.Array,
+                         leak: Union[float, jax.Array] = 0.0,
+                         with_kept: bool = True
+                         ) -> tuple[jax.Array, jax.Array]:
+  """GradDrop on representation gradients with the batch-reduced purity.
+
+  rep_grads, rep: [K, B, *F], task k's gradient w.r.t. its representation
+  slot and the slot's activations; noise: [*F], one uniform per feature.
+  Per task and feature, ``G_kf = sum_b sign(A_kbf) dL_k/dA_kbf`` (the batch
+  is reduced first, so the sign choice is one per feature, shared by the
+  batch); ``P_f = (1 + sum_k G_kf / sum_k |G_kf|) / 2`` (1/2 where every G is
+  zero); task k keeps its whole feature-f gradient where ``P_f > U_f`` and
+  ``G_kf > 0`` or ``P_f < U_f`` and ``G_kf < 0``, else keeps the leak share
+  ``l_k``.  Returns ``(cotangents [K, B, *F], kept [K])``: slot k's masked
+  gradient (summed by the representation's VJP where the slots share one
+  representation) and each task's kept fraction ``sum m g^2 / sum g^2``
+  with m its multiplier, as `graddrop_combine` (NaN when `with_kept` is
+  False).
+  """
+  g = _float(rep_grads)
+  k = g.shape[0]
+  signed = jnp.sum(jnp.sign(rep).astype(g.dtype) * g, axis=1)  # [K, *F]
+  rows = [signed[i] for i in range(k)]
+  total = functools.reduce(jnp.add, rows)
+  mass = functools.reduce(jnp.add, [jnp.abs(r) for r in rows])
+  purity = 0.5 * (1.0 + jnp.where(mass > 0, total / jnp.where(mass > 0, mass,
+                                                                1.0), 0.0))
+  up, down = purity > noise, purity < noise
+  leak = jnp.broadcast_to(jnp.asarray(leak, g.dtype), (k,))
+  scale = jnp.stack([jnp.where((up & (r > 0)) | (down & (r < 0)), 1.0,
+                               leak[i]) for i, r in enumerate(rows)])
+  cot = g * scale[:, None]
+  if with_kept:
+    sq = jnp.sum(jnp.square(g).reshape(k, -1), axis=1)
+    kept_sq = jnp.sum((scale[:, None] * jnp.square(g)).reshape(k, -1),
+                      axis=1)
+    kept = jnp.where(sq > 0, kept_sq / jnp.where(sq > 0, sq, 1.0), 1.0)
+  else:
+    kept = jnp.full((k,), jnp.nan, g.dtype)
+  return cot, kept
+
+
 @STRATEGIES.register("graddrop")
 def graddrop(leak: Union[float, Sequence[float]] = 0.0,
              mode: Optional[str] = None, report_every: int = 10) -> Strategy:
@@ -296,13 +341,17 @@ def graddrop(leak: Union[float, Sequence[float]] = 0.0,
   Defaults: ``leak = 0`` (paper and LibMTL); a sequence gives one leak per
   task (the paper's per-task ``l_i``).  Default mode "rep" as in the paper
   and LibMTL (which only supports representation gradients): GradDrop acts
-  on the gradients w.r.t. the shared representation, one mask entry per
-  representation coordinate of each example.  Unlike LibMTL, which first
-  multiplies by the sign of the input activations and sums over the batch
-  (the paper's batch-reduced purity), the purity here is per coordinate of
-  the flattened [batch x features] representation.  The ``1e-7`` that LibMTL
-  adds to ``sum |g|`` is replaced by an exact zero guard, so agreeing signs
-  always give ``P`` exactly 0 or 1.
+  on the gradients w.r.t. the shared representation.  There, the purity is
+  batch-reduced as in LibMTL's reference code (`graddrop_rep_combine`):
+  each task's gradient is multiplied by the sign of its representation
+  slot's activations and summed over the batch, so one purity, one U and one
+  keep/drop decision per task serve each feature for the whole batch.  (The
+  paper's Algorithm 1 for batch-separated layers weights the batch sum by the
+  activations themselves rather than their signs.)  In "params" mode, and in
+  the pure `aggregate` API on a [K, P] Jacobian, the purity and U are per
+  coordinate (`graddrop_combine`).  The ``1e-7`` that LibMTL adds to
+  ``sum |g|`` is replaced by an exact zero guard, so agreeing signs always
+  give ``P`` exactly 0 or 1.
 
   Reported weights (logging only; the update is not linear): for each task,
   the fraction of its squared gradient norm that was kept,
@@ -326,24 +375,47 @@ def graddrop(leak: Union[float, Sequence[float]] = 0.0,
     raise ValueError(f"strategy {name!r}: report_every must be an int >= 1, "
                      f"got {report_every!r}")
 
+  def check_leaks(k: int) -> None:
+    if isinstance(leak_value, tuple) and len(leak_value) != k:
+      raise ValueError(f"strategy {name!r}: {len(leak_value)} leaks given for "
+                       f"{k} tasks; give one per task")
+
   def aggregate(state, *, jacobian, losses, step, key):
     del losses
     if key is None:
       key = jax.random.PRNGKey(0)
     step = jnp.zeros((), jnp.int32) if step is None else jnp.asarray(step)
     j = jax.lax.stop_gradient(jacobian)
-    if isinstance(leak_value, tuple) and len(leak_value) != j.shape[0]:
-      raise ValueError(f"strategy {name!r}: {len(leak_value)} leaks given for "
-                       f"{j.shape[0]} tasks; give one per task")
+    check_leaks(j.shape[0])
     noise = uniform_16bit(key, j.shape[1])
     due = step % report_every == 0
     update, kept = graddrop_combine(j, noise, jnp.asarray(leak_value), due)
     kept = jnp.where(due, kept, state).astype(state.dtype)
     return update.astype(jacobian.dtype), Weighting(kept, kept, {})
 
+  def aggregate_rep(state, *, rep_grads, rep, losses, step, key):
+    del losses
+    if key is None:
+      key = jax.random.PRNGKey(0)
+    step = jnp.zeros((), jnp.int32) if step is None else jnp.asarray(step)
+    check_leaks(rep_grads.shape[0])
+    features = rep_grads.shape[2:]
+    noise = uniform_16bit(key, math.prod(features)).reshape(features)
+    due = step % report_every == 0
+    g, a = jax.lax.stop_gradient(rep_grads), jax.lax.stop_gradient(rep)
+    leak = jnp.asarray(leak_value)
+    # Two branches rather than a traced flag: the K squared-norm reductions
+    # run only on report steps.
+    cot, kept = jax.lax.cond(
+        due, lambda: graddrop_rep_combine(g, a, noise, leak, with_kept=True),
+        lambda: (graddrop_rep_combine(g, a, noise, leak, with_kept=False)[0],
+                 state.astype(_float(g).dtype)))
+    kept = kept.astype(state.dtype)
+    return cot.astype(rep_grads.dtype), Weighting(kept, kept, {})
+
   return Strategy(name=name, kind="jacobian",
                   init=lambda k: jnp.ones((k,), jnp.float32),
-                  aggregate=aggregate,
+                  aggregate=aggregate, aggregate_rep=aggregate_rep,
                   default_mode=resolve_mode(name, mode, "rep"),
                   hparams={"leak": list(leak_value) if isinstance(
                       leak_value, tuple) else leak_value, "mode": mode,

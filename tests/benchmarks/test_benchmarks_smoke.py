@@ -38,14 +38,19 @@ TINY_DATA = {"shared_bottom": {"num_categorical": 2}}
 def test_throughput_rows_are_sane():
   rows = throughput.measure(
       ("shared_bottom",), (("pcgrad", "params"),), batch_size=16, rounds=1,
-      iters=1, configs=tiny_configs(), data=TINY_DATA)
-  (r,) = rows
+      iters=1, configs=tiny_configs(), data=TINY_DATA,
+      dtypes=("float32", "bfloat16"))
+  r, r16 = rows
   assert (r["strategy"], r["mode"], r["num_tasks"]) == ("pcgrad", "params", 2)
+  assert (r["dtype"], r16["dtype"]) == ("float32", "bfloat16")
+  assert r16["step_ms"] > 0 and r16["params"] == r["params"]
   assert r["step_ms"] > 0 and r["compile_ms"] > 0
   assert r["examples_per_s"] == pytest.approx(16 / (r["step_ms"] / 1e3))
   assert r["flops"] > 0 and r["params"] > 0 and r["xla_step_mb"] > 0
   assert r["peak_mb"] > 0 or math.isnan(r["peak_mb"])
-  assert "| shared_bottom | pcgrad |" in throughput.summary(rows, "cpu")
+  table = throughput.summary(rows, "cpu")
+  assert "| shared_bottom | float32 | pcgrad |" in table
+  assert "| shared_bottom | bfloat16 | pcgrad |" in table
 
 
 def test_roofline_rows_are_sane():

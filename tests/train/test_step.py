@@ -57,6 +57,32 @@ def test_all_paths_equal_loss_mean(model):
     del chex_tree
 
 
+@pytest.mark.parametrize("model", ["shared_bottom", "mmoe"])
+def test_graddrop_rep_mode_cotangents_reach_the_shared_parameters(model):
+  """GradDrop's per-slot cotangents (`aggregate_rep`) with leak 1 keep every
+  gradient, so its rep-mode step equals weights of 1 (the plain sum)."""
+  from mtrec_jax import weighting
+  c = _components(model)
+  state0 = loop.init_state(c)
+  batch = _batch(c)
+  sgd = optax.sgd(1.0)
+
+  def ones(state, *, gramian, losses, step, key):
+    return Weighting(jnp.ones((gramian.shape[0],)), state, {})
+
+  total = Strategy("test_sum", "gramian", init=lambda k: (), weigh=ones,
+                   default_mode="rep")
+  params = []
+  for strategy in (weighting.build("graddrop", leak=1.0), total):
+    st = state0.replace(opt_state=sgd.init(state0.params),
+                        strategy_state=strategy.init(len(c.tasks)))
+    step = jax.jit(make_train_step(c.model, c.tasks, strategy, sgd, "rep"))
+    params.append(step(st, batch)[0].params)
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
+      *params)
+
+
 def test_gramian_and_cosines_match_explicit_per_task_gradients():
   c = _components("mmoe")
   state = loop.init_state(c)

@@ -120,3 +120,23 @@ def aligned_mtl(jac: np.ndarray, pref: Optional[np.ndarray] = None,
     sigma = np.sqrt(np.mean(s ** 2))
   aligned = sigma * u @ vt
   return aligned.T @ pref
+
+
+def graddrop_rep(rep_grads: np.ndarray, rep: np.ndarray, noise: np.ndarray,
+                 leak: float = 0.0) -> np.ndarray:
+  """GradDrop with the batch-reduced purity (LibMTL's representation form),
+  with explicit loops: rep_grads, rep [K, B, F], noise [F]; returns the
+  masked per-slot gradients [K, B, F]."""
+  rep_grads = np.asarray(rep_grads, np.float64)
+  k, b, f = rep_grads.shape
+  out = np.zeros_like(rep_grads)
+  for c in range(f):
+    signed = [sum(np.sign(rep[i, e, c]) * rep_grads[i, e, c] for e in range(b))
+              for i in range(k)]
+    mass = sum(abs(x) for x in signed)
+    purity = 0.5 * (1 + (sum(signed) / mass if mass > 0 else 0.0))
+    for i in range(k):
+      keep = (purity > noise[c] and signed[i] > 0) or (
+          purity < noise[c] and signed[i] < 0)
+      out[i, :, c] = (leak + (1 - leak) * float(keep)) * rep_grads[i, :, c]
+  return out

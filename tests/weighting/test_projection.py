@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from mtrec_jax.weighting import aggregate, apply_strategy, build, gramian
-from mtrec_jax.weighting.projection import graddrop_combine, uniform_16bit
+from mtrec_jax.weighting.projection import (graddrop_combine,
+                                            graddrop_rep_combine,
+                                            uniform_16bit)
 try:
   from tests.weighting import reference_projection as ref
 except ImportError:  # tests/ not importable as a package: rootdir-less run.
@@ -215,6 +217,48 @@ def test_graddrop_combine_matches_reference(leak):
   mult = leak + (1 - leak) * keep
   np.testing.assert_allclose(kept, (mult * jac**2).sum(1) / (jac**2).sum(1),
                              rtol=1e-5)
+
+
+@pytest.mark.parametrize("leak", [0.0, 0.3])
+def test_graddrop_rep_combine_matches_reference(leak):
+  rng = np.random.default_rng(12)
+  k, b, f = 3, 6, 20
+  grads = rng.normal(size=(k, b, f)).astype(np.float32)
+  rep = rng.normal(size=(k, b, f)).astype(np.float32)
+  rep[:, :, 0] = np.abs(rep[:, :, 0])            # Positive activations.
+  grads[:, :, 0] = np.abs(grads[:, :, 0])        # -> every task agrees.
+  rep[:, 2, 1] = 0.0                              # A dead unit in one example.
+  grads[:, :, 2] = 0.0                            # A feature with no gradient.
+  noise = rng.uniform(size=f).astype(np.float32)
+  cot, kept = graddrop_rep_combine(jnp.asarray(grads), jnp.asarray(rep),
+                                   jnp.asarray(noise), leak)
+  expected = ref.graddrop_rep(grads, rep, noise, leak)
+  np.testing.assert_allclose(cot, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(cot[:, :, 0], grads[:, :, 0], rtol=1e-6)
+  mult = np.where(grads != 0, expected / np.where(grads != 0, grads, 1), 1.0)
+  np.testing.assert_allclose(
+      kept, (mult * grads ** 2).sum((1, 2)) / (grads ** 2).sum((1, 2)),
+      rtol=1e-5)
+  # One decision per task and feature, shared by the whole batch.
+  assert np.all((mult == mult[:, :1, :]) | (grads == 0))
+
+
+def test_graddrop_rep_mode_uses_the_batch_reduced_purity():
+  """The train step hands GradDrop the [K, B, H] structure in rep mode: the
+  shared update equals the VJP of the reference's per-slot cotangents."""
+  s = build("graddrop", report_every=1)
+  rng = np.random.default_rng(5)
+  k, b, h = 2, 8, 5
+  grads = jnp.asarray(rng.normal(size=(k, b, h)).astype(np.float32))
+  rep = jnp.asarray(rng.normal(size=(k, b, h)).astype(np.float32))
+  key = jax.random.PRNGKey(9)
+  cot, out = jax.jit(lambda: s.aggregate_rep(
+      s.init(k), rep_grads=grads, rep=rep, losses=jnp.ones(k), step=0,
+      key=key))()
+  noise = np.asarray(uniform_16bit(key, h))
+  np.testing.assert_allclose(cot, ref.graddrop_rep(grads, rep, noise),
+                             rtol=1e-5, atol=1e-6)
+  assert np.all(np.isfinite(out.weights)) and out.weights.shape == (k,)
 
 
 def test_uniform_16bit_is_uniform_on_the_open_interval():
