@@ -27,6 +27,7 @@ from its regeneration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import pathlib
@@ -263,6 +264,37 @@ def _store_result(store, console, run_id: int, res: dict,
     return False
 
 
+class _FollowerStore:
+  """What a process other than process 0 holds in a multi-process run:
+  process 0 alone claims runs and stores results (one SQLite writer, even
+  on a shared file system); the others train the runs it claimed."""
+  path = None
+
+  def finish(self, *args, **kwargs) -> None:
+    pass
+
+  def fail(self, *args, **kwargs) -> None:
+    pass
+
+  def __enter__(self) -> "_FollowerStore":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    pass
+
+
+def _agree_on_claim(run_id):
+  """Process 0's claim (a run id, or None), seen by every process."""
+  import jax
+  import numpy as np
+  if jax.process_count() == 1:
+    return run_id
+  from jax.experimental import multihost_utils
+  value = multihost_utils.broadcast_one_to_all(
+      np.int64(-1 if run_id is None else run_id))
+  return None if int(value) < 0 else int(value)
+
+
 def _train_one(store, console, exp, run, comp, workdir: pathlib.Path,
                run_id: int, progress: bool,
                resume: bool = False) -> tuple[dict, bool]:
@@ -283,7 +315,9 @@ def _train_one(store, console, exp, run, comp, workdir: pathlib.Path,
 
   shown = warnings.showwarning
   try:
-    with _Heartbeat(store.path, run_id), warnings.catch_warnings():
+    beat = (_Heartbeat(store.path, run_id) if store.path is not None
+            else contextlib.nullcontext())
+    with beat, warnings.catch_warnings():
       # Checkpoint trouble (a damaged one skipped) is said in the run's
       # output, every time, rather than once as a Python warning.
       warnings.simplefilter("always", checkpoints.CheckpointWarning)
@@ -366,21 +400,29 @@ def cmd_run(args) -> int:
   prov = provenance_lib.provenance()
   ran: dict[tuple, dict] = {}
   failed = skipped = 0
-  with store_lib.Store(args.store) as store:
+  import jax
+  primary = jax.process_index() == 0
+  if not primary:
+    console.quiet = True  # process 0 reports for every process
+  with (store_lib.Store(args.store) if primary else _FollowerStore()) as store:
     for i, (run, comp) in enumerate(zip(mine, components)):
       console.print(f"[{i + 1}/{len(mine)}] {exp.name} {run.name}")
       key = _run_key(run)
       run_id = store.claim(exp.name, run.name, run.grid,
                            config_lib.to_dict(run.config), key[0], key[1],
-                           prov, force=args.force)
+                           prov, force=args.force) if primary else None
+      run_id = _agree_on_claim(run_id)
       if run_id is None:
         skipped += 1
-        console.print("  " + _skip_reason(store, exp.name, run, key))
+        if primary:
+          console.print("  " + _skip_reason(store, exp.name, run, key))
         continue
       res, ok = _train_one(store, console, exp, run, comp, root / run.name,
                            run_id, not args.no_progress, args.resume)
       failed += not ok
       ran[key] = res
+    if not primary:
+      return 1 if failed else 0
     results = _grid_results(store, exp.name, runs, ran, order)
     counts = defaultdict(int)
     for r in results:

@@ -216,6 +216,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path | None = None, *,
   """
   start = time.time()
   workdir = pathlib.Path(workdir) if workdir is not None else None
+  # Several processes (multi-host) share one workdir: all of them write the
+  # checkpoints (Orbax coordinates them); process 0 alone writes the files.
+  files = workdir if jax.process_index() == 0 else None
   progress = sys.stderr.isatty() if progress is None else progress
   c = components or Components(config)
   cfg = c.config
@@ -225,9 +228,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path | None = None, *,
       "strategy": cfg.strategy.name, "model": cfg.model.name,
       "tasks": [t.name for t in c.tasks],
       "aux_tasks": [t.name for t in c.aux_tasks], **provenance_lib.provenance()}
-  if workdir is not None:
-    workdir.mkdir(parents=True, exist_ok=True)
-    run_files.write_json(workdir / "config.json", config_lib.to_dict(cfg))
+  if files is not None:
+    files.mkdir(parents=True, exist_ok=True)
+    run_files.write_json(files / "config.json", config_lib.to_dict(cfg))
   try:
     result.update(_train(c, workdir, progress, resume, log or (lambda m: None)))
     if report is not None:
@@ -236,12 +239,12 @@ def train_and_evaluate(config, workdir: str | pathlib.Path | None = None, *,
     result.update(status="failed", error=f"{type(e).__name__}: {e}",
                   traceback=traceback.format_exc(limit=20))
     result["wall_time_s"] = time.time() - start
-    if workdir is not None:
-      run_files.write_json(workdir / "result.json", result)
+    if files is not None:
+      run_files.write_json(files / "result.json", result)
     raise
   result["wall_time_s"] = time.time() - start
-  if workdir is not None:
-    run_files.write_json(workdir / "result.json", result)
+  if files is not None:
+    run_files.write_json(files / "result.json", result)
   return result
 
 
@@ -292,7 +295,11 @@ class _Saver:
       log(f"deleting the checkpoints of an earlier attempt (steps "
           f"{', '.join(map(str, found))}); resuming would continue from "
           f"them (mtrec run --resume)")
-      checkpoints.clear_checkpoints(workdir)
+      if jax.process_index() == 0:
+        checkpoints.clear_checkpoints(workdir)
+      if jax.process_count() > 1:  # nobody saves before the folder is clear
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("mtrec: old checkpoints cleared")
     if self.keep or (resume and found):
       self.store = checkpoints.RunCheckpoints(
           workdir, keep=self.keep, mode=c.selection_mode,
@@ -318,7 +325,9 @@ class _Saver:
 
 def _train(c: Components, workdir, progress: bool, resume: bool = False,
            log=lambda m: None) -> dict[str, Any]:
-  with loggers.make_loggers(c.config, workdir) as run_logger:
+  primary = jax.process_index() == 0
+  with loggers.make_loggers(c.config, workdir if primary else None
+                            ) as run_logger:
     saver = _Saver(c, workdir, resume, log)
     try:
       return _train_with(c, workdir, progress, resume, log, saver, run_logger)
@@ -364,7 +373,7 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
     # loss sum L_k(t) / L_k(0) that GradNorm (Chen et al. 2018) reports.
     initial = evaluate(predict, state.params, splits["val"], c.tasks,
                        tcfg.eval_batch_size, "val")
-    if workdir is not None:
+    if workdir is not None and jax.process_index() == 0:
       (workdir / "metrics.jsonl").unlink(missing_ok=True)
   else:
     log(f"resuming from the checkpoint of step {restored.step}")
@@ -373,7 +382,8 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
     best_value, best_step = meta["best_value"], meta["best_step"]
     bad_evals, stopped = meta["bad_evals"], meta["stopped"]
     history_weights, initial = meta["train_log"], meta["initial"]
-    _keep_evals_until(workdir / "metrics.jsonl", restored.step)
+    if jax.process_index() == 0:
+      _keep_evals_until(workdir / "metrics.jsonl", restored.step)
   state = jax.device_put(state, shardings)  # restored states are unsharded
   step = int(state.step)
   run_logger.start(step, resumed=restored is not None)
@@ -420,7 +430,7 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
         value = ev[tcfg.selection_metric]
         record = {"step": step, **ev, **history_weights[-1]}
         run_logger.scalars(step, ev)
-        if workdir is not None:
+        if workdir is not None and jax.process_index() == 0:
           run_files.append_jsonl(workdir / "metrics.jsonl", record)
         if _better(value, best_value, c.selection_mode):
           best_params, best_value, best_step, bad_evals = (

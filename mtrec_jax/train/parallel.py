@@ -41,9 +41,15 @@ global ones; the mesh path has neither limit.  Prefer the mesh path.
 Multi-host: call ``initialize_distributed()`` first thing in the program
 (before any JAX computation); it runs ``jax.distributed.initialize()`` when a
 cluster launch is detected.  Every process then runs the same program, feeds
-its own slice of the global batch (``shard_batch`` assembles the global array
-with ``jax.make_array_from_process_local_data``), and the mesh spans the
-devices of all processes.
+its own slice of the global batch (every process draws the same seeded global
+batch and keeps its rows, `process_slice`; ``shard_batch`` assembles the
+global array with ``jax.make_array_from_process_local_data``), and the mesh
+spans the devices of all processes.  Under ``mtrec run``, process 0 alone
+claims runs from the results store (and tells the others which), writes the
+run files and stores results; every process writes its part of the Orbax
+checkpoints, so the run folder must be on a file system all hosts share.
+`tests/cli/test_multiprocess.py` runs two processes joined over localhost
+and checks they store the numbers of one process with two devices.
 
 * GPU cluster under SLURM, one process per GPU::
 

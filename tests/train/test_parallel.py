@@ -14,6 +14,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -138,3 +139,21 @@ def test_no_cluster_means_no_distributed_initialization():
 def test_coordinator_launch_needs_process_count_and_id():
   with pytest.raises(ValueError, match="JAX_NUM_PROCESSES"):
     parallel.initialize_distributed({"JAX_COORDINATOR_ADDRESS": "h:1"})
+
+
+def test_process_slice_keeps_this_process_rows(monkeypatch):
+  """Each of P processes keeps its contiguous 1/P of the global batch, in
+  process order, so `shard_batch` reassembles exactly the global batch."""
+  batch = {"x": np.arange(12).reshape(6, 2), "y": np.arange(6)}
+  monkeypatch.setattr(jax, "process_count", lambda: 3)
+  parts = []
+  for i in range(3):
+    monkeypatch.setattr(jax, "process_index", lambda i=i: i)
+    parts.append(parallel.process_slice(batch))
+  for key, value in batch.items():
+    np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]),
+                                  value)
+  assert [len(p["y"]) for p in parts] == [2, 2, 2]
+  monkeypatch.setattr(jax, "process_count", lambda: 4)
+  with pytest.raises(ValueError, match="does not split over 4 processes"):
+    parallel.process_slice(batch)
