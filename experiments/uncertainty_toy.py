@@ -29,7 +29,8 @@ def learned_vs_true_variance(result: dict, dataset) -> dict:
     out[f"task{k}/learned_variance"] = math.exp(s)
     out[f"task{k}/true_variance"] = float(v)
     out[f"task{k}/ratio"] = math.exp(s) / float(v)
-  out["max_abs_ratio_error"] = max(abs(out[f"task{k}/ratio"] - 1)
+    out[f"task{k}/abs_ratio_error"] = abs(out[f"task{k}/ratio"] - 1)
+  out["max_abs_ratio_error"] = max(out[f"task{k}/abs_ratio_error"]
                                    for k in range(len(true)))
   return out
 

@@ -122,4 +122,25 @@ BLOCKS = [
                caption="Median train-step time in ms of every weighting "
                        "strategy with K = 4 tasks, one column per gradient "
                        "mode; – : the strategy has no such mode."),
+    Table("gradnorm-toy", "gradnorm-toy",
+          metrics=("val/loss_ratio_sum", "test/loss"),
+          baseline={"strategy": "equal"},
+          caption="GradNorm's toy (Chen et al. 2018, section 4): sum of "
+                  "relative validation losses L_i(t) / L_i(0) at the end, "
+                  "and the mean test MSE, equal weights against GradNorm "
+                  "(alpha 0.12)."),
+    Figure("gradnorm-toy-weights", "gradnorm-toy", "weights",
+           options={"where": {"strategy": "gradnorm"}},
+           caption="GradNorm's task weights over training on the toy "
+                   "(10 tasks, scales 1 to 100), mean over seeds."),
+    Table("uncertainty-toy", "uncertainty-toy",
+          metrics=tuple(f"report/task{k}/abs_ratio_error"
+                        for k in range(3)) + ("report/max_abs_ratio_error",),
+          baseline=None,
+          directions={f"report/{k}abs_ratio_error": "min"
+                      for k in ("task0/", "task1/", "task2/", "max_")},
+          caption="Uncertainty weighting (Kendall et al. 2018): |learned "
+                  "sigma^2 / true noise variance - 1| for the heads of "
+                  "noise variance 0.25, 1 and 4, and the largest of the "
+                  "three (the claim: below 0.2)."),
 ]

@@ -89,6 +89,8 @@ class Table:
   metrics: default the experiment's `table_metrics`, else each task's
   primary test metric. baseline: 'auto', None or {axis: value}. where:
   {axis: value or [values]}. caption: an italic line above the table.
+  directions: {metric: 'max' or 'min'} for columns whose name is not a
+  registered metric (e.g. report values).
   """
   id: str
   experiment: str
@@ -98,6 +100,7 @@ class Table:
   where: Mapping[str, Any] | None = None
   digits: int = 4
   caption: str = ""
+  directions: Mapping[str, str] | None = None
 
   def __post_init__(self):
     _check_id(self.id)
@@ -537,7 +540,8 @@ def build(block: Table, results: Sequence[dict]) -> tables.Table:
   return tables.build_table(
       results, rows=block.rows,
       metrics=block.metrics or default_metrics(block.experiment),
-      baseline=block.baseline, where=block.where)
+      baseline=block.baseline, where=block.where,
+      directions=dict(block.directions or {}))
 
 
 def source_line(experiment: str, results: Sequence[dict]) -> str:
