@@ -357,3 +357,21 @@ def test_committed_paper_matches_its_regeneration(monkeypatch):
   blocks = paper.load_spec(ROOT / "paper")
   assert blocks and all((ROOT / "paper" / "results" / f"{e}.jsonl").exists()
                         for e in paper.experiments_of(blocks))
+
+
+def test_table_directions_name_unregistered_columns(tmp_path):
+  """A report column has no registered direction: the block says it."""
+  records = [{**r, "report": {"gap": 0.1 * (i + 1)}}
+             for i, r in enumerate(RECORDS)]
+  spec = SPEC.replace(
+      'Table("qs-mae", "quickstart", metrics=("mae",), baseline=None,',
+      'Table("qs-mae", "quickstart", metrics=("report/gap",), baseline=None,'
+      ' directions={"report/gap": "min"},')
+  d = _paper_dir(tmp_path, records=records, spec=spec)
+  paper.write(d)
+  text = (d / "paper.md").read_text()
+  assert "gap ↓" in text and "**0.1500 ± 0.0707**" in text
+  with pytest.raises(ValueError, match="unknown direction"):
+    paper.write(_paper_dir(tmp_path / "no_directions", records=records,
+                           spec=spec.replace(
+                               ' directions={"report/gap": "min"},', '')))
