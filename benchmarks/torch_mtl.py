@@ -66,6 +66,8 @@ module only after checking that torch is installed.
 """
 from __future__ import annotations
 
+import abc
+
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -88,7 +90,7 @@ def mlp_tower(width: int, hidden: Sequence[int], out: int = 1
   return nn.Sequential(*layers, nn.Linear(width, out))
 
 
-class MTLNet(nn.Module):
+class MTLNet(nn.Module, abc.ABC):
   """What `LibMTLStep` needs of a model: a shared part (`represent`), one
   tower per task (`towers`, `head`), the task loss and the split of the
   parameters into shared ones (rows of J) and task-specific ones.
@@ -100,14 +102,17 @@ class MTLNet(nn.Module):
   per_task_rep = False
   towers: nn.ModuleList
 
+  @abc.abstractmethod
   def represent(self, inputs: Inputs) -> torch.Tensor:
-    raise NotImplementedError
+    """Implemented by each model."""
 
+  @abc.abstractmethod
   def task_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    raise NotImplementedError
+    """Implemented by each model."""
 
+  @abc.abstractmethod
   def shared_parameters(self) -> list[nn.Parameter]:
-    raise NotImplementedError
+    """Implemented by each model."""
 
   def task_rep(self, rep: torch.Tensor, k: int) -> torch.Tensor:
     return rep[k] if self.per_task_rep else rep
