@@ -67,6 +67,11 @@ BLOCKS = [
     Table("ml100k-rating-mf", "ml100k-rating-mf", baseline=None,
           caption="Biased matrix factorisation on the same ratings, same "
                   "harness."),
+    Table("ml100k-finetune", "ml100k-finetune",
+          baseline={"init": "scratch"},
+          caption="MovieLens-100K: the next-item Transformer trained from "
+                  "scratch or initialised from the self-supervised "
+                  "pre-training of ml100k-pretrain."),
     Table("ml100k-sasrec", "ml100k-sasrec", baseline=None,
           caption="MovieLens-100K: SASRec's next-item test metrics with its "
                   "original loss and with the full softmax."),
