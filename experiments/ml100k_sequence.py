@@ -27,6 +27,17 @@ saves its parameters (`runs/ml100k-pretrain/seed=0/params`).
 from scratch or with its item table and sequence encoder initialised from
 the pre-training run of seed 0 (`init_from`; give another run with
 ``--set init_from=PATH``).  Run `ml100k-pretrain` first.
+
+Measured (2 CPU cores, 2026-11-28; the generated tables are in
+paper/paper.md, section 6.4): pre-training took 1,000 steps (about 10 min);
+each fine-tuning run about 5.5 min.  Test, mean ± std over 3 seeds:
+  init        ndcg@10        hr@10          s_hr@10 (sampled)
+  scratch     0.0429±0.0025  0.0898±0.0053  0.5613±0.0048
+  pretrained  0.0482±0.0038  0.0993±0.0090  0.6069±0.0080
+Pre-training raises every next-item metric (+10.4 Δm%; MRR and the sampled
+metrics significant in a paired t-test over the seeds).  SASRec, seed 0
+only so far: NDCG@10 0.0343 with its original loss, 0.0747 with the full
+softmax.
 """
 from experiments.ml100k_mtl import ml100k_config, popularity_report
 from mtrec_jax.experiment import Axis, Experiment
