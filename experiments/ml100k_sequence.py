@@ -37,8 +37,8 @@ each fine-tuning run about 5.5 min.  Test, mean ± std over 3 seeds:
 Pre-training raises every next-item metric (+10.4 Δm%; MRR and the sampled
 metrics significant in a paired t-test over the seeds).  SASRec so far:
 NDCG@10 0.0429±0.0121 with its original loss (seeds 0-1: 0.0343, 0.0514;
-8 min a run on a quiet 2-core machine), 0.0747 with the full softmax
-(seed 0).
+8 min a run on a quiet 2-core machine), 0.0768±0.0029 with the full
+softmax (seeds 0-1: 0.0747, 0.0788; 12 min a run).
 """
 from experiments.ml100k_mtl import ml100k_config, popularity_report
 from mtrec_jax.experiment import Axis, Experiment
