@@ -30,6 +30,10 @@ BenchTable(id, file, columns, where=None, sort=(), pivot=None, digits=2,
 """
 from mtrec_jax.results.paper import BenchTable, Figure, Table
 
+# The two `benchmarks.peers` tables (MMoE and MLP) show the same columns.
+PEERS_COLUMNS = ("strategy", ("jax_mode", "mode"), ("jax_ms", "JAX ms"),
+                 ("torch_ms", "PyTorch ms"), ("ratio", "PyTorch / JAX"))
+
 BLOCKS = [
     Table("quickstart-mse", "quickstart",
           baseline={"model": "shared_bottom"},
@@ -108,16 +112,12 @@ BLOCKS = [
                        "weights) against the best measured float32 matmul "
                        "rate."),
     BenchTable("perf-peers-mmoe", "peers_cpu_mmoe",
-               columns=("strategy", ("jax_mode", "mode"),
-                        ("jax_ms", "JAX ms"), ("torch_ms", "PyTorch ms"),
-                        ("ratio", "PyTorch / JAX")),
+               columns=PEERS_COLUMNS,
                caption="Census-sized MMoE (K = 2): JAX against a "
                        "LibMTL-style PyTorch step in the same gradient "
                        "mode, median step time."),
     BenchTable("perf-peers", "peers_cpu",
-               columns=("strategy", ("jax_mode", "mode"),
-                        ("jax_ms", "JAX ms"), ("torch_ms", "PyTorch ms"),
-                        ("ratio", "PyTorch / JAX")),
+               columns=PEERS_COLUMNS,
                caption="Dense shared-bottom MLP (2 x 512 units, K = 4): "
                        "JAX against a LibMTL-style PyTorch step in the same "
                        "gradient mode, median step time."),
