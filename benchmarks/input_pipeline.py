@@ -25,7 +25,7 @@ import jax
 
 from benchmarks.common import describe_device, time_step, write_outputs
 from experiments.census_mtl import census_config
-from experiments.ml100k_mtl import TASK_SETS, ml100k_config
+from experiments.ml100k_mtl import PREFIX_TASKS, prefix_config
 from mtrec_jax.data.pipeline import train_batches
 from mtrec_jax.train import loop
 from mtrec_jax.train.step import make_train_step
@@ -34,8 +34,8 @@ from mtrec_jax.train.step import make_train_step
 def _configs():
   census = census_config()
   census.model.name = "mmoe"
-  ml = ml100k_config()
-  ml.tasks = TASK_SETS["all"]
+  ml = prefix_config()
+  ml.tasks = PREFIX_TASKS
   return {"census_income": census, "movielens_100k": ml}
 
 

@@ -20,7 +20,7 @@ rating, mean ± std over 3 seeds: RMSE 1.0922±0.0138, MAE 0.8730±0.0101.
 The multi-task Transformer of `ml100k-mtl` (rating as one of four tasks)
 reaches RMSE 1.0608±0.0017 on the same targets.
 """
-from experiments.ml100k_mtl import ml100k_config
+from experiments.ml100k_mtl import prefix_config
 from mtrec_jax.experiment import Experiment
 from mtrec_jax.registry import EXPERIMENTS
 
@@ -28,7 +28,7 @@ from mtrec_jax.registry import EXPERIMENTS
 @EXPERIMENTS.register("ml100k-rating-mf")
 def get_experiment() -> Experiment:
   """Biased MF on ML-100K ratings (leave-last-out), 3 seeds."""
-  c = ml100k_config()
+  c = prefix_config()
   c.tasks = ("rating",)
   c.model.name = "biased_mf"
   c.model.features = ("user", "cand_item")

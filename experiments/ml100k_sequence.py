@@ -40,7 +40,8 @@ NDCG@10 0.0429±0.0121 with its original loss (seeds 0-1: 0.0343, 0.0514;
 8 min a run on a quiet 2-core machine), 0.0768±0.0029 with the full
 softmax (seeds 0-1: 0.0747, 0.0788; 12 min a run).
 """
-from experiments.ml100k_mtl import ml100k_config, popularity_report
+from experiments.ml100k_mtl import (all_positions_config, popularity_report,
+                                   prefix_config, sequence_config)
 from mtrec_jax.experiment import Axis, Experiment
 from mtrec_jax.registry import EXPERIMENTS
 
@@ -52,24 +53,11 @@ ENCODER_SCOPE = tuple(f"shared/feature_encoder/{name}_hist_items"
 PRETRAINED_RUN = "runs/ml100k-pretrain/seed=0"
 
 
-def sequence_config():
-  """One row per user, the aux-task-only setup of all-positions training."""
-  c = ml100k_config()
-  c.data.train_examples = "sequences"
-  c.aux.only = True
-  c.train.batch_size = 128
-  c.train.num_steps = 2000
-  c.train.eval_every = 250
-  return c
-
-
 @EXPERIMENTS.register("ml100k-sasrec")
 def sasrec() -> Experiment:
   """SASRec in the same harness: original binary loss vs full softmax."""
-  c = sequence_config()
-  c.model.encoder.causal = True
+  c = all_positions_config()
   c.aux.tasks = ("next_all",)
-  c.train.selection_metric = "val/next_all/ndcg@10"
   return Experiment(c, axes=(
       Axis("loss", "aux.next_all.loss", ("bce", "softmax")),
   ), seeds=(0, 1, 2), report=popularity_report,
@@ -91,7 +79,7 @@ def pretrain() -> Experiment:
 @EXPERIMENTS.register("ml100k-finetune")
 def finetune() -> Experiment:
   """Next item from scratch vs initialised from `ml100k-pretrain`."""
-  c = ml100k_config()
+  c = prefix_config()
   c.tasks = ("next_item",)
   c.init_scope = ENCODER_SCOPE
   return Experiment(c, axes=(

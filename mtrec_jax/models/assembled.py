@@ -183,16 +183,19 @@ class MultiTaskModel(nn.Module):
     their masks, augmentations and knowledge-graph queries."""
     encoder = self.shared.feature_encoder
     keys = jax.random.split(key, max(len(self.aux_tasks), 1))
-    losses = [t.loss(encoder, lambda *a, n=t.name: self.aux(n, *a), batch,
-                     keys[i], train) for i, t in enumerate(self.aux_tasks)]
+    losses = [t.loss(encoder, self._aux_head(t.name), batch, keys[i], train)
+              for i, t in enumerate(self.aux_tasks)]
     return jnp.stack(losses).astype(jnp.float32)
 
   def aux_scores(self, batch: Batch) -> dict[str, jax.Array]:
     """Evaluation scores of the auxiliary tasks that have an `eval_task`."""
     encoder = self.shared.feature_encoder
-    return {t.name: t.scores(encoder, lambda *a, n=t.name: self.aux(n, *a),
-                             batch)
+    return {t.name: t.scores(encoder, self._aux_head(t.name), batch)
             for t in self.aux_tasks if t.eval_task is not None}
+
+  def _aux_head(self, name: str):
+    """Auxiliary task `name`'s private head as a plain callable."""
+    return lambda *args, **kwargs: self.aux(name, *args, **kwargs)
 
   def init_all(self, batch: Batch, key: jax.Array) -> dict[str, jax.Array]:
     """Touches every parameter (task towers and auxiliary heads); `init`

@@ -19,6 +19,9 @@ shared representation and refuses auxiliary tasks).
 Tasks (config ``aux.tasks``; builders in `AUX_TASKS`):
   ``next_all`` all-positions next-item prediction (SASRec, Kang & McAuley
           2018), evaluated with the next-item ranking metrics,
+  ``rating_all``, ``like_all``, ``genre_all``  the dataset's rating, like
+          and genre tasks asked at every position about the item that
+          follows it (`NextInteractionTask`), evaluated like those tasks,
   ``mim`` masked item modelling (BERT4Rec's Cloze task, Sun et al. 2019),
   ``cl``  sequence contrastive learning (CL4SRec, Xie et al. 2022),
   ``kg``  item-attribute knowledge-graph completion (MKR, Wang et al. 2019).
@@ -35,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mtrec_jax.models.towers import MLP
 from mtrec_jax.registry import Registry
 from mtrec_jax.tasks import knowledge, sequence_ssl
 
@@ -195,6 +199,124 @@ class NextItemSequenceTask(AuxTask):
     return self._logits(encoder, head, ids, False)[:, -1]
 
 
+class PositionTower(nn.Module):
+  """A task tower applied at every position: [B, L, D] (concatenated with the
+  candidate item's embedding [B, L, E] when given) -> [B, L, out_dim]."""
+  hidden: tuple[int, ...]
+  out_dim: int
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, h: jax.Array, candidate: jax.Array | None = None, *,
+               train: bool = False) -> jax.Array:
+    x = h if candidate is None else jnp.concatenate(
+        [h, candidate.astype(h.dtype)], axis=-1)
+    return MLP(self.hidden, self.out_dim, self.dropout_rate)(
+        x, train=train).astype(jnp.float32)
+
+
+# What `NextInteractionTask` predicts about the interaction with the next item.
+NEXT_INTERACTION_LABELS = ("rating", "like", "genre")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NextInteractionTask(AuxTask):
+  """A per-target dataset task (rating, like or genre of the next item)
+  trained at every position of the sequence, the all-positions counterpart
+  of that task as `next_all` is of next-item prediction.  With CAUSAL
+  attention, position t's output h_t (which has seen items <= t, never
+  their successors) predicts a property of the interaction with
+  ``seq_targets[t]``, the item that follows:
+
+  * ``rating``: its stars (regression), from h_t and the item's embedding,
+  * ``like``: stars >= `like_threshold` (binary), from h_t and the item,
+  * ``genre``: the item's genres (multi-label), from h_t alone.
+
+  rating and like read the next item as a candidate input, as the dataset's
+  towers read ``cand_item``; genre must not (the item is its answer).  The
+  per-position labels come from the sequence itself: the rating of
+  ``seq_targets[t]`` is ``hist_ratings[t + 1]`` for t < L - 1 and the
+  row's `target_task` label at t = L - 1 (``seq_targets[L-1]`` is the row's
+  target item); genres come from the item metadata.  The head is a task
+  tower (`model.tower_hidden`, `model.dropout`) applied at each position; the
+  loss is `target_task`'s per-example loss averaged over real positions
+  (mean-like scale, the dataset task's convention).  Evaluated with
+  `target_task`'s metrics on the last position, i.e. on the row's own
+  target: the same labels and metrics as the per-target task."""
+  target_task: Any = None  # the dataset `TaskSpec` it mirrors
+  label_kind: str = "rating"
+  targets: str = "seq_targets"
+  ratings: str = "hist_ratings"
+  last_rating: str = "rating"
+  like_threshold: float = 4.0
+  item_genres: np.ndarray | None = None  # [V, G] 0/1, for 'genre'
+  hidden: tuple[int, ...] = ()
+  dropout_rate: float = 0.0
+
+  def __post_init__(self):
+    if self.label_kind not in NEXT_INTERACTION_LABELS:
+      raise ValueError(f"{self.name}: label_kind must be one of "
+                       f"{NEXT_INTERACTION_LABELS}, got {self.label_kind!r}")
+    if self.label_kind == "genre" and self.item_genres is None:
+      raise ValueError(f"{self.name}: genre labels need item_genres")
+
+  @property
+  def reads_candidate(self) -> bool:
+    return self.label_kind != "genre"
+
+  @property
+  def needs_causal_encoder(self) -> bool:
+    return True
+
+  @property
+  def eval_task(self):
+    return dataclasses.replace(self.target_task, name=self.name)
+
+  def make_head(self, name: str) -> nn.Module:
+    return PositionTower(tuple(self.hidden), self.target_task.out_dim,
+                         self.dropout_rate, name=name)
+
+  def position_labels(self, batch) -> jax.Array:
+    """[B, L] (rating, like) or [B, L, G] (genre) labels of the interaction
+    with each position's next item; junk where ``seq_targets`` is 0."""
+    targets = jnp.asarray(batch[self.targets])
+    if self.label_kind == "genre":
+      return jnp.asarray(self.item_genres, jnp.float32)[targets]
+    ratings = jnp.asarray(batch[self.ratings], jnp.float32)
+    last = jnp.asarray(batch[self.last_rating], jnp.float32)[:, None]
+    stars = jnp.concatenate([ratings[:, 1:], last], axis=1)
+    if self.label_kind == "like":
+      return (stars >= self.like_threshold).astype(jnp.float32)
+    return stars
+
+  def _outputs(self, encoder, head, batch, train):
+    ids = jnp.asarray(batch[self.feature])
+    h, _ = encoder.encode_positions(self.feature, ids, train=train)
+    h = h[:, :ids.shape[1]]
+    candidate = None
+    if self.reads_candidate:
+      candidate = encoder.embed_ids(self.feature, batch[self.targets])
+    return head(h, candidate, train=train)
+
+  def loss(self, encoder, head, batch, key, train):
+    del key
+    ids = jnp.asarray(batch[self.feature])
+    targets = jnp.asarray(batch[self.targets])
+    out = self._outputs(encoder, head, batch, train)  # [B, L, out]
+    labels = self.position_labels(batch)
+    b, length = ids.shape
+    spec = dataclasses.replace(self.target_task, mask=None)
+    per_position = spec.per_example_loss(
+        out.reshape(b * length, -1),
+        {spec.label: labels.reshape((b * length,) + labels.shape[2:])})
+    weight = ((targets != 0) & (ids != 0)).astype(jnp.float32).reshape(-1)
+    return jnp.sum(per_position * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+  def scores(self, encoder, head, batch):
+    """[B, out_dim] outputs at the last position (about the row's target)."""
+    return self._outputs(encoder, head, batch, False)[:, -1]
+
+
 @dataclasses.dataclass(frozen=True)
 class ContrastiveTask(AuxTask):
   """CL4SRec's sequence contrastive task (Xie et al., ICDE 2022): two random
@@ -265,14 +387,16 @@ class AuxHeads(nn.Module):
   tasks: tuple[AuxTask, ...]
 
   @nn.compact
-  def __call__(self, name: str, *args):
+  def __call__(self, name: str, *args, **kwargs):
     task = next(t for t in self.tasks if t.name == name)
-    return task.make_head(name)(*args)
+    return task.make_head(name)(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------
-# Builders: (config section, dataset) -> AuxTask.  The config section holds
-# the task's hyper-parameters (`aux.<name>.*`).
+# Builders: (config section, dataset, model config) -> AuxTask.  The config
+# section holds the task's hyper-parameters (`aux.<name>.*`); tasks without
+# one (the `NextInteractionTask`s) get {} and size their towers like the
+# dataset tasks' (`model.tower_hidden`, `model.dropout`).
 
 
 def _feature_spec(dataset, name: str):
@@ -288,14 +412,14 @@ def _feature_spec(dataset, name: str):
 
 
 @AUX_TASKS.register("mim")
-def masked_items(cfg: Mapping[str, Any], dataset) -> MaskedItemTask:
+def masked_items(cfg: Mapping[str, Any], dataset, model_cfg=None) -> MaskedItemTask:
   spec = _feature_spec(dataset, cfg["feature"])
   return MaskedItemTask("mim", cfg["feature"], float(cfg["mask_prob"]),
                         embed_dim=spec.embed_dim, num_items=spec.num_rows)
 
 
 @AUX_TASKS.register("next_all")
-def next_item_sequence(cfg: Mapping[str, Any], dataset) -> NextItemSequenceTask:
+def next_item_sequence(cfg: Mapping[str, Any], dataset, model_cfg=None) -> NextItemSequenceTask:
   spec = _feature_spec(dataset, cfg["feature"])
   columns = dataset.splits["train"]
   if cfg["targets"] not in columns:
@@ -313,7 +437,7 @@ def next_item_sequence(cfg: Mapping[str, Any], dataset) -> NextItemSequenceTask:
 
 
 @AUX_TASKS.register("cl")
-def contrastive(cfg: Mapping[str, Any], dataset) -> ContrastiveTask:
+def contrastive(cfg: Mapping[str, Any], dataset, model_cfg=None) -> ContrastiveTask:
   _feature_spec(dataset, cfg["feature"])
   return ContrastiveTask("cl", cfg["feature"], float(cfg["eta"]),
                          float(cfg["gamma"]), float(cfg["beta"]),
@@ -321,7 +445,7 @@ def contrastive(cfg: Mapping[str, Any], dataset) -> ContrastiveTask:
 
 
 @AUX_TASKS.register("kg")
-def knowledge_graph(cfg: Mapping[str, Any], dataset) -> KnowledgeTask:
+def knowledge_graph(cfg: Mapping[str, Any], dataset, model_cfg=None) -> KnowledgeTask:
   spec = _feature_spec(dataset, cfg["feature"])
   info = dataset.info
   needed = ("item_genre_ids", "item_year", "num_genres")
@@ -345,6 +469,51 @@ def knowledge_graph(cfg: Mapping[str, Any], dataset) -> KnowledgeTask:
                        dim=int(cfg["dim"]), hidden=tuple(cfg["hidden"]))
 
 
+def _next_interaction(label_kind: str, task_name: str):
+  """Builder of the all-positions counterpart of dataset task `task_name`."""
+  aux_name = f"{task_name}_all"
+
+  def build(cfg: Mapping[str, Any], dataset, model_cfg=None
+            ) -> NextInteractionTask:
+    feature = cfg.get("feature", "hist_items")
+    _feature_spec(dataset, feature)
+    task = next((t for t in dataset.tasks if t.name == task_name), None)
+    if task is None:
+      raise ValueError(f"{aux_name} mirrors the dataset task {task_name!r}, "
+                       f"which {dataset.name!r} does not have (its tasks: "
+                       f"{[t.name for t in dataset.tasks]})")
+    columns = dataset.splits["train"]
+    needed = ["seq_targets"] + (["hist_ratings", "rating"]
+                                if label_kind != "genre" else [])
+    missing = [c for c in needed if c not in columns]
+    if missing:
+      raise ValueError(f"{aux_name} needs the columns {missing}; "
+                       f"{dataset.name!r} has {sorted(columns)}")
+    genres = None
+    if label_kind == "genre":
+      genre_ids = dataset.info.get("item_genre_ids")
+      if genre_ids is None:
+        raise ValueError(f"{aux_name} needs item metadata 'item_genre_ids' "
+                         f"in the dataset's info; {dataset.name!r} has none")
+      genres = np.zeros((len(genre_ids), task.num_classes), np.float32)
+      for item, ids in enumerate(genre_ids):
+        genres[item, list(ids)] = 1.0
+    model_cfg = model_cfg or {}
+    return NextInteractionTask(
+        aux_name, feature, target_task=task, label_kind=label_kind,
+        like_threshold=float(dataset.info.get("like_threshold", 4.0)),
+        item_genres=genres,
+        hidden=tuple(model_cfg.get("tower_hidden", ())),
+        dropout_rate=float(model_cfg.get("dropout", 0.0)))
+
+  build.__name__ = f"{aux_name}_task"
+  return build
+
+
+for _kind in NEXT_INTERACTION_LABELS:
+  AUX_TASKS.register(f"{_kind}_all")(_next_interaction(_kind, _kind))
+
+
 def default_aux_config() -> dict[str, Any]:
   """`config.aux`: which auxiliary tasks to train and each one's settings."""
   return {
@@ -366,9 +535,11 @@ def default_aux_config() -> dict[str, Any]:
   }
 
 
-def build_aux_tasks(aux_cfg: Mapping[str, Any], dataset
+def build_aux_tasks(aux_cfg: Mapping[str, Any], dataset,
+                    model_cfg: Mapping[str, Any] | None = None
                     ) -> tuple[AuxTask, ...]:
-  """The auxiliary tasks `aux.tasks` names, built for `dataset`."""
+  """The auxiliary tasks `aux.tasks` names, built for `dataset`; `model_cfg`
+  (`config.model`) sizes the towers of the `NextInteractionTask`s."""
   names = tuple(aux_cfg.get("tasks", ()))
   if len(set(names)) != len(names):
     raise ValueError(f"aux.tasks lists a task twice: {names}")
@@ -379,5 +550,5 @@ def build_aux_tasks(aux_cfg: Mapping[str, Any], dataset
     if name in task_names:
       raise ValueError(f"auxiliary task {name!r} has the name of a dataset "
                        f"task")
-    out.append(builder(aux_cfg[name], dataset))
+    out.append(builder(aux_cfg.get(name, {}), dataset, model_cfg or {}))
   return tuple(out)

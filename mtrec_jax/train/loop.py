@@ -113,7 +113,8 @@ class Components:
     self.config = config
     self.dataset = load_dataset(config)
     aux_cfg = config_lib.to_dict(config.aux)
-    self.aux_tasks = build_aux_tasks(aux_cfg, self.dataset)
+    self.aux_tasks = build_aux_tasks(aux_cfg, self.dataset,
+                                     config_lib.to_dict(config.model))
     if aux_cfg["only"]:
       if not self.aux_tasks:
         raise ValueError("aux.only trains the auxiliary tasks alone, but "
