@@ -9,10 +9,11 @@ only in a strategy) is seen.  Models (`build`): shared_bottom, mmoe and ple
 with the sizes of `experiments/census_mtl.py` on a census-like synthetic
 batch (32 categorical features, vocabularies of 3 to 52 ids, 4-dim
 embeddings, 7 numerics; two binary tasks), and `encoder`: the Transformer
-of `experiments/ml100k_mtl.py` (2 pre-LN layers, 32 units, 2 heads, 'last'
-pooling, dropout on; 64-unit bottom, 32-unit towers) on a synthetic batch
-of 50-item histories over 1,683 items with three tasks (next item: softmax
-over all items; rating: regression; like: binary).  Strategies: mean (loss
+of `prefix_config` in `experiments/ml100k_mtl.py` (2 pre-LN layers, 32
+units, 2 heads, 'last' pooling, dropout on; 64-unit bottom, 32-unit
+towers) on a synthetic batch of 50-item histories over 1,683 items with
+three tasks (next item: softmax over all items; rating: regression; like:
+binary).  Strategies: mean (loss
 kind, one backward pass), pcgrad in "params" mode (K shared-parameter
 gradients; the Jacobian engine the trainer picks: unrolled on CPU, vmap
 elsewhere) and mgda in "rep" mode.

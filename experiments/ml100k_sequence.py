@@ -8,24 +8,25 @@
 All on the leave-last-out split and the next-item metrics of `ml100k-mtl`
 (full ranking with the history excluded, and SASRec's sampled protocol).
 
-`ml100k-sasrec`: SASRec (Kang & McAuley, ICDM 2018) in the same harness: a
-causal 2-layer Transformer (the `ml100k-mtl` encoder sizes) over one row per
-user (`data.train_examples = 'sequences'`: the last 50 training items), every
-position predicting the next item (`aux` task `next_all`), scored against the
-shared item table.  Two losses: SASRec's original (binary cross-entropy of
+`ml100k-sasrec`: SASRec (Kang & McAuley, ICDM 2018) in the same harness:
+the causal 2-layer Transformer of `ml100k-mtl` over one row per user
+(`data.train_examples = 'sequences'`: the last 50 training items), every
+position predicting the next item (`aux` task `next_all`), scored against
+the shared item table.  Two losses: SASRec's original (binary cross-entropy of
 the target against one random item per position) and the full softmax over
 all items.  Batch 128 (7.4 steps an epoch), 2,000 steps, the checkpoint with
 the best validation NDCG@10.
 
-`ml100k-pretrain`: the bidirectional encoder of `ml100k-mtl` pre-trained with
+`ml100k-pretrain`: the bidirectional encoder of `prefix_config` pre-trained with
 masked item modelling (BERT4Rec), CL4SRec's contrastive task and the item
 knowledge graph (genres, release decade; MKR-style), equal weights, on one
 row per user; selected on the mean validation loss of the three.  The run
 saves its parameters (`runs/ml100k-pretrain/seed=0/params`).
 
-`ml100k-finetune`: the single-task next-item model of `ml100k-mtl` trained
-from scratch or with its item table and sequence encoder initialised from
-the pre-training run of seed 0 (`init_from`; give another run with
+`ml100k-finetune`: the sliding-prefix next-item model (`prefix_config`: one
+example per history prefix, bidirectional encoder) trained from scratch or
+with its item table and sequence encoder initialised from the pre-training
+run of seed 0 (`init_from`; give another run with
 ``--set init_from=PATH``).  Run `ml100k-pretrain` first.
 
 Measured (2 CPU cores, 2026-11-28; the generated tables are in
