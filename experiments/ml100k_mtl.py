@@ -2,7 +2,8 @@
 self-supervised tasks.
 
     export MTREC_DATA_DIR=../shared/data   # holds ml-100k/
-    mtrec run ml100k-mtl                   # 3 task sets x 3 seeds
+    mtrec run ml100k-pretrain              # for the ssl_pretrained set
+    mtrec run ml100k-mtl                   # 4 task sets x 3 seeds
 
 Leave-last-out split (`mtrec_jax/data/movielens.py`): per user, the last
 interaction is the test target, the second-last the validation target, the
@@ -21,7 +22,11 @@ the item history; every task is an all-positions auxiliary task on it
              is left out: under causal attention BERT4Rec's cloze task
              degenerates to predicting an item from its predecessors, the
              `next_all` objective on a corrupted input (it is in the
-             bidirectional pre-training of `ml100k-pretrain`).
+             bidirectional pre-training of `ml100k-pretrain`),
+  ssl_pretrained  next item alone, its item table and encoder initialised
+             from `ml100k-pretrain` (masked items, contrastive, knowledge
+             graph; run it first): the self-supervised tasks as
+             pre-training rather than joint training.
 Batch 128 (7.4 steps an epoch), 2,000 steps, the checkpoint with the best
 validation next-item NDCG@10; equal (`mean`) weights.  The `next_item` set
 is the softmax model of `ml100k-sasrec` (same config); its BCE model is
@@ -47,6 +52,12 @@ from mtrec_jax.experiment import Axis, Experiment
 from mtrec_jax.registry import EXPERIMENTS
 from mtrec_jax.tasks import metrics as metrics_lib
 
+# What fine-tuning copies from pre-training: the item table, positions and
+# the sequence encoder (not the user features, which pre-training never reads).
+ENCODER_SCOPE = tuple(f"shared/feature_encoder/{name}_hist_items"
+                      for name in ("embed", "pos", "seq", "proj"))
+PRETRAINED_RUN = "runs/ml100k-pretrain/seed=0"
+
 # The dataset's per-target tasks, for the prefix setup.
 PREFIX_TASKS = ("next_item", "rating", "like", "genre")
 # All-positions task sets: next item alone, with the rating, like and genre
@@ -56,6 +67,11 @@ TASK_SETS = {
     "next_item": {"aux.tasks": ("next_all",)},
     "all": {"aux.tasks": ("next_all", "rating_all", "like_all", "genre_all")},
     "ssl": {"aux.tasks": ("next_all", "cl", "kg")},
+    # The self-supervised tasks as pre-training instead: next item alone,
+    # item table and encoder initialised from `ml100k-pretrain`.
+    "ssl_pretrained": {"aux.tasks": ("next_all",),
+                       "init_from": PRETRAINED_RUN,
+                       "init_scope": ENCODER_SCOPE},
 }
 
 

@@ -41,17 +41,13 @@ NDCG@10 0.0429±0.0121 with its original loss (seeds 0-1: 0.0343, 0.0514;
 8 min a run on a quiet 2-core machine), 0.0768±0.0029 with the full
 softmax (seeds 0-1: 0.0747, 0.0788; 12 min a run).
 """
-from experiments.ml100k_mtl import (all_positions_config, popularity_report,
+from experiments.ml100k_mtl import (ENCODER_SCOPE, PRETRAINED_RUN,
+                                   all_positions_config, popularity_report,
                                    prefix_config, sequence_config)
 from mtrec_jax.experiment import Axis, Experiment
 from mtrec_jax.registry import EXPERIMENTS
 
 NEXT_ITEM_TABLE = ("ndcg@10", "hr@10", "mrr", "s_hr@10", "s_ndcg@10")
-# What fine-tuning copies from pre-training: the item table, positions and
-# the sequence encoder (not the user features, which pre-training never reads).
-ENCODER_SCOPE = tuple(f"shared/feature_encoder/{name}_hist_items"
-                      for name in ("embed", "pos", "seq", "proj"))
-PRETRAINED_RUN = "runs/ml100k-pretrain/seed=0"
 
 
 @EXPERIMENTS.register("ml100k-sasrec")
