@@ -105,6 +105,12 @@ NOT_HASHED = ("train.checkpoint_every", "train.checkpoint_minutes",
               "log.wandb_project", "log.wandb_entity", "log.wandb_mode")
 
 
+# Keys added after results were stored, with the default they were added
+# with: config_hash leaves a key out while it holds that default, so runs
+# stored before it existed (which computed exactly that) keep their hashes.
+HASHED_WHEN_CHANGED = {"aux.next_all.num_negatives": 100}
+
+
 def flat_keys(config: ConfigDict, prefix: str = "") -> list[str]:
   """All dotted leaf keys of a config (sub-dicts are descended)."""
   keys = []
@@ -209,10 +215,18 @@ def to_dict(config: ConfigDict) -> dict:
 
 
 def config_hash(config: ConfigDict) -> str:
-  """A stable hash of everything but the seed and `NOT_HASHED` (runs that
-  differ only in their seed share it, so a results store can group them)."""
+  """A stable hash of everything but the seed, `NOT_HASHED` and the
+  `HASHED_WHEN_CHANGED` keys at their defaults (runs that differ only in
+  their seed share it, so a results store can group them)."""
   d = to_dict(config)
   d.pop("seed", None)
+  for key, default in HASHED_WHEN_CHANGED.items():
+    *path, leaf = key.split(".")
+    node = d
+    for part in path:
+      node = node.get(part, {}) if isinstance(node, dict) else {}
+    if isinstance(node, dict) and leaf in node and node[leaf] == default:
+      del node[leaf]
   for key in NOT_HASHED:
     section, _, leaf = key.rpartition(".")
     d.get(section, {}).pop(leaf, None)

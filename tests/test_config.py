@@ -41,6 +41,34 @@ def test_hash_ignores_seed_only():
   assert config_lib.config_hash(a) != config_lib.config_hash(c)
 
 
+# The hash of the default config.  Stored runs are found by their hash, so
+# this changes only on purpose: a new config key with a default must go into
+# config_lib.HASHED_WHEN_CHANGED, which keeps earlier hashes.
+BASE_CONFIG_HASH = "ebc34dd2e0e0d8eb"
+
+
+def test_base_config_hash_is_stable():
+  assert config_lib.config_hash(config_lib.base_config()) == BASE_CONFIG_HASH
+
+
+def test_keys_added_later_are_hashed_only_when_changed():
+  base = config_lib.base_config()
+  for key, default in config_lib.HASHED_WHEN_CHANGED.items():
+    node, leaf = base, key.split(".")[-1]
+    for part in key.split(".")[:-1]:
+      node = node[part]
+    assert node[leaf] == default, key  # the default it was added with
+    older = config_lib.to_dict(base)  # as stored before the key existed
+    d = older
+    for part in key.split(".")[:-1]:
+      d = d[part]
+    del d[leaf]
+    assert (config_lib.config_hash(config_lib.ConfigDict(older))
+            == config_lib.config_hash(base))
+    changed = config_lib.apply_overrides(base, {key: default + 1})
+    assert config_lib.config_hash(changed) != config_lib.config_hash(base)
+
+
 def test_grid_expansion_and_filters():
   exp = Experiment(config_lib.base_config(),
                    axes=(Axis("model", "model.name", ("shared_bottom", "mmoe")),

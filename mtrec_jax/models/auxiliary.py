@@ -43,7 +43,9 @@ from mtrec_jax.registry import Registry
 from mtrec_jax.tasks import knowledge, sequence_ssl
 
 AUX_TASKS: Registry = Registry("auxiliary task")
-NEXT_ALL_LOSSES = ("softmax", "bce")
+NEXT_ALL_LOSSES = ("softmax", "sampled_softmax", "bce")
+# Negatives per step of next_all's sampled softmax (`aux.next_all.num_negatives`).
+SAMPLED_NEGATIVES = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,16 +85,26 @@ class AuxTask(abc.ABC):
 
 class ItemPredictionHead(nn.Module):
   """BERT4Rec's output layer: Dense + GELU + LayerNorm to the embedding width,
-  then scores against the (shared) item table plus a per-item bias."""
+  then scores against the (shared) item table plus a per-item bias.
+
+  `items` None scores every row of `table` ([..., V]); an [S] vector scores
+  those S items at every position ([..., S]); an array shaped like
+  ``h[..., 0]`` scores one item per position ([...]), e.g. the targets."""
   embed_dim: int
   num_items: int
 
   @nn.compact
-  def __call__(self, h: jax.Array, table: jax.Array) -> jax.Array:
+  def __call__(self, h: jax.Array, table: jax.Array,
+               items: jax.Array | None = None) -> jax.Array:
     x = nn.LayerNorm()(nn.gelu(nn.Dense(self.embed_dim)(h)))
+    x = x.astype(jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.num_items,),
                       jnp.float32)
-    return x.astype(jnp.float32) @ table.T + bias
+    if items is None:
+      return x @ table.T + bias
+    if items.ndim == 1:
+      return x @ table[items].T + bias[items]
+    return jnp.sum(x * table[items], axis=-1) + bias[items]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +150,15 @@ class NextItemSequenceTask(AuxTask):
   positions (mean-like scale).  ``loss='bce'`` is SASRec's original: per
   position, binary cross-entropy of the target against one item drawn
   uniformly from the rest of the catalogue (SASRec draws among items the
-  user has not interacted with; with 1,682 items the difference is small).  Each training row then yields up to L
+  user has not interacted with; with 1,682 items the difference is small).
+  ``loss='sampled_softmax'`` is for large catalogues (Bengio & Senecal
+  2008; Jean et al., ACL 2015): per step, `num_negatives` items drawn
+  uniformly with replacement (ids 1..V-1) and shared by every position; each
+  position's softmax runs over its target and those items, a sampled item
+  equal to the target being dropped (TensorFlow's remove_accidental_hits).
+  The proposal is uniform, so the log Q correction is the same constant for
+  every candidate and cancels.  Cost O(B L S E) instead of O(B L V E).
+  Each training row then yields up to L
   targets for one encoder pass; on `train_examples='sequences'` data each
   (user, position) target is counted once, as in SASRec.  Evaluated like
   the dataset's next-item task from the last position's scores.
@@ -151,11 +171,16 @@ class NextItemSequenceTask(AuxTask):
   embed_dim: int = 0
   num_items: int = 0
   next_item_task: Any = None
+  num_negatives: int = SAMPLED_NEGATIVES
 
   def __post_init__(self):
     if self.loss_kind not in NEXT_ALL_LOSSES:
       raise ValueError(f"next_all: loss must be one of {NEXT_ALL_LOSSES}, "
                        f"got {self.loss_kind!r}")
+    if isinstance(self.num_negatives, bool) or not isinstance(
+        self.num_negatives, int) or self.num_negatives < 1:
+      raise ValueError(f"next_all: num_negatives must be an int >= 1, got "
+                       f"{self.num_negatives!r}")
 
   @property
   def needs_causal_encoder(self) -> bool:
@@ -170,19 +195,26 @@ class NextItemSequenceTask(AuxTask):
   def make_head(self, name: str) -> nn.Module:
     return ItemPredictionHead(self.embed_dim, self.num_items, name=name)
 
-  def _logits(self, encoder, head, ids, train):
+  def _hidden(self, encoder, ids, train):
     h, _ = encoder.encode_positions(self.feature, ids, train=train)
-    logits = head(h[:, :ids.shape[1]], encoder.embedding_table(self.feature))
+    return h[:, :ids.shape[1]]
+
+  def _logits(self, encoder, head, ids, train):
+    logits = head(self._hidden(encoder, ids, train),
+                  encoder.embedding_table(self.feature))
     return logits.at[..., 0].set(-1e9)  # padding is never an answer
 
   def loss(self, encoder, head, batch, key, train):
     ids = jnp.asarray(batch[self.feature])
     targets = jnp.asarray(batch[self.targets])
-    logits = self._logits(encoder, head, ids, train)
-    if self.loss_kind == "softmax":
+    if self.loss_kind == "sampled_softmax":
+      per_position = self._sampled_softmax(encoder, head, ids, targets, key,
+                                           train)
+    elif self.loss_kind == "softmax":
       per_position = optax.softmax_cross_entropy_with_integer_labels(
-          logits, targets)
+          self._logits(encoder, head, ids, train), targets)
     else:  # SASRec's original: the target against one random other item
+      logits = self._logits(encoder, head, ids, train)
       vocab = logits.shape[-1]
       shift = jax.random.randint(key, targets.shape, 1, vocab - 1)
       negatives = 1 + (jnp.maximum(targets, 1) - 1 + shift) % (vocab - 1)
@@ -192,6 +224,20 @@ class NextItemSequenceTask(AuxTask):
                       + optax.sigmoid_binary_cross_entropy(neg, 0.0))
     weight = ((targets != 0) & (ids != 0)).astype(jnp.float32)
     return jnp.sum(per_position * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+  def sampled_negatives(self, key: jax.Array) -> jax.Array:
+    """The [num_negatives] item ids one step's sampled softmax shares."""
+    return jax.random.randint(key, (self.num_negatives,), 1, self.num_items)
+
+  def _sampled_softmax(self, encoder, head, ids, targets, key, train):
+    h = self._hidden(encoder, ids, train)
+    table = encoder.embedding_table(self.feature)
+    negatives = self.sampled_negatives(key)
+    positive = head(h, table, targets)  # [B, L]
+    sampled = head(h, table, negatives)  # [B, L, S]
+    sampled = jnp.where(negatives == targets[..., None], -1e9, sampled)
+    logits = jnp.concatenate([positive[..., None], sampled], axis=-1)
+    return -jax.nn.log_softmax(logits, axis=-1)[..., 0]
 
   def scores(self, encoder, head, batch):
     """[B, V] logits at the last position (the most recent item)."""
@@ -429,11 +475,11 @@ def next_item_sequence(cfg: Mapping[str, Any], dataset, model_cfg=None) -> NextI
   next_item = next((t for t in dataset.tasks
                     if t.head == "multiclass" and t.label == "target_item"),
                    None)
-  return NextItemSequenceTask("next_all", cfg["feature"], cfg["targets"],
-                              loss_kind=str(cfg["loss"]),
-                              embed_dim=spec.embed_dim,
-                              num_items=spec.num_rows,
-                              next_item_task=next_item)
+  return NextItemSequenceTask(
+      "next_all", cfg["feature"], cfg["targets"], loss_kind=str(cfg["loss"]),
+      embed_dim=spec.embed_dim, num_items=spec.num_rows,
+      next_item_task=next_item,
+      num_negatives=cfg.get("num_negatives", SAMPLED_NEGATIVES))
 
 
 @AUX_TASKS.register("cl")
@@ -522,8 +568,9 @@ def default_aux_config() -> dict[str, Any]:
       "only": False,
       "mim": {"feature": "hist_items",
               "mask_prob": sequence_ssl.CLOZE_MASK_PROB},
+      # loss: softmax | sampled_softmax (num_negatives items) | bce.
       "next_all": {"feature": "hist_items", "targets": "seq_targets",
-                   "loss": "softmax"},
+                   "loss": "softmax", "num_negatives": SAMPLED_NEGATIVES},
       "cl": {"feature": "hist_items", "eta": sequence_ssl.CROP_ETA,
              "gamma": sequence_ssl.MASK_GAMMA,
              "beta": sequence_ssl.REORDER_BETA,

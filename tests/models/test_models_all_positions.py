@@ -216,3 +216,57 @@ def test_builder_errors_name_what_is_missing(movielens):
     auxiliary.build_aux_tasks(aux_cfg("genre_all"), no_meta)
   with pytest.raises(Exception, match="rating_all"):
     auxiliary.build_aux_tasks(aux_cfg("rating_al"), ds)
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bce"])
+def test_next_all_sampled_losses_match_brute_force(movielens, loss):
+  """The sampled softmax (target against shared uniform negatives, hits
+  dropped) and SASRec's binary loss, from the full logits in numpy."""
+  ds, _, _ = movielens
+  cfg = model_cfg()
+  aux = aux_cfg("next_all")
+  aux["next_all"] = {**aux["next_all"], "loss": loss, "num_negatives": 30}
+  (task,) = auxiliary.build_aux_tasks(aux, ds, cfg.to_dict())
+  model = build_model(cfg, ds.features, (), (task,))
+  batch = {k: jnp.asarray(v) for k, v in ds.splits["train"].items()}
+  params = model.init(jax.random.PRNGKey(0), batch, jax.random.PRNGKey(1),
+                      method="init_all")["params"]
+  key = jax.random.PRNGKey(3)
+  got = float(model.apply({"params": params}, batch, key, train=False,
+                          method="aux_losses")[0])
+  task_key = jax.random.split(key, 1)[0]  # aux_losses' key of task 0
+  logits = position_outputs(model, params, task, batch)  # [B, L, V]
+  targets = np.asarray(batch["seq_targets"])
+  if loss == "sampled_softmax":
+    negatives = np.asarray(task.sampled_negatives(task_key))
+    assert negatives.shape == (30,) and negatives.min() >= 1
+    assert negatives.max() < NUM_ITEMS + 1
+  else:
+    vocab = logits.shape[-1]
+    shift = np.asarray(jax.random.randint(task_key, targets.shape, 1,
+                                          vocab - 1))
+    bce_negatives = 1 + (np.maximum(targets, 1) - 1 + shift) % (vocab - 1)
+  per, hits = [], 0
+  for r, t in real_positions(batch):
+    row, target = logits[r, t], targets[r, t]
+    if loss == "sampled_softmax":
+      keep = negatives != target
+      hits += int((~keep).sum())
+      candidates = np.concatenate([[row[target]], row[negatives[keep]]])
+      per.append(-_log_softmax(candidates)[0])
+    else:
+      per.append(_bce(row[target], 1.0)
+                 + _bce(row[bce_negatives[r, t]], 0.0))
+  if loss == "sampled_softmax":
+    assert hits > 0  # the test covers accidental hits
+  np.testing.assert_allclose(got, np.mean(per), rtol=2e-5)
+
+
+def test_next_all_rejects_bad_settings(movielens):
+  ds, _, _ = movielens
+  for change, match in (({"loss": "sampled"}, "loss must be one of"),
+                        ({"num_negatives": 0}, "num_negatives")):
+    aux = aux_cfg("next_all")
+    aux["next_all"] = {**aux["next_all"], **change}
+    with pytest.raises(ValueError, match=match):
+      auxiliary.build_aux_tasks(aux, ds)
