@@ -2,8 +2,7 @@
 self-supervised tasks.
 
     export MTREC_DATA_DIR=../shared/data   # holds ml-100k/
-    mtrec run ml100k-pretrain              # for the ssl_pretrained set
-    mtrec run ml100k-mtl                   # 4 task sets x 3 seeds
+    mtrec run ml100k-mtl                   # 3 task sets x 3 seeds
 
 Leave-last-out split (`mtrec_jax/data/movielens.py`): per user, the last
 interaction is the test target, the second-last the validation target, the
@@ -22,11 +21,7 @@ the item history; every task is an all-positions auxiliary task on it
              is left out: under causal attention BERT4Rec's cloze task
              degenerates to predicting an item from its predecessors, the
              `next_all` objective on a corrupted input (it is in the
-             bidirectional pre-training of `ml100k-pretrain`),
-  ssl_pretrained  next item alone, its item table and encoder initialised
-             from `ml100k-pretrain` (masked items, contrastive, knowledge
-             graph; run it first): the self-supervised tasks as
-             pre-training rather than joint training.
+             bidirectional pre-training of `ml100k-pretrain`).
 Batch 128 (7.4 steps an epoch), 2,000 steps, the checkpoint with the best
 validation next-item NDCG@10; equal (`mean`) weights.  The `next_item` set
 is the softmax model of `ml100k-sasrec` (same config); its BCE model is
@@ -67,11 +62,6 @@ TASK_SETS = {
     "next_item": {"aux.tasks": ("next_all",)},
     "all": {"aux.tasks": ("next_all", "rating_all", "like_all", "genre_all")},
     "ssl": {"aux.tasks": ("next_all", "cl", "kg")},
-    # The self-supervised tasks as pre-training instead: next item alone,
-    # item table and encoder initialised from `ml100k-pretrain`.
-    "ssl_pretrained": {"aux.tasks": ("next_all",),
-                       "init_from": PRETRAINED_RUN,
-                       "init_scope": ENCODER_SCOPE},
 }
 
 
