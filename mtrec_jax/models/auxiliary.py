@@ -44,7 +44,8 @@ from mtrec_jax.tasks import knowledge, sequence_ssl
 
 AUX_TASKS: Registry = Registry("auxiliary task")
 NEXT_ALL_LOSSES = ("softmax", "sampled_softmax", "bce")
-# Negatives per step of next_all's sampled softmax (`aux.next_all.num_negatives`).
+# Negatives per step of next_all's sampled softmax
+# (`aux.next_all.num_negatives`).
 SAMPLED_NEGATIVES = 100
 
 
@@ -158,9 +159,9 @@ class NextItemSequenceTask(AuxTask):
   equal to the target being dropped (TensorFlow's remove_accidental_hits).
   The proposal is uniform, so the log Q correction is the same constant for
   every candidate and cancels.  Cost O(B L S E) instead of O(B L V E).
-  Each training row then yields up to L
-  targets for one encoder pass; on `train_examples='sequences'` data each
-  (user, position) target is counted once, as in SASRec.  Evaluated like
+  Each training row then yields up to L targets for one encoder pass; on
+  `train_examples='sequences'` data each (user, position) target is counted
+  once, as in SASRec.  Evaluated like
   the dataset's next-item task from the last position's scores.
 
   The output layer is `ItemPredictionHead` (SASRec scores the raw output
@@ -458,14 +459,16 @@ def _feature_spec(dataset, name: str):
 
 
 @AUX_TASKS.register("mim")
-def masked_items(cfg: Mapping[str, Any], dataset, model_cfg=None) -> MaskedItemTask:
+def masked_items(cfg: Mapping[str, Any], dataset,
+                 model_cfg=None) -> MaskedItemTask:
   spec = _feature_spec(dataset, cfg["feature"])
   return MaskedItemTask("mim", cfg["feature"], float(cfg["mask_prob"]),
                         embed_dim=spec.embed_dim, num_items=spec.num_rows)
 
 
 @AUX_TASKS.register("next_all")
-def next_item_sequence(cfg: Mapping[str, Any], dataset, model_cfg=None) -> NextItemSequenceTask:
+def next_item_sequence(cfg: Mapping[str, Any], dataset,
+                       model_cfg=None) -> NextItemSequenceTask:
   spec = _feature_spec(dataset, cfg["feature"])
   columns = dataset.splits["train"]
   if cfg["targets"] not in columns:
@@ -483,7 +486,8 @@ def next_item_sequence(cfg: Mapping[str, Any], dataset, model_cfg=None) -> NextI
 
 
 @AUX_TASKS.register("cl")
-def contrastive(cfg: Mapping[str, Any], dataset, model_cfg=None) -> ContrastiveTask:
+def contrastive(cfg: Mapping[str, Any], dataset,
+                model_cfg=None) -> ContrastiveTask:
   _feature_spec(dataset, cfg["feature"])
   return ContrastiveTask("cl", cfg["feature"], float(cfg["eta"]),
                          float(cfg["gamma"]), float(cfg["beta"]),
@@ -491,7 +495,8 @@ def contrastive(cfg: Mapping[str, Any], dataset, model_cfg=None) -> ContrastiveT
 
 
 @AUX_TASKS.register("kg")
-def knowledge_graph(cfg: Mapping[str, Any], dataset, model_cfg=None) -> KnowledgeTask:
+def knowledge_graph(cfg: Mapping[str, Any], dataset,
+                    model_cfg=None) -> KnowledgeTask:
   spec = _feature_spec(dataset, cfg["feature"])
   info = dataset.info
   needed = ("item_genre_ids", "item_year", "num_genres")
