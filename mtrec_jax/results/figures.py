@@ -31,8 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from mtrec_jax.registry import UnknownNameError, closest, unknown_name_message
 from mtrec_jax.results import tables
-
-DONE = "done"
+from mtrec_jax.results.status import DONE
 PANEL_W, PANEL_H = 3.6, 2.8  # inches per panel
 MAX_COLS = 3
 DPI = 150
@@ -71,15 +70,10 @@ def _select(results: Sequence[dict], where: Mapping[str, Any] | None,
     raise ValueError(f"{what}: no results to plot; run the experiment "
                      f"(`mtrec run NAME`) and load its results first")
   _check_axes(list(where or {}), results, what)
-  wanted = {a: {str(w) for w in (v if isinstance(v, (list, tuple, set))
-                                 else [v])}
-            for a, v in (where or {}).items()}
-  kept = [r for r in results
-          if all(str(r.get("grid", {}).get(a)) in ok
-                 for a, ok in wanted.items())]
-  if not kept:
-    raise ValueError(f"{what}: no result matches where={dict(where or {})}")
-  return kept
+  try:
+    return tables.select(results, where)
+  except ValueError as e:
+    raise ValueError(f"{what}: {e}") from None
 
 
 def _groups(results, by: Sequence[str] | str | None,
@@ -137,7 +131,7 @@ def _keys(results, source: str, prefix: str) -> list[str]:
 def _resolve_metric(metric: str, results, what: str) -> str:
   """A full metric key from 'test/t/m', 't/m' (test split) or 'report/k'."""
   try:
-    found = tables._resolve_columns([metric], results)
+    found = tables.resolve_columns([metric], results)
   except UnknownNameError as e:
     raise UnknownNameError(f"{what}: {e}") from None
   if len(found) != 1:
@@ -147,7 +141,7 @@ def _resolve_metric(metric: str, results, what: str) -> str:
 
 
 def _seed_means(runs, key: str) -> tuple[float, float, int]:
-  vals = [tables._value(r, key) for r in runs if r.get("status") == DONE]
+  vals = [tables.value(r, key) for r in runs if r.get("status") == DONE]
   vals = [v for v in vals if not math.isnan(v)]
   mean, std = _mean_std(vals)
   return mean, std, len(vals)
@@ -281,7 +275,7 @@ def validation(results: Sequence[dict], base: str | pathlib.Path, *,
   if source not in ("evals", "train_log"):
     raise ValueError(f"{what}: source {source!r} is not 'evals' (validation "
                      f"records) or 'train_log' (training losses)")
-  tasks = tables._tasks(runs)
+  tasks = tables.task_names(runs)
   if source == "train_log":
     if metric not in (None, "loss"):
       raise ValueError(f"{what}: the train_log holds only task losses; use "
@@ -296,7 +290,7 @@ def validation(results: Sequence[dict], base: str | pathlib.Path, *,
           f"keys). Results read with `mtrec paper` (store or --from) carry "
           f"it; for Store.results add Store.eval_history(run_id). Or use "
           f"source='train_log' for the training losses.")
-    registered = list(tables._registered_metrics())
+    registered = list(tables.registered_metrics())
     keys = []
     for t in tasks:
       names = [metric] if metric else registered + ["loss"]
@@ -334,7 +328,7 @@ def validation(results: Sequence[dict], base: str | pathlib.Path, *,
 
 
 def _direction_word(column: str) -> str:
-  return ("higher is better" if tables._direction(column, {}) == "max"
+  return ("higher is better" if tables.column_direction(column, {}) == "max"
           else "lower is better")
 
 
@@ -352,7 +346,7 @@ def pareto(results: Sequence[dict], base: str | pathlib.Path, *,
   runs = _select(results, where, what)
   if x is None or y is None:
     done = [r for r in runs if r.get("status") == DONE]
-    default = tables._default_columns(done)
+    default = tables.default_columns(done)
     if len(default) < 2:
       raise ValueError(f"{what}: needs two metrics; the runs have "
                        f"{len(default)} task(s) ({', '.join(default)}). Pass "
@@ -368,8 +362,8 @@ def pareto(results: Sequence[dict], base: str | pathlib.Path, *,
       points.append((label, mx, sx, my, sy))
   if not points:
     raise ValueError(f"{what}: no done run has both {x} and {y}")
-  sign_x = 1.0 if tables._direction(x, {}) == "max" else -1.0
-  sign_y = 1.0 if tables._direction(y, {}) == "max" else -1.0
+  sign_x = 1.0 if tables.column_direction(x, {}) == "max" else -1.0
+  sign_y = 1.0 if tables.column_direction(y, {}) == "max" else -1.0
 
   def dominated(p) -> bool:
     return any(sign_x * q[1] >= sign_x * p[1] and sign_y * q[3] >= sign_y * p[3]

@@ -29,10 +29,10 @@ import math
 from typing import Any, Literal, Mapping, Sequence
 
 from mtrec_jax.registry import UnknownNameError, closest, unknown_name_message
+from mtrec_jax.results.status import DONE, MISSING
 
 Direction = Literal["max", "min"]
 
-DONE = "done"
 ALPHA = 0.05
 # `baseline="auto"` looks for a row with one of these axis values, in order.
 BASELINE_CANDIDATES = ("single_task", "mean")
@@ -259,7 +259,7 @@ def _seed(result: dict) -> int:
   return int(seed)
 
 
-def _value(result: dict, column: str) -> float:
+def value(result: dict, column: str) -> float:
   """A run's value of `column` (a metric key or 'report/<key>'); NaN if none."""
   if column.startswith("report/"):
     v = (result.get("report") or {}).get(column[len("report/"):])
@@ -280,7 +280,7 @@ def _available(results) -> list[str]:
   return sorted(keys)
 
 
-def _tasks(results) -> list[str]:
+def task_names(results) -> list[str]:
   """Task names, in the order of each result's 'tasks' list, else its keys."""
   tasks: list[str] = []
   for r in results:
@@ -293,21 +293,21 @@ def _tasks(results) -> list[str]:
   return tasks
 
 
-def _registered_metrics() -> dict[str, str]:
+def registered_metrics() -> dict[str, str]:
   """Metric name -> direction, in registration order (imported lazily: the
   metrics module pulls in JAX, which tables do not otherwise need)."""
   from mtrec_jax.tasks import metrics as metrics_lib
   return dict(metrics_lib.DIRECTIONS)
 
 
-def _default_columns(results) -> list[str]:
+def default_columns(results) -> list[str]:
   """Each task's primary test metric: the first one present in registration
   order of `mtrec_jax.tasks.metrics` (auc before logloss and accuracy, mse
   before rmse), which does not depend on the key order of result.json."""
   available = set(_available(results))
-  registered = _registered_metrics()
+  registered = registered_metrics()
   columns = []
-  for task in _tasks(results):
+  for task in task_names(results):
     for name in registered:
       if f"test/{task}/{name}" in available:
         columns.append(f"test/{task}/{name}")
@@ -315,7 +315,7 @@ def _default_columns(results) -> list[str]:
   return columns
 
 
-def _resolve_columns(metrics: Sequence[str], results) -> list[str]:
+def resolve_columns(metrics: Sequence[str], results) -> list[str]:
   """Full keys stay; 'task/metric' means the test split; a bare 'metric'
   means that metric of every task, in task order."""
   available = _available(results)
@@ -325,7 +325,7 @@ def _resolve_columns(metrics: Sequence[str], results) -> list[str]:
     if m in have:
       found = [m]
     elif "/" not in m:
-      found = [f"test/{t}/{m}" for t in _tasks(results)
+      found = [f"test/{t}/{m}" for t in task_names(results)
                if f"test/{t}/{m}" in have]
     elif m.split("/")[0] not in SPLITS + ("report",):
       found = [f"test/{m}"] if f"test/{m}" in have else []
@@ -343,12 +343,12 @@ def _resolve_columns(metrics: Sequence[str], results) -> list[str]:
   return columns
 
 
-def _direction(column: str, overrides: Mapping[str, str]) -> str:
+def column_direction(column: str, overrides: Mapping[str, str]) -> str:
   if column in overrides:
     d = overrides[column]
   else:
     name = column.split("/")[-1]
-    registered = _registered_metrics()
+    registered = registered_metrics()
     if name in registered:
       d = registered[name]
     elif name.endswith("loss") or name.startswith("loss"):
@@ -389,7 +389,7 @@ def build_table(results: Sequence[dict], *,
     `where`, or a row would get two runs of one seed (an error).
   metrics: the columns, in order: full keys ('test/income/auc',
     'report/<key>'), 'task/metric' (test split) or a bare metric name (every
-    task).  Default: each task's primary test metric (see `_default_columns`).
+    task).  Default: each task's primary test metric (see `default_columns`).
   baseline: the row Δm% and the t-tests compare against: axis values such as
     {'model': 'single_task'} that match exactly one row; 'auto' for the row
     whose value is 'single_task', else 'mean', if there is one; None for no
@@ -424,7 +424,7 @@ def build_table(results: Sequence[dict], *,
   if "seed" in axes:
     raise ValueError("'seed' cannot be a row axis: rows pool their seeds")
 
-  kept = _select(results, where, seeds)
+  kept = select(results, where, seeds)
   done_runs = [r for r in kept if r.get("status") == DONE]
   if not done_runs:
     counts: dict[str, int] = {}
@@ -438,13 +438,13 @@ def build_table(results: Sequence[dict], *,
                            else {_seed(r) for r in kept}))
   groups = _group(kept, axes, axes_seen)
 
-  columns = (_resolve_columns(metrics, kept) if metrics
-             else _default_columns(done_runs))
+  columns = (resolve_columns(metrics, kept) if metrics
+             else default_columns(done_runs))
   if not columns:
     raise ValueError("no test metric found in the done runs; name the "
                      f"columns with metrics=. Available: "
                      f"{', '.join(_available(kept)) or '(none)'}.")
-  dirs = [_direction(c, dict(directions or {})) for c in columns]
+  dirs = [column_direction(c, dict(directions or {})) for c in columns]
   cells = [[_cell(by_seed, c) for c in columns] for by_seed in groups.values()]
   keys = list(groups)
   base = _find_baseline(baseline, axes, keys)
@@ -480,7 +480,7 @@ def build_table(results: Sequence[dict], *,
     row_ranks = [ranks[j][i] for j in range(len(columns))]
     mean_rank = (math.fsum(row_ranks) / len(row_ranks)
                  if all(math.isfinite(x) for x in row_ranks) else math.nan)
-    status = {s: str(by_seed[s].get("status")) if s in by_seed else "missing"
+    status = {s: str(by_seed[s].get("status")) if s in by_seed else MISSING
               for s in all_seeds}
     out.append(Row(
         key, tuple(cells[i]),
@@ -492,9 +492,11 @@ def build_table(results: Sequence[dict], *,
                base, alpha)
 
 
-def _select(results, where, seeds) -> list[dict]:
-  """The runs whose axis values (as text) match `where` and whose seed is
-  in `seeds` (when given)."""
+def select(results: Sequence[dict], where: Mapping[str, Any] | None = None,
+           seeds: Sequence[int] | None = None) -> list[dict]:
+  """The runs whose axis values (as text) match `where` ({axis: value or
+  [values]}) and whose seed is in `seeds` (when given); raises ValueError
+  when none does. Tables and figures select runs with it."""
   wanted = {a: {str(w) for w in (v if isinstance(v, (list, tuple, set))
                                  else [v])}
             for a, v in (where or {}).items()}
@@ -537,7 +539,7 @@ def _group(runs, axes, all_axes) -> dict[tuple[str, ...], dict[int, dict]]:
 
 def _cell(by_seed: Mapping[int, dict], column: str) -> Cell:
   """Mean and sample std of the done runs with a finite value."""
-  pairs = tuple((s, _value(r, column)) for s, r in sorted(by_seed.items())
+  pairs = tuple((s, value(r, column)) for s, r in sorted(by_seed.items())
                 if r.get("status") == DONE)
   pairs = tuple((s, v) for s, v in pairs if not math.isnan(v))
   return Cell(pairs, *mean_std([v for _, v in pairs]))

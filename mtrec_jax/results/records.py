@@ -1,0 +1,178 @@
+"""Result records: from the store, as export records, and from an export.
+
+The paper and `mtrec table --from` read ``<dir>/<experiment>.jsonl``, a
+small frozen export of the results store (`export`, ``mtrec paper
+--export``): each run of the experiment's current grid, in grid order (a run
+not in the store is a ``missing`` record, so a missing seed stays visible),
+with what tables and figures need (grid, status, metrics, report, train log,
+eval history) and the provenance a reviewer needs (config and its hash,
+seed, attempt, git commit, package versions, device); times, run ids and
+paths are left out, so exporting the same store twice gives the same bytes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any, Iterable, Mapping, Sequence
+
+from mtrec_jax.registry import closest
+from mtrec_jax.results.run_files import plain
+from mtrec_jax.results.status import MISSING
+
+# The keys of a result that the export keeps (see the module docstring);
+# anything else (times, run ids, params_dir, ...) is left out.
+EXPORT_KEYS = (
+    "experiment", "run_name", "grid", "seed", "config_hash", "status",
+    "error", "attempt", "git", "packages", "devices", "tasks", "aux_tasks",
+    "model", "strategy", "steps", "best_step", "diverged_step", "selection",
+    "metrics", "report", "initial_val_losses", "strategy_state", "train_log",
+    "evals", "config")
+
+
+def run_key(run) -> tuple[str, int]:
+  """(config hash, seed): how the store identifies a run of a grid."""
+  from mtrec_jax import config as config_lib
+  return config_lib.config_hash(run.config), int(run.grid["seed"])
+
+
+def record(result: Mapping[str, Any],
+           evals: Sequence[Mapping] | None = None) -> dict:
+  """The export form of a stored result: EXPORT_KEYS only, plus `evals`."""
+  out = {k: result[k] for k in EXPORT_KEYS if k in result}
+  out.setdefault("metrics", {})
+  out.setdefault("train_log", [])
+  if evals is not None:
+    out["evals"] = [dict(e) for e in evals]
+  out.setdefault("evals", [])
+  return out
+
+
+def missing_record(experiment: str, run) -> dict:
+  """The record of a grid run the store does not have."""
+  config_hash, seed = run_key(run)
+  return {"experiment": experiment, "run_name": run.name,
+          "grid": dict(run.grid), "seed": seed, "config_hash": config_hash,
+          "status": MISSING, "metrics": {}, "train_log": [], "evals": []}
+
+
+def store_results(store, experiment: str, runs: Sequence, *,
+                  evals: bool = False) -> list[dict]:
+  """One record per run of `runs` (an experiment's grid), in grid order:
+  the store's latest attempt of its config hash and seed, else `missing`.
+
+  Runs of other configs in the store (older code, other --set values) are
+  left out, so a table shows the current grid only. `evals`: attach each
+  run's eval history (for validation-curve figures).
+  """
+  stored = {(r.get("config_hash"), r.get("seed")): r
+            for r in store.results(experiment)}
+  out = []
+  for run in runs:
+    res = stored.get(run_key(run))
+    if res is None:
+      out.append(missing_record(experiment, run))
+      continue
+    history = store.eval_history(res["run_id"]) if evals else None
+    rec = record(res, history)
+    rec["grid"] = dict(run.grid)  # the grid's own values and axis order
+    rec["run_name"] = run.name
+    out.append(rec)
+  return out
+
+
+def no_results_message(experiment: str, where: str) -> str:
+  return (f"no results of experiment {experiment!r} in {where}; produce "
+          f"them with `mtrec run {experiment}`, then `mtrec paper --export` "
+          f"(writes paper/results/{experiment}.jsonl)")
+
+
+def read_results(results_dir: str | os.PathLike, experiment: str) -> list[dict]:
+  """The records of results_dir/<experiment>.jsonl (an export, or the output
+  of `mtrec export NAME --format jsonl`), in file order."""
+  results_dir = pathlib.Path(results_dir)
+  path = results_dir / f"{experiment}.jsonl"
+  if not path.exists():
+    have = sorted(p.stem for p in results_dir.glob("*.jsonl"))
+    near = closest(experiment, have)
+    hint = (f" (did you mean {', '.join(map(repr, near))}?)" if near else "")
+    raise FileNotFoundError(
+        no_results_message(experiment, str(path)) + hint +
+        (f"; {results_dir} has: {', '.join(have)}" if have else ""))
+  out = []
+  for i, line in enumerate(path.read_text().splitlines()):
+    if not line.strip():
+      continue
+    try:
+      rec = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{i + 1}: not JSON ({e.msg}); re-export it "
+                       f"with `mtrec paper --export`") from None
+    if not isinstance(rec, dict):
+      raise ValueError(f"{path}:{i + 1}: each line must be one result "
+                       f"object, got {type(rec).__name__}")
+    out.append(rec)
+  if not out:
+    raise ValueError(no_results_message(experiment, f"{path} (empty)"))
+  return out
+
+
+def dumps_records(records: Iterable[Mapping]) -> str:
+  """JSON lines with sorted keys: the same records give the same bytes."""
+  return "".join(json.dumps(plain(r), sort_keys=True, allow_nan=False,
+                            ensure_ascii=False) + "\n" for r in records)
+
+
+def _mode_for(path: pathlib.Path) -> int:
+  """The file's current mode, or the umask's default for a new file
+  (mkstemp's temporary files are private, 0600)."""
+  try:
+    return path.stat().st_mode & 0o777
+  except FileNotFoundError:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_atomic(files: Mapping[pathlib.Path, bytes]) -> None:
+  """Writes every file to a temporary name first, then renames them all:
+  an error before the renames leaves every target as it was."""
+  temps = []
+  try:
+    for path, data in files.items():
+      path.parent.mkdir(parents=True, exist_ok=True)
+      fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+      temps.append(tmp)
+      with os.fdopen(fd, "wb") as f:
+        f.write(data)
+      os.chmod(tmp, _mode_for(path))
+    for tmp, path in zip(temps, files):
+      os.replace(tmp, path)
+  finally:
+    for tmp in temps:
+      pathlib.Path(tmp).unlink(missing_ok=True)
+
+
+def export(store, experiments: Sequence[str],
+           out_dir: str | os.PathLike) -> list[pathlib.Path]:
+  """Writes out_dir/<experiment>.jsonl for each experiment, from the store;
+  all files or none. Raises when an experiment has no run of its current
+  grid in the store."""
+  from mtrec_jax import experiment as experiment_lib
+  out_dir = pathlib.Path(out_dir)
+  files = {}
+  for name in experiments:
+    exp = experiment_lib.get_experiment(name)
+    records = store_results(store, name, exp.runs(), evals=True)
+    if all(r["status"] == MISSING for r in records):
+      other = len(store.results(name))
+      raise ValueError(no_results_message(
+          name, f"the results store {store.path} (none of the "
+                f"{len(records)} runs of its current grid" +
+                (f"; the store has {other} runs of other configs, e.g. from "
+                 f"older code or --set overrides" if other else "") + ")"))
+    files[out_dir / f"{name}.jsonl"] = dumps_records(records).encode()
+  write_atomic(files)
+  return list(files)
+
