@@ -44,6 +44,7 @@ from mtrec_jax.train import state as state_lib
 from mtrec_jax.train.evaluate import evaluate, make_predict_fn
 from mtrec_jax.train.optim import make_optimizer
 from mtrec_jax.train.step import make_train_step
+from mtrec_jax.weighting.alternating import freezes_groups
 
 
 def _freeze(x):
@@ -131,7 +132,11 @@ class Components:
                              tuple((t.name, t.out_dim) for t in self.tasks),
                              self.aux_tasks)
     self.strategy = build_strategy(config)
-    self.optimizer = make_optimizer(config.optimizer, config.train.num_steps)
+    # A strategy that freezes parameter groups (`alternating`) needs one
+    # optimizer state per group (train/optim.py).
+    self.optimizer = make_optimizer(
+        config.optimizer, config.train.num_steps,
+        groups=(self.task_names if freezes_groups(self.strategy) else None))
     sel = config.train.selection_metric
     parts = sel.split("/")
     aux_names = {t.name for t in self.aux_tasks}
@@ -164,10 +169,7 @@ class Components:
                        f"split over the {data} devices of the 'data' mesh "
                        f"axis; use a multiple of {data} (or set "
                        f"train.mesh_data)")
-    engines = ("auto", "vmap", "unrolled")
-    if config.train.jacobian_engine not in engines:
-      raise ValueError(f"train.jacobian_engine {config.train.jacobian_engine!r}"
-                       f" is not one of {', '.join(engines)}")
+    parallel.jacobian_engine(config.train.jacobian_engine)  # checks it
 
 
 def init_state(c: Components):
@@ -182,7 +184,20 @@ def init_state(c: Components):
     params = c.model.init({"params": init_key, "dropout": dropout_key},
                           sample, train=False)["params"]
   return state_lib.create(params, c.optimizer, c.strategy, len(c.task_names),
-                          train_key)
+                          train_key, strategy_row(c, params))
+
+
+def strategy_row(c: Components, params):
+  """One Jacobian row's shape for strategies with per-parameter state: None
+  (the shared parameters) in params mode; in rep mode, one example's
+  flattened representation size (rows [K, B, *F] -> F)."""
+  mode = c.config.strategy.mode or c.strategy.default_mode
+  if not c.strategy.row_state or mode != "rep":
+    return None
+  sample = {k: v[:2] for k, v in c.dataset.splits["train"].items()}
+  rep = jax.eval_shape(lambda p: c.model.apply(
+      {"params": p}, sample, train=False, method="represent"), params)
+  return math.prod(rep.shape[2:])
 
 
 def _better(a: float, b: float | None, mode: str) -> bool:
@@ -348,12 +363,11 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
         state.params, checkpoints.load_params(cfg.init_from),
         tuple(cfg.init_scope))
     state = state_lib.create(params, c.optimizer, c.strategy,
-                             len(c.task_names), state.rng)
+                             len(c.task_names), state.rng,
+                             strategy_row(c, params))
     init_info = {"path": str(cfg.init_from), "copied": len(copied),
                  "total": len(jax.tree_util.tree_leaves(params))}
-  engine = tcfg.jacobian_engine
-  if engine == "auto":
-    engine = "unrolled" if jax.devices()[0].platform == "cpu" else "vmap"
+  engine = parallel.jacobian_engine(tcfg.jacobian_engine)
   mesh = parallel.make_mesh(tcfg.mesh_data or None, tcfg.mesh_model)
   shardings = parallel.state_sharding(state, mesh, tcfg.shard_embeddings)
   step_fn = parallel.jit_train_step(

@@ -1,12 +1,59 @@
-"""The optax optimizer a config asks for."""
+"""The optax optimizer a config asks for.
+
+`make_optimizer(cfg, num_steps)` is one optax optimizer over all parameters.
+With ``groups`` (the task names), the optimizer keeps one state per
+parameter group instead, for training schedules that freeze groups (the
+`alternating` strategy): ``"connection"`` (the cross-task connection module,
+``params['shared']['connection']``), ``"task/<name>"`` (the tower
+``params['towers'][name]`` or auxiliary head ``params['aux'][name]`` of each
+task named) and ``"rest"`` (everything else).  Each group has its own
+gradient statistics (Adam's moments *and step count*, SGD's momentum) through
+``optax.multi_transform``, so a group that is frozen for a while, and whose
+state the train step then keeps unchanged (`step.freeze_groups`), resumes
+exactly where it stopped, as a ``torch.optim.Adam`` parameter that gets no
+gradient (it is skipped: no moment decay, no step count) -- with one shared
+count, the bias correction of a group that was frozen used the other group's
+step count (the connection's first Adam step after 3 frozen steps was 0.58 lr
+instead of lr).  The gradient clip and the learning-rate schedule stay global
+(the schedule follows the run's step, not a group's count).
+"""
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
+import inspect
+
+import jax
 import optax
+from optax._src import alias as _optax_alias
 
-from mtrec_jax.registry import unknown_name_message
+from mtrec_jax.registry import Registry, unknown_name_message
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+# optax's optimizers by optax's own names (optax.adam, optax.lion, ...): every
+# function of optax's alias module whose first argument is the learning rate.
+OPTIMIZERS: Registry = Registry("optimizer")
+for _name, _fn in sorted(vars(_optax_alias).items()):
+  if (not _name.startswith("_") and callable(_fn)
+      and not isinstance(_fn, type) and getattr(optax, _name, None) is _fn
+      and next(iter(inspect.signature(_fn).parameters), "") == "learning_rate"):
+    OPTIMIZERS.register(_name)(_fn)
+
+
+def optax_optimizer(cfg, learning_rate) -> optax.GradientTransformation:
+  """optax's optimizer `cfg.name` with the learning rate (schedule) and, where
+  its signature takes them, `cfg.weight_decay` and `cfg.momentum` (0 = None,
+  no momentum); every other argument keeps optax's default."""
+  fn = OPTIMIZERS.get(cfg.name)  # unknown names list the closest ones
+  takes = inspect.signature(fn).parameters
+  kwargs = {}
+  if "weight_decay" in takes:
+    kwargs["weight_decay"] = cfg.weight_decay
+  if "momentum" in takes:
+    kwargs["momentum"] = cfg.momentum or None
+  return fn(learning_rate, **kwargs)
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
+CONNECTION = "connection"
+REST = "rest"
 
 
 def learning_rate_schedule(cfg, num_steps: int) -> optax.Schedule:
@@ -21,17 +68,63 @@ def learning_rate_schedule(cfg, num_steps: int) -> optax.Schedule:
   raise ValueError(unknown_name_message("schedule", cfg.schedule, SCHEDULES))
 
 
-def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
-  """`cfg` is the config's `optimizer` section."""
+def _key_names(path) -> list:
+  return [getattr(k, "key", getattr(k, "name", None)) for k in path]
+
+
+def task_group(name: str) -> str:
+  return f"task/{name}"
+
+
+def group_of(path, tasks: Sequence[str]) -> str:
+  """The group of a params leaf (by its key path; see the module docstring)."""
+  names = _key_names(path)
+  if any(a == "shared" and b == CONNECTION for a, b in zip(names, names[1:])):
+    return CONNECTION
+  if len(names) >= 2 and names[0] in ("towers", "aux") and names[1] in tasks:
+    return task_group(names[1])
+  return REST
+
+
+def group_labels(params, tasks: Sequence[str]):
+  """The params tree with each leaf replaced by its group's name."""
+  tasks = tuple(tasks)
+  return jax.tree_util.tree_map_with_path(lambda p, _: group_of(p, tasks),
+                                          params)
+
+
+def group_names(tasks: Sequence[str]) -> tuple[str, ...]:
+  return (CONNECTION, REST) + tuple(task_group(t) for t in tasks)
+
+
+def _statistics(cfg) -> optax.GradientTransformation:
+  """The per-parameter part of the optimizer, before the learning rate."""
+  if cfg.name in ("adam", "adamw"):
+    return optax.scale_by_adam()  # optax.adam's defaults = PyTorch's
+  if cfg.name == "sgd":
+    return (optax.trace(decay=cfg.momentum) if cfg.momentum
+            else optax.identity())
+  raise ValueError(unknown_name_message("optimizer", cfg.name, OPTIMIZERS))
+
+
+def make_optimizer(cfg, num_steps: int,
+                   groups: Optional[Sequence[str]] = None
+                   ) -> optax.GradientTransformation:
+  """`cfg` is the config's `optimizer` section; `groups`: None for one state
+  over all parameters, or the task names for one state per group."""
   lr = learning_rate_schedule(cfg, num_steps)
-  if cfg.name == "adam":
-    opt = optax.adam(lr)
-  elif cfg.name == "adamw":
-    opt = optax.adamw(lr, weight_decay=cfg.weight_decay)
-  elif cfg.name == "sgd":
-    opt = optax.sgd(lr, momentum=cfg.momentum or None)
+  if groups is None:
+    opt = optax_optimizer(cfg, lr)
   else:
-    raise ValueError(unknown_name_message("optimizer", cfg.name, OPTIMIZERS))
+    # optax.adam / adamw / sgd, with the statistics split by group.
+    tasks = tuple(groups)
+    parts = [optax.multi_transform(
+        {g: _statistics(cfg) for g in group_names(tasks)},
+        lambda params: group_labels(params, tasks))]
+    if cfg.name == "adamw":
+      parts.append(optax.add_decayed_weights(cfg.weight_decay))
+    parts.append(optax.scale_by_learning_rate(lr))
+    opt = optax.chain(*parts)
   if cfg.grad_clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), opt)
   return opt

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from mtrec_jax.tasks.spec import TaskSpec
+from mtrec_jax.train import optim
 from mtrec_jax.train.state import TrainState
 from mtrec_jax.weighting.base import (Strategy, apply_strategy, cosines,
                                       gramian_of_tree)
@@ -50,26 +51,84 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def _key_names(path) -> list:
+def key_names(path) -> list:
+  """The names along a pytree key path: dict keys and attribute names (flax
+  params are nested dicts), None for sequence indices."""
   return [getattr(k, "key", getattr(k, "name", None)) for k in path]
 
 
-def _in_connection(path) -> bool:
-  """Whether a params (or optimizer-state) leaf belongs to the cross-task
-  connection module, i.e. its path holds 'shared' followed by 'connection'."""
-  names = _key_names(path)
-  return any(a == "shared" and b == "connection"
-             for a, b in zip(names, names[1:]))
+def group_activity(metrics: dict, names: Sequence[str]):
+  """Which parameter groups (`optim.group_of`) a step trains, from the
+  strategy's metrics, or None when it trains all of them.
+
+  Strategy `alternating` reports ``phase`` (block alternation: 0 trains
+  everything but the connection module, 1 only the connection module) and
+  ``active_task`` (round-robin: only that task's tower or auxiliary head is
+  trained; the shared parameters are trained by it).  Returns
+  ``{group: bool scalar}`` for every group of `optim.group_names(names)`.
+  """
+  phase = metrics.get("phase")
+  task = metrics.get("active_task")
+  if phase is None and task is None:
+    return None
+  yes = jnp.asarray(True)
+  rest = yes if phase is None else (phase == 0)
+  active = {optim.CONNECTION: yes if phase is None else (phase == 1),
+            optim.REST: rest}
+  for i, n in enumerate(names):
+    active[optim.task_group(n)] = rest if task is None else rest & (task == i)
+  return active
 
 
-def freeze_block(phase, new, old):
-  """Block alternation: phase 0 keeps the connection module at `old`
-  (towers and encoder train), phase 1 keeps everything else at `old`.
-  Works on params, updates and optimizer states alike (selected by path)."""
+def _opt_state_group(path):
+  """The group whose optimizer state a leaf belongs to (the key after
+  ``inner_states`` of `optax.multi_transform`), or None (global state: the
+  learning-rate schedule's count, the clip)."""
+  names = key_names(path)
+  for a, b in zip(names, names[1:]):
+    if a == "inner_states":
+      return b
+  return None
+
+
+def freeze_groups(active: dict, names: Sequence[str], new, old,
+                  opt_state: bool = False):
+  """Keeps every leaf of an inactive group at `old` (`jnp.where`: the
+  activity is traced under jit).  `new` / `old` are params-shaped trees
+  (params, gradients, updates) or, with `opt_state`, optimizer states of
+  `optim.make_optimizer(..., groups=names)`."""
+  names = tuple(names)
+
   def pick(path, a, b):
-    frozen = (phase == 0) if _in_connection(path) else (phase == 1)
-    return jnp.where(frozen, b, a)
+    group = _opt_state_group(path) if opt_state else optim.group_of(path,
+                                                                    names)
+    if group is None:
+      return a
+    return jnp.where(active[group], a, b)
+
   return jax.tree_util.tree_map_with_path(pick, new, old)
+
+
+def _check_grouped(strategy_name, params, opt_state, names, has_phase):
+  """The optimizer must keep one state per group for a strategy that
+  freezes groups; block alternation needs a connection module."""
+  used = {optim.group_of(p, tuple(names))
+          for p, _ in jax.tree_util.tree_leaves_with_path(params)}
+  if has_phase and optim.CONNECTION not in used:
+    raise ValueError(
+        f"strategy {strategy_name!r} alternates blocks with the connection "
+        f"module, but the model has no params['shared']['connection'] (e.g. "
+        f"shared_bottom); use a model with one (mmoe, ple, cross_stitch, ...) "
+        f"or drop `blocks`")
+  found = {_opt_state_group(p)
+           for p, _ in jax.tree_util.tree_leaves_with_path(opt_state)}
+  missing = sorted(used - found)
+  if missing:
+    raise ValueError(
+        f"strategy {strategy_name!r} freezes parameter groups, so the "
+        f"optimizer must keep one state per group (groups {missing} have "
+        f"none): build it with mtrec_jax.train.optim.make_optimizer(cfg, "
+        f"num_steps, groups=<task names>) (the train loop does)")
 
 
 def split_jacobian(represent, heads, params, engine: str = "vmap"):
@@ -287,13 +346,23 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
     rng = jax.random.fold_in(state.rng, state.step)
     rng, key = jax.random.split(rng)
     losses, grads, out, gram = compute(state, batch, rng, key)
+    active = group_activity(out.metrics, names)
+    if active is not None:  # strategy `alternating`: frozen groups
+      _check_grouped(strategy.name, state.params, state.opt_state, names,
+                     "phase" in out.metrics)
+      # A frozen group's gradients are zero (so a global-norm clip sees only
+      # the trained ones) ...
+      grads = freeze_groups(active, names, grads,
+                            jax.tree_util.tree_map(jnp.zeros_like, grads))
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    if "phase" in out.metrics:  # block alternation (strategy `alternating`)
-      # Freeze after the optimizer, and keep the frozen group's optimizer
-      # state, so a frozen block moves neither by momentum nor leaves a trace.
-      params = freeze_block(out.metrics["phase"], params, state.params)
-      opt_state = freeze_block(out.metrics["phase"], opt_state, state.opt_state)
+    if active is not None:
+      # ... and, after the optimizer, its parameters and its whole optimizer
+      # state (moments and count) are kept: it moves neither by momentum nor
+      # leaves a trace, as a torch.optim.Adam parameter without a gradient.
+      params = freeze_groups(active, names, params, state.params)
+      opt_state = freeze_groups(active, names, opt_state, state.opt_state,
+                                opt_state=True)
     finite = jnp.all(jnp.isfinite(losses)) & _all_finite(grads)
     # A non-finite step changes nothing but records where the run diverged.
     keep = lambda new, old: jax.tree_util.tree_map(

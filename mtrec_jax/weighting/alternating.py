@@ -45,6 +45,12 @@ def alternating_phase(step: Union[int, jax.Array], period_towers: int,
   return (step % cycle >= period_towers).astype(jnp.int32)
 
 
+def freezes_groups(strategy: Strategy) -> bool:
+  """Whether the train step freezes parameter groups for this strategy, so
+  that its optimiser must keep one state per group."""
+  return strategy.name == "alternating"
+
+
 @STRATEGIES.register("alternating")
 def alternating(schedule: Optional[Sequence[int]] = None,
                 inner: Optional[str] = None,
@@ -63,25 +69,28 @@ def alternating(schedule: Optional[Sequence[int]] = None,
   state, default mode and metrics (prefixed ``inner_``); for a "jacobian"
   inner, the Jacobian rows of the inactive tasks are zeroed before its
   ``aggregate`` and the reported weights are the mask alone.  For gradient
-  kinds ``weight_task_params`` is set so that the towers of inactive tasks
-  get no update.
+  kinds ``weight_task_params`` is set, so the towers of inactive tasks get no
+  gradient; the train step also freezes them and their optimiser state (see
+  below), so they get no update at all.
 
   Block alternation (`blocks = (period_towers, period_connection)`): the
   phase ``alternating_phase(step, *blocks)`` goes to
   ``Weighting.metrics["phase"]`` (int32).  Without an explicit `schedule`
   every task is active in both phases (weights = the inner weights, or 1).
-  The train step must then, at every step:
 
-  * compute the optimiser updates as usual, then replace the updates of the
-    frozen group by zeros *after* the optimiser (zeroing the gradients
-    instead would still move the frozen parameters through Adam's momentum)
-    -- phase 0: the connection module (cross-stitch units, MMoE/PLE gates,
-    ...) is frozen and everything else is trained; phase 1: every parameter
-    except the connection module is frozen;
-  * keep the frozen group's optimiser state unchanged in that step (select
-    the old state for that group), so a frozen phase leaves no trace;
-  * use ``jnp.where(phase == 0, ...)`` (the phase is a traced array under
-    jit), not Python control flow.
+  Freezing is the train step's part (`mtrec_jax.train.step.group_activity`),
+  from the metrics ``phase`` and ``active_task``: phase 0 freezes the
+  connection module (``params['shared']['connection']``: cross-stitch units,
+  MMoE/PLE gates, ...), phase 1 everything else; round-robin freezes the
+  towers (and auxiliary heads) of the inactive tasks.  A frozen group gets
+  exactly no update, and its whole optimiser state (moments and Adam's step
+  count) stays as it was, as for a ``torch.optim.Adam`` parameter whose
+  gradient is None: the optimiser keeps one state per group
+  (`mtrec_jax.train.optim.make_optimizer(..., groups=task names)`, which the
+  train loop builds when `freezes_groups` says so).  Zeroing the weights or
+  gradients alone is not enough: Adam's momentum would still move the frozen
+  parameters, and one shared step count would give a group the bias
+  correction of steps it did not take.
 
   Args:
     schedule: task indices cycled over, one per step.

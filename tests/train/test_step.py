@@ -123,12 +123,20 @@ def test_non_finite_loss_is_recorded_and_changes_nothing():
   assert int(new2.diverged_step) == 0  # the first divergence is kept
 
 
-def test_block_alternation_freezes_one_group_per_phase():
+def test_alternating_needs_grouped_optimizer():
   from mtrec_jax import weighting
   c = _components("mmoe")
   strategy = weighting.build("alternating", blocks=(1, 1))
   state = loop.init_state(c).replace(strategy_state=strategy.init(len(c.tasks)))
-  step = jax.jit(make_train_step(c.model, c.tasks, strategy, c.optimizer))
+  step = make_train_step(c.model, c.tasks, strategy, c.optimizer)
+  with pytest.raises(ValueError, match="one state per group"):
+    step(state, _batch(c))
+
+
+def test_block_alternation_freezes_one_group_per_phase():
+  c = _alternating_components(lr=1e-3, blocks=[1, 1])
+  state = loop.init_state(c)
+  step = jax.jit(make_train_step(c.model, c.tasks, c.strategy, c.optimizer))
   s1, m1 = step(state, _batch(c))   # step 0: phase 0, connection frozen
   s2, m2 = step(s1, _batch(c))      # step 1: phase 1, only connection trains
   assert int(m1["strategy/phase"]) == 0 and int(m2["strategy/phase"]) == 1
@@ -142,3 +150,100 @@ def test_block_alternation_freezes_one_group_per_phase():
   assert changed(p0["towers"], p1["towers"])
   assert changed(p1["shared"]["connection"], p2["shared"]["connection"])
   assert not changed(p1["towers"], p2["towers"])
+
+
+# --------------------------------------------------------------------------
+# Alternating schedules: each parameter group has its own optimiser state.
+# --------------------------------------------------------------------------
+
+
+def _alternating_components(model="mmoe", lr=0.1, **hparams):
+  cfg = config_lib.apply_overrides(config_lib.base_config(), {
+      "model.name": model, "data.name": "mmoe_synthetic",
+      "optimizer.learning_rate": lr, "strategy.name": "alternating",
+      **{f"strategy.hparams.{k}": v for k, v in hparams.items()}})
+  return loop.Components(cfg)
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def _run(c, steps):
+  state = loop.init_state(c)
+  step = jax.jit(make_train_step(c.model, c.tasks, c.strategy, c.optimizer))
+  states = [state]
+  for i in range(steps):
+    state, _ = step(state, _batch(c, 64))
+    states.append(state)
+  return states
+
+
+def _assert_adam_first_step(before, after, lr):
+  """Adam's first step moves every parameter with a gradient by exactly
+  lr * sign(g) (bias-corrected m / sqrt(v) = g / |g|), up to eps / |g|."""
+  deltas = np.concatenate([np.ravel(a - b) for a, b in
+                           zip(_leaves(after), _leaves(before))])
+  size = np.abs(deltas)
+  moved = size > 1e-3 * lr
+  assert moved.mean() > 0.2, "parameters with a gradient should move"
+  assert size.max() <= lr * (1 + 1e-5)
+  # Entries with |g| below ~1e-5 move by lr |g| / (|g| + eps), a bit less.
+  close = np.abs(size[moved] - lr) <= 2e-3 * lr
+  assert close.mean() > 0.95, np.percentile(size[moved], [1, 50, 99])
+
+
+def test_block_alternation_connection_gets_adams_first_step():
+  # Three towers steps, then the connection's first step: with its own
+  # optimiser state (count included) that step is Adam's first, lr * sign(g).
+  # With one shared count (count 4 at that step) it was 0.058 instead of 0.1.
+  lr = 0.1
+  c = _alternating_components(lr=lr, blocks=[3, 2])
+  states = _run(c, 5)
+  conn = [s.params["shared"]["connection"] for s in states]
+  for i in range(3):  # the towers phase leaves the connection alone
+    assert all(np.array_equal(a, b) for a, b in
+               zip(_leaves(conn[i]), _leaves(conn[i + 1])))
+  _assert_adam_first_step(conn[3], conn[4], lr)
+  # And the towers' state did not move during the connection step.
+  towers = [s.params["towers"] for s in states]
+  assert all(np.array_equal(a, b) for a, b in
+             zip(_leaves(towers[3]), _leaves(towers[5])))
+
+
+def test_block_alternation_frozen_group_state_does_not_advance():
+  c = _alternating_components(lr=0.1, blocks=[2, 1])
+  states = _run(c, 3)
+  # Step 2 trains only the connection: the rest's optimiser state (moments
+  # and count) is exactly that of step 2's start.
+  before, after = states[2].opt_state, states[3].opt_state
+  changed = [not np.array_equal(a, b) for a, b in
+             zip(_leaves(before), _leaves(after))]
+  assert any(changed)
+  counts = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(after):
+    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    if names[-1] == "count" and "inner_states" in names:
+      counts[names[names.index("inner_states") + 1]] = int(leaf)
+  # Tower groups train with the rest (phase 0), so they also count 2.
+  assert counts == {"connection": 1, "rest": 2, "task/task1": 2,
+                    "task/task2": 2}, counts
+
+
+def test_round_robin_inactive_towers_get_no_update():
+  # Step 0 trains task 0 only, step 1 task 1 only.  Task 0's tower gets no
+  # update at step 1 (Adam's momentum moved it by ~6.7e-4 before), and task
+  # 1's tower, trained for the first time at step 1, gets Adam's first step
+  # (a parameter without a gradient is skipped, as torch.optim.Adam does).
+  lr = 0.1
+  c = _alternating_components(model="shared_bottom", lr=lr)
+  names = [t.name for t in c.tasks]
+  states = _run(c, 3)
+  t0 = [s.params["towers"][names[0]] for s in states]
+  t1 = [s.params["towers"][names[1]] for s in states]
+  _assert_adam_first_step(t0[0], t0[1], lr)
+  assert all(np.array_equal(a, b) for a, b in zip(_leaves(t1[0]),
+                                                  _leaves(t1[1])))
+  assert all(np.array_equal(a, b) for a, b in zip(_leaves(t0[1]),
+                                                  _leaves(t0[2])))
+  _assert_adam_first_step(t1[1], t1[2], lr)
