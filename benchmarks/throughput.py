@@ -55,6 +55,7 @@ from mtrec_jax import weighting
 from mtrec_jax.models.build import build_model, default_model_config
 from mtrec_jax.models.features import FeatureSpec
 from mtrec_jax.tasks.spec import TaskSpec
+from mtrec_jax.train import parallel
 from mtrec_jax.train import state as state_lib
 from mtrec_jax.train.step import make_train_step
 
@@ -146,7 +147,7 @@ def build(name: str, batch_size: int, cfg: ml_collections.ConfigDict | None
 
 def default_engine() -> str:
   """The Jacobian engine `train.jacobian_engine='auto'` picks."""
-  return "unrolled" if jax.devices()[0].platform == "cpu" else "vmap"
+  return parallel.jacobian_engine("auto")
 
 
 def compiled_step(model, tasks, params, batch, strategy_name: str, mode: str,

@@ -83,7 +83,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from mtrec_jax.train.step import make_train_step
+from mtrec_jax.train.step import key_names, make_train_step
 
 DATA, MODEL = "data", "model"
 
@@ -174,12 +174,26 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
           for k, v in batch.items()}
 
 
-def _key_names(path) -> list:
-  return [getattr(k, "key", getattr(k, "name", None)) for k in path]
+JACOBIAN_ENGINES = ("vmap", "unrolled")  # see step.split_jacobian
+
+
+def jacobian_engine(name: str = "auto", platform: str | None = None) -> str:
+  """`train.jacobian_engine` resolved for a platform (default: this one's
+  first device): "auto" is "unrolled" on CPU, where the K backward passes
+  unrolled inside one jit measured faster than vmapped ones
+  (benchmarks/strategies.py), and "vmap" elsewhere; "vmap" and "unrolled"
+  stay as they are; anything else is a ValueError naming the choices."""
+  if name == "auto":
+    platform = platform or jax.devices()[0].platform
+    return "unrolled" if platform == "cpu" else "vmap"
+  if name not in JACOBIAN_ENGINES:
+    raise ValueError(f"train.jacobian_engine {name!r} is not one of auto, "
+                     f"{', '.join(JACOBIAN_ENGINES)}")
+  return name
 
 
 def _is_embedding_table(path, leaf, rows_divisor: int) -> bool:
-  names = _key_names(path)
+  names = key_names(path)
   return (np.ndim(leaf) == 2 and np.shape(leaf)[0] % rows_divisor == 0
           and any(isinstance(n, str) and n.startswith("embed_") for n in names))
 
