@@ -8,8 +8,9 @@ import jax.numpy as jnp
 
 from mtrec_jax.registry import STRATEGIES
 from mtrec_jax.weighting.base import Strategy, Weighting
-from mtrec_jax.weighting.loss_weighting import (check_optimizer, opt_init,
-                                                opt_step, resolve_mode)
+from mtrec_jax.weighting.loss_weighting import (check_optimizer,
+                                                own_optimizer, own_step,
+                                                resolve_mode)
 
 
 @STRATEGIES.register("gradnorm")
@@ -58,12 +59,13 @@ def gradnorm(alpha: float = 1.5, lr: float = 0.025, optimizer: str = "adam",
   """
   name = "gradnorm"
   check_optimizer(name, optimizer)
+  tx = own_optimizer(optimizer, lr)
 
   def init(num_tasks: int):
     w = jnp.ones((num_tasks,), jnp.float32)
     return {"weights": w, "initial_losses": jnp.ones((num_tasks,), jnp.float32),
             "initialized": jnp.zeros((), jnp.int32),
-            "opt": opt_init(w, optimizer)}
+            "opt": tx.init(w)}
 
   def weigh(state, *, gramian, losses, step, key):
     del step, key
@@ -83,8 +85,7 @@ def gradnorm(alpha: float = 1.5, lr: float = 0.025, optimizer: str = "adam",
       return jnp.sum(jnp.abs(w * norms - target))
 
     value, grad = jax.value_and_grad(l1)(w)
-    new_w, new_opt = opt_step(w, grad, state["opt"], optimizer=optimizer,
-                              lr=lr)
+    new_w, new_opt = own_step(tx, w, grad, state["opt"])
     new_w = jnp.maximum(new_w, min_weight)
     new_w = new_w * (k / jnp.sum(new_w))
     new_state = {"weights": new_w, "initial_losses": initial,

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 
 from mtrec_jax.registry import STRATEGIES
 from mtrec_jax.weighting.base import Strategy, Weighting
-from mtrec_jax.weighting.loss_weighting import (check_optimizer, opt_init,
-                                                opt_step, resolve_mode)
+from mtrec_jax.weighting.loss_weighting import (check_optimizer,
+                                                own_optimizer, own_step,
+                                                resolve_mode)
 
 
 @jax.jit
@@ -101,10 +102,11 @@ def imtl_l(lr: float = 1e-3, optimizer: str = "adam",
   """
   name = "imtl_l"
   check_optimizer(name, optimizer)
+  tx = own_optimizer(optimizer, lr)
 
   def init_fn(num_tasks: int):
     s = jnp.zeros((num_tasks,), jnp.float32)
-    return {"scale": s, "opt": opt_init(s, optimizer)}
+    return {"scale": s, "opt": tx.init(s)}
 
   def weigh(state, *, losses, step, key):
     del step, key
@@ -115,8 +117,7 @@ def imtl_l(lr: float = 1e-3, optimizer: str = "adam",
       return jnp.sum(jnp.exp(s) * losses - s)
 
     value, grad = jax.value_and_grad(objective)(s)
-    new_s, new_opt = opt_step(s, grad, state["opt"], optimizer=optimizer,
-                              lr=lr)
+    new_s, new_opt = own_step(tx, s, grad, state["opt"])
     return Weighting(jnp.exp(s), {"scale": new_s, "opt": new_opt},
                      {"imtl_l_objective": value})
 
