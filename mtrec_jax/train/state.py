@@ -18,8 +18,16 @@ class TrainState:
   diverged_step: jax.Array   # int32: first step with a non-finite loss, -1 if none
 
 
-def create(params, optimizer, strategy, num_tasks: int, rng) -> TrainState:
+def create(params, optimizer, strategy, num_tasks: int, rng,
+           strategy_row=None) -> TrainState:
+  """`strategy_row`: one Jacobian row's shape, for strategies with
+  per-parameter state (`Strategy.row_state`); None means params mode's
+  rows, ``params['shared']``.  Rep mode passes one example's flattened
+  representation size (see `loop.strategy_row`)."""
+  if strategy_row is None and strategy.row_state:
+    strategy_row = params["shared"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params),
-                    strategy_state=strategy.init(num_tasks), rng=rng,
+                    strategy_state=strategy.init_state(num_tasks, strategy_row),
+                    rng=rng,
                     diverged_step=jnp.full((), -1, jnp.int32))

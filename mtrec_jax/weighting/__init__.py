@@ -12,7 +12,8 @@ from mtrec_jax import _autoimport
 from mtrec_jax.registry import STRATEGIES
 from mtrec_jax.weighting.base import (OptaxStrategyState, Strategy, Weighting,
                                       apply_strategy, as_optax, combine_tree,
-                                      cosines, gramian, gramian_of_tree)
+                                      cosines, gramian, gramian_of_tree,
+                                      row_template, tree_size)
 
 _autoimport.import_submodules(__name__, __path__)
 
@@ -46,7 +47,8 @@ def _jitted_aggregate(name: str, hparams: dict):
   strategy = build(name, **hparams)
 
   def run(jacobian, losses, key):
-    update, _ = apply_strategy(strategy, strategy.init(jacobian.shape[0]),
+    state = strategy.init_state(jacobian.shape[0], row=jacobian.shape[1])
+    update, _ = apply_strategy(strategy, state,
                                losses=losses, stacked_grads=jacobian, step=0,
                                key=key)
     return update
@@ -74,4 +76,4 @@ def aggregate(name: str, jacobian: jax.Array, *, key=None, losses=None,
 
 __all__ = ["Strategy", "Weighting", "OptaxStrategyState", "STRATEGIES",
            "aggregate", "apply_strategy", "as_optax", "build", "combine_tree",
-           "cosines", "gramian", "gramian_of_tree"]
+           "cosines", "gramian", "gramian_of_tree", "row_template", "tree_size"]
