@@ -79,6 +79,8 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8,
   which has no per-example representation form (LibMTL raises for
   ``rep_grad=True`` too).
 
+  Memory: the state holds K x P floats, as much as the Jacobian itself.
+
   Args:
     beta, beta_sigma: the EMA's weight on the old buffer,
       ``beta / t^beta_sigma``.

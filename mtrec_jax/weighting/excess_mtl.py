@@ -86,7 +86,12 @@ def excess_mtl(robust_step_size: float = 1e-2, eps: float = 1e-7,
   representation gradients [K, B, *F] are summed over the batch into [K, F]
   rows for the estimates (so the state is [K, F], F = one example's
   representation size), and the weights multiply each task's
-  representation gradient.
+  representation gradient.  (LibMTL's ``rep_grad`` path back-propagates
+  the weighted loss only to its detached copies of the representation, so
+  its encoder gets no gradient there; here the weighted cotangents go
+  through the shared part.)
+
+  Memory: the state holds K x P floats, as much as the Jacobian itself.
 
   Args:
     robust_step_size: step of the exponentiated-gradient update.

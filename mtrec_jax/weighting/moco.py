@@ -113,6 +113,8 @@ def moco(beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1,
   steps, which has no per-example representation form (LibMTL raises for
   ``rep_grad=True`` too).
 
+  Memory: the state holds K x P floats, as much as the Jacobian itself.
+
   Args:
     beta, beta_sigma: rate of the gradient tracking, decayed as
       ``beta / t^beta_sigma``.
