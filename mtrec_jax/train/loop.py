@@ -14,6 +14,7 @@ aside.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import math
 import os
@@ -30,10 +31,10 @@ from mtrec_jax import config as config_lib
 from mtrec_jax import weighting
 from mtrec_jax.data import stored_synthetic
 from mtrec_jax.data.dataset import Dataset
-from mtrec_jax.data.pipeline import train_batches
+from mtrec_jax.data.pipeline import num_rows, train_batches
 from mtrec_jax.models.auxiliary import build_aux_tasks
 from mtrec_jax.models.build import build_model
-from mtrec_jax.registry import DATASETS, UnknownNameError, closest
+from mtrec_jax.registry import DATASETS, STRATEGIES, UnknownNameError, closest
 from mtrec_jax.results import loggers
 from mtrec_jax.results import provenance as provenance_lib
 from mtrec_jax.results import run_files
@@ -96,10 +97,18 @@ def select_tasks(dataset: Dataset, names) -> tuple:
   return tuple(by_name[n] for n in names)
 
 
-def build_strategy(config):
+def build_strategy(config, steps_per_epoch: int | None = None):
+  """The config's strategy.  A strategy whose factory takes
+  `steps_per_epoch` (e.g. `dwa`, which averages losses per epoch) gets the
+  run's (the training split's rows // batch size: `train_batches`' epochs)
+  unless its hyper-parameters set one."""
   hparams = config_lib.to_dict(config.strategy.hparams)
   hparams = {k: (tuple(v) if isinstance(v, list) else v)
              for k, v in hparams.items()}
+  if steps_per_epoch is not None and "steps_per_epoch" not in hparams:
+    factory = STRATEGIES.get(config.strategy.name)
+    if "steps_per_epoch" in inspect.signature(factory).parameters:
+      hparams["steps_per_epoch"] = int(steps_per_epoch)
   try:
     return weighting.build(config.strategy.name, **hparams)
   except TypeError as e:
@@ -131,7 +140,12 @@ class Components:
     self.model = build_model(config.model, self.dataset.features,
                              tuple((t.name, t.out_dim) for t in self.tasks),
                              self.aux_tasks)
-    self.strategy = build_strategy(config)
+    rows = num_rows(self.dataset.splits["train"])
+    self.steps_per_epoch = rows // config.train.batch_size
+    if self.steps_per_epoch < 1:
+      raise ValueError(f"train.batch_size {config.train.batch_size} is larger "
+                       f"than the {rows} training rows; lower it")
+    self.strategy = build_strategy(config, self.steps_per_epoch)
     # A strategy that freezes parameter groups (`alternating`) needs one
     # optimizer state per group (train/optim.py).
     self.optimizer = make_optimizer(

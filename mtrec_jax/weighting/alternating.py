@@ -56,7 +56,8 @@ def alternating(schedule: Optional[Sequence[int]] = None,
                 inner: Optional[str] = None,
                 inner_hparams: Optional[dict] = None,
                 blocks: Optional[Sequence[int]] = None,
-                mode: Optional[str] = None) -> Strategy:
+                mode: Optional[str] = None,
+                steps_per_epoch: Optional[int] = None) -> Strategy:
   """Alternating training schedules (round-robin tasks and/or blocks).
 
   Round-robin (the default, and whenever `schedule` is given): at step t the
@@ -98,6 +99,8 @@ def alternating(schedule: Optional[Sequence[int]] = None,
     inner_hparams: hyper-parameters for `inner`.
     blocks: ``(period_towers, period_connection)`` in steps, or None.
     mode: "params" or "rep"; overrides the (inner's) default mode.
+    steps_per_epoch: passed on to `inner` when its factory takes it and
+      `inner_hparams` does not set it (the train loop gives it, see `dwa`).
   """
   name = "alternating"
   schedule_t = None if schedule is None else tuple(int(i) for i in schedule)
@@ -113,8 +116,15 @@ def alternating(schedule: Optional[Sequence[int]] = None,
   inner_hparams = dict(inner_hparams or {})
   if inner is not None:
     # Imported here: the package imports this module while it loads.
+    import inspect
+
     from mtrec_jax import weighting as _weighting
-    inner_s = _weighting.build(inner, **inner_hparams)
+    extra = {}
+    if (steps_per_epoch is not None and "steps_per_epoch" not in inner_hparams
+        and "steps_per_epoch" in inspect.signature(
+            STRATEGIES.get(inner)).parameters):
+      extra["steps_per_epoch"] = steps_per_epoch
+    inner_s = _weighting.build(inner, **inner_hparams, **extra)
     if inner_s.name == name:
       raise ValueError(f"strategy {name!r} cannot wrap itself")
   else:
@@ -191,7 +201,7 @@ def alternating(schedule: Optional[Sequence[int]] = None,
   hparams = {"schedule": None if schedule_t is None else list(schedule_t),
              "inner": inner, "inner_hparams": inner_hparams,
              "blocks": None if blocks_t is None else list(blocks_t),
-             "mode": mode}
+             "mode": mode, "steps_per_epoch": steps_per_epoch}
   default_mode = resolve_mode(
       name, mode, "params" if inner_s is None else inner_s.default_mode)
   weight_task_params = (kind != "loss" and round_robin) or (

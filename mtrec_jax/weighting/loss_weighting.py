@@ -18,7 +18,7 @@ state.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -225,33 +225,52 @@ def uncertainty(task_types: Optional[Sequence[str]] = None, lr: float = 1e-3,
 
 
 @STRATEGIES.register("dwa")
-def dwa(temperature: float = 2.0, window: int = 1,
+def dwa(temperature: float = 2.0, period: Union[str, int] = "epoch",
+        steps_per_epoch: Optional[int] = None,
         mode: Optional[str] = None) -> Strategy:
   """Dynamic Weight Average (Liu, Johns & Davison, CVPR 2019, MTAN).
 
   ``w_k = K softmax_k(r / T)`` with ``r_k = Lbar_k(n-1) / Lbar_k(n-2)``, the
-  ratio of the task's average loss over the last two completed periods.  The
-  paper (and LibMTL) use epochs as periods; here a period is `window`
-  consecutive steps whose losses are averaged in the strategy state, because
-  the strategy does not know the epoch length.  The default ``window = 1``
-  is the per-step variant; set ``window = steps_per_epoch`` to reproduce the
-  paper.  Until two periods are complete (the first ``2 * window`` steps) all
-  weights are 1, as in the paper.  ``T = 2`` is the paper's and LibMTL's
-  default.
+  ratio of the task's average training loss over the last two completed
+  periods.  Until two periods are complete all weights are 1.  ``T = 2`` is
+  the paper's and LibMTL's default.
+
+  Periods: ``period = "epoch"`` (the default) uses epochs, as the paper and
+  LibMTL (``train_loss_buffer``: the epoch's mean loss per task; weights 1 in
+  epochs 0 and 1).  An epoch is `steps_per_epoch` consecutive steps from step
+  0; the train loop passes it (the training split's rows // batch size, the
+  epochs of `mtrec_jax.data.pipeline`), and outside the loop it must be
+  given.  An integer ``period = n`` uses periods of n steps instead
+  (``period = 1``: the per-step variant, which `census-strategies` published
+  as "dwa" before this default; `steps_per_epoch` is then ignored).  A
+  period's average is the mean of its steps' losses, as LibMTL's (all
+  batches have the same size: the epoch's remainder is dropped).
 
   Scale: sum-like (weights sum to K).
 
   Args:
     temperature: softmax temperature ``T``.
-    window: steps per averaging period.
+    period: "epoch", or a positive number of steps per averaging period.
+    steps_per_epoch: steps in one epoch (needed for ``period="epoch"``).
     mode: accepted for interface uniformity; ignored (loss strategy).
   """
   if temperature <= 0:
     raise ValueError(f"strategy 'dwa': temperature must be > 0, got "
                      f"{temperature}")
-  if int(window) != window or window < 1:
-    raise ValueError(f"strategy 'dwa': window must be a positive integer, "
-                     f"got {window}")
+  if period == "epoch":
+    if steps_per_epoch is None:
+      raise ValueError(
+          "strategy 'dwa': period='epoch' (the default: DWA averages the "
+          "losses per epoch) needs steps_per_epoch, which the train loop "
+          "passes; outside it give steps_per_epoch=<steps in one epoch>, or "
+          "period=<steps> (period=1: the per-step variant)")
+    window, what = steps_per_epoch, "steps_per_epoch"
+  else:
+    window, what = period, "period ('epoch' or a number of steps)"
+  if (isinstance(window, bool) or not isinstance(window, (int, float))
+      or int(window) != window or window < 1):
+    raise ValueError(f"strategy 'dwa': {what} must be a positive integer, "
+                     f"got {window!r}")
   window = int(window)
 
   def init_fn(num_tasks: int):
@@ -284,7 +303,8 @@ def dwa(temperature: float = 2.0, window: int = 1,
     return Weighting(w, new_state, {})
 
   return _loss_strategy("dwa", init_fn, weigh,
-                        {"temperature": temperature, "window": window}, mode)
+                        {"temperature": temperature, "period": period,
+                         "steps_per_epoch": steps_per_epoch}, mode)
 
 
 # --------------------------------------------------------------------------

@@ -53,3 +53,28 @@ def test_divergence_is_recorded_with_its_step(tmp_path):
 def test_bad_selection_metric_is_an_error():
   with pytest.raises(ValueError, match="selection_metric"):
     loop.Components(_tiny(**{"train.selection_metric": "test/task1/mse"}))
+
+
+def test_dwa_gets_the_runs_epoch_length():
+  # DWA averages losses per epoch (Liu et al. 2019, LibMTL): the loop gives
+  # it the epoch of train_batches, rows // batch size (256 // 64 = 4).
+  c = loop.Components(_tiny(**{"strategy.name": "dwa"}))
+  rows = len(next(iter(c.dataset.splits["train"].values())))
+  assert c.steps_per_epoch == rows // 64 == 4
+  assert c.strategy.hparams["steps_per_epoch"] == 4
+  assert c.strategy.hparams["period"] == "epoch"
+  res = loop.train_and_evaluate(_tiny(**{"strategy.name": "dwa"}),
+                                progress=False)
+  assert res["strategy_state"]["periods"] == 40 // 4  # ten epochs completed
+  # An explicit setting wins; an inner strategy of `alternating` gets it too.
+  c = loop.Components(_tiny(**{"strategy.name": "dwa",
+                               "strategy.hparams.steps_per_epoch": 3}))
+  assert c.strategy.hparams["steps_per_epoch"] == 3
+  c = loop.Components(_tiny(**{"strategy.name": "alternating",
+                               "strategy.hparams.inner": "dwa"}))
+  assert c.strategy.hparams["steps_per_epoch"] == 4
+
+
+def test_batch_larger_than_the_training_split_is_an_error():
+  with pytest.raises(ValueError, match="larger than the 256 training rows"):
+    loop.Components(_tiny(**{"train.batch_size": 512}))

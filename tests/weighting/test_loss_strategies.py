@@ -96,7 +96,7 @@ def _dwa_by_hand(prev1, prev2, t=2.0):
 
 def test_dwa_known_history_per_step():
   history = [[1.0, 2.0], [0.8, 1.9], [0.5, 1.8], [0.45, 1.0]]
-  w, _ = run_steps(build("dwa"), history)
+  w, _ = run_steps(build("dwa", period=1), history)
   np.testing.assert_allclose(w[0], [1, 1])
   np.testing.assert_allclose(w[1], [1, 1])
   # Step 2: r = L(1) / L(0) = (0.8, 0.95).
@@ -108,15 +108,60 @@ def test_dwa_known_history_per_step():
   np.testing.assert_allclose(w.sum(1), 2.0, rtol=1e-6)
 
 
-def test_dwa_window_averages():
+def test_dwa_period_averages():
   history = [[1.0, 2.0], [3.0, 2.0],   # period 0: mean (2.0, 2.0)
              [1.0, 1.0], [1.0, 3.0],   # period 1: mean (1.0, 2.0)
              [5.0, 5.0], [5.0, 5.0]]   # uses periods 1 / 0
-  w, _ = run_steps(build("dwa", window=2, temperature=2.0), history)
+  w, _ = run_steps(build("dwa", period=2, temperature=2.0), history)
   np.testing.assert_allclose(w[:4], np.ones((4, 2)))
   expected = _dwa_by_hand([1.0, 2.0], [2.0, 2.0])
   np.testing.assert_allclose(w[4], expected, rtol=1e-5)
   np.testing.assert_allclose(w[5], expected, rtol=1e-5)
+
+
+def _libmtl_dwa(losses, steps_per_epoch, t=2.0):
+  """LibMTL's DWA, re-written in numpy: `train_loss_buffer[:, e]` is epoch
+  e's mean training loss per task, and in epoch e the weights are
+  ``K softmax(buffer[:, e-1] / buffer[:, e-2] / T)`` when e > 1, else 1."""
+  losses = np.asarray(losses, np.float64)
+  n, k = losses.shape
+  epochs = n // steps_per_epoch
+  buffer = losses[:epochs * steps_per_epoch].reshape(
+      epochs, steps_per_epoch, k).mean(axis=1).T
+  out = []
+  for i in range(n):
+    e = i // steps_per_epoch
+    if e > 1:
+      r = buffer[:, e - 1] / buffer[:, e - 2] / t
+      out.append(k * np.exp(r) / np.exp(r).sum())
+    else:
+      out.append(np.ones(k))
+  return np.array(out)
+
+
+@pytest.mark.parametrize("steps_per_epoch,t", [(3, 2.0), (5, 0.5), (1, 2.0)])
+def test_dwa_default_is_per_epoch_as_libmtl(steps_per_epoch, t):
+  losses = np.random.default_rng(steps_per_epoch).uniform(
+      0.1, 3.0, (6 * steps_per_epoch + 2, 3))
+  w, _ = run_steps(build("dwa", temperature=t,
+                         steps_per_epoch=steps_per_epoch), losses)
+  np.testing.assert_allclose(w, _libmtl_dwa(losses, steps_per_epoch, t),
+                             rtol=1e-5)
+  # The per-step variant is a different strategy once epochs are > 1 step.
+  w1, _ = run_steps(build("dwa", temperature=t, period=1), losses)
+  assert steps_per_epoch == 1 or not np.allclose(w1, w)
+
+
+def test_dwa_epoch_needs_steps_per_epoch():
+  with pytest.raises(ValueError, match="steps_per_epoch"):
+    build("dwa")
+  for bad in (0, -1, 1.5, "x", True):
+    with pytest.raises(ValueError, match="positive integer"):
+      build("dwa", period=bad)
+  with pytest.raises(ValueError, match="positive integer"):
+    build("dwa", steps_per_epoch=0)
+  # An explicit period ignores steps_per_epoch (the loop always passes it).
+  assert build("dwa", period=2, steps_per_epoch=7).hparams["period"] == 2
 
 
 # --------------------------------------------------------------------------
