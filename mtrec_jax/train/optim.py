@@ -68,7 +68,9 @@ def learning_rate_schedule(cfg, num_steps: int) -> optax.Schedule:
   raise ValueError(unknown_name_message("schedule", cfg.schedule, SCHEDULES))
 
 
-def _key_names(path) -> list:
+def key_names(path) -> list:
+  """The names along a pytree key path: dict keys and attribute names (flax
+  params are nested dicts), None for sequence indices."""
   return [getattr(k, "key", getattr(k, "name", None)) for k in path]
 
 
@@ -78,7 +80,7 @@ def task_group(name: str) -> str:
 
 def group_of(path, tasks: Sequence[str]) -> str:
   """The group of a params leaf (by its key path; see the module docstring)."""
-  names = _key_names(path)
+  names = key_names(path)
   if any(a == "shared" and b == CONNECTION for a, b in zip(names, names[1:])):
     return CONNECTION
   if len(names) >= 2 and names[0] in ("towers", "aux") and names[1] in tasks:

@@ -83,7 +83,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from mtrec_jax.train.step import key_names, make_train_step
+from mtrec_jax.train.optim import key_names
+from mtrec_jax.train.step import make_train_step
 
 DATA, MODEL = "data", "model"
 

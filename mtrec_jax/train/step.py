@@ -51,12 +51,6 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def key_names(path) -> list:
-  """The names along a pytree key path: dict keys and attribute names (flax
-  params are nested dicts), None for sequence indices."""
-  return [getattr(k, "key", getattr(k, "name", None)) for k in path]
-
-
 def group_activity(metrics: dict, names: Sequence[str]):
   """Which parameter groups (`optim.group_of`) a step trains, from the
   strategy's metrics, or None when it trains all of them.
@@ -84,7 +78,7 @@ def _opt_state_group(path):
   """The group whose optimizer state a leaf belongs to (the key after
   ``inner_states`` of `optax.multi_transform`), or None (global state: the
   learning-rate schedule's count, the clip)."""
-  names = key_names(path)
+  names = optim.key_names(path)
   for a, b in zip(names, names[1:]):
     if a == "inner_states":
       return b
