@@ -375,3 +375,25 @@ def _pad(ids):
   for i, row in enumerate(ids):
     tok[i, :len(row)], mask[i, :len(row)] = row, 1
   return tok, mask
+
+
+def test_benchmark_measures_a_tiny_model(tmp_path):
+  """benchmarks/text_encoder.py runs only by hand: check its rows here."""
+  import sys
+  root = str(pathlib.Path(__file__).resolve().parents[2])
+  if root not in sys.path:  # `benchmarks` is not an installed package
+    sys.path.insert(0, root)
+  from benchmarks import text_encoder
+  write_tiny_model(tmp_path / "m")
+  enc = TextEncoder(load_pretrained(tmp_path / "m"), buckets=(8,))
+  r = text_encoder.measure(enc, ["toy story", "a comedy film about a toy"] * 3,
+                           batch_size=4, rounds=1, forward_iters=1)
+  assert r["num_texts"] == 6 and r["buckets_used"] == [8]
+  assert r["encode_sentences_per_s"] > 0 and r["tokenize_sentences_per_s"] > 0
+  (f,) = r["forward"]
+  assert f["bucket"] == 8 and f["sentences_per_s"] > 0
+  assert f["gflop_per_batch"] > 0
+  md = text_encoder.summary({"device": "cpu", "model": "tiny",
+                             "identity": enc.identity, "load_s": 0.1,
+                             "result": r})
+  assert "sentences/s" in md and "[4, 8]" in md

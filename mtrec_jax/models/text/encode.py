@@ -5,8 +5,10 @@ the benchmark measures this path.  Texts are tokenised with the model's
 `tokenizers` tokenizer (truncated at the sentence model's max_seq_length),
 sorted by length so a batch holds similar lengths, and each batch is padded
 to a fixed batch size and to the smallest length bucket that holds it, so
-the jitted function compiles once per bucket used (at most len(buckets)
-times), never per batch.  Padding never changes a row's embedding (padded
+the jitted function compiles once per bucket used, never per batch (a
+last, partial batch is padded to the next power of two rows instead, so a
+few texts do not pay for a full batch: at most log2(batch_size) more
+compiles per bucket).  Padding never changes a row's embedding (padded
 keys are masked, padded rows are dropped), so the output does not depend on
 batch size, bucket or order.
 """
@@ -78,8 +80,9 @@ class TextEncoder:
     for start in range(0, len(ids), batch_size):
       rows = order[start:start + batch_size]
       t = self.bucket(max(len(ids[r]) for r in rows))
-      tok = np.zeros((batch_size, t), np.int32)
-      mask = np.zeros((batch_size, t), np.int32)
+      b = min(batch_size, 1 << (len(rows) - 1).bit_length())
+      tok = np.zeros((b, t), np.int32)
+      mask = np.zeros((b, t), np.int32)
       for j, r in enumerate(rows):
         n = len(ids[r])
         if n > t:
