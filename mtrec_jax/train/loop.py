@@ -386,7 +386,9 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
   shardings = parallel.state_sharding(state, mesh, tcfg.shard_embeddings)
   step_fn = parallel.jit_train_step(
       make_train_step(c.model, c.tasks, c.strategy, c.optimizer,
-                      cfg.strategy.mode, jacobian=engine), mesh, shardings)
+                      cfg.strategy.mode, jacobian=engine,
+                      rep_gramian=cfg.strategy.get("rep_gramian", "rows")),
+      mesh, shardings)
   predict = make_predict_fn(c.model, c.tasks)
   splits = c.dataset.splits
   restored = None

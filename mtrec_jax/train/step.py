@@ -192,16 +192,43 @@ def _concat_rows(*trees):
 
 def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
                     optimizer: optax.GradientTransformation,
-                    mode: str = "", jacobian: str = "vmap") -> Callable:
+                    mode: str = "", jacobian: str = "vmap",
+                    rep_gramian: str = "rows") -> Callable:
   """Returns ``step(state, batch) -> (state, metrics)`` (not yet jitted).
 
   `jacobian` picks how params mode runs the K backward passes of one VJP:
   "vmap" (batched over the K cotangents) or "unrolled" (K VJP calls inside
   the same jitted step, sharing the forward pass); which is faster depends
   on the device and model (see benchmarks/strategies.py).
+
+  `rep_gramian` picks the Gramian a "gramian" strategy sees in rep mode,
+  from the representation gradients ``R [K, B, *F]``:
+
+  * "rows" (the default): ``G = R_flat R_flat^T`` with ``R_flat [K, B*F]``,
+    the Gramian of the Jacobian of the K losses with respect to the whole
+    representation tensor (each example's gradient in its own coordinates,
+    ``G_ij = sum_b <R_ib, R_jb>``);
+  * "batch_sum": ``G = S S^T`` with ``S = sum_b R[:, b]`` ([K, F]), LibMTL's
+    ``rep_grad=True`` (``AbsWeighting._get_grads``:
+    ``per_grads.reshape(K, B, -1).sum(1)``; the weights are then applied to
+    the unsummed ``per_grads``, as here).  Its norms ``||S_k||`` are those of
+    the gradient w.r.t. one perturbation shared by every example, so
+    per-example gradients that cancel over the batch do not count, and the
+    order of the task norms can differ from "rows".
+
+  "rows" is the default because it is the Gramian of the representation's
+  actual Jacobian (the object the rep-mode docstrings describe), and the
+  rep-mode runs stored so far used it; "batch_sum" reproduces LibMTL.  The
+  weights are applied the same way in both (``cot_k = w_k R_k``).  Only
+  "gramian" strategies in rep mode read it; a "jacobian" strategy in rep
+  mode combines the rows themselves and rejects "batch_sum".
   """
   if jacobian not in ("vmap", "unrolled"):
     raise ValueError(f"jacobian engine {jacobian!r} is not 'vmap' or 'unrolled'")
+  if rep_gramian not in ("rows", "batch_sum"):
+    raise ValueError(f"rep_gramian {rep_gramian!r} is not 'rows' (the "
+                     f"representation Jacobian's Gramian) or 'batch_sum' "
+                     f"(LibMTL's: gradients summed over the batch first)")
   tasks = tuple(tasks)
   k = len(tasks)
   aux_names = tuple(getattr(model, "aux_names", ()))
@@ -209,6 +236,12 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
   mode = mode or strategy.default_mode
   if mode not in ("params", "rep"):
     raise ValueError(f"gradient mode {mode!r} is not 'params' or 'rep'")
+  if (rep_gramian == "batch_sum" and mode == "rep"
+      and strategy.kind == "jacobian"):
+    raise ValueError(
+        f"strategy {strategy.name!r} combines the Jacobian rows themselves "
+        f"(kind 'jacobian'), so rep_gramian='batch_sum' (a Gramian of the "
+        f"batch-summed rows) does not apply to it; use rep_gramian='rows'")
   if aux_names and mode == "rep" and strategy.kind != "loss":
     raise ValueError(
         f"strategy {strategy.name!r} in rep mode needs every task to read the "
@@ -308,7 +341,11 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
     losses, vjp_heads = jax.vjp(heads, state.params, rep)
     head_grads, rep_grads = vjp_heads(jnp.ones_like(losses))  # [K, B, H]
     rows = rep_grads.reshape(k, -1)
-    gram = rows.astype(jnp.float32) @ rows.astype(jnp.float32).T
+    if rep_gramian == "batch_sum":
+      summed = jnp.sum(rep_grads.astype(jnp.float32), axis=1).reshape(k, -1)
+      gram = summed @ summed.T
+    else:
+      gram = rows.astype(jnp.float32) @ rows.astype(jnp.float32).T
     if strategy.aggregate_rep is not None:
       cot, out = strategy.aggregate_rep(state.strategy_state,
                                         rep_grads=rep_grads, rep=rep,

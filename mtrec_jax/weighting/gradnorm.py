@@ -34,9 +34,14 @@ def gradnorm(alpha: float = 1.5, lr: float = 0.025, optimizer: str = "adam",
 
   ``||g_k|| = sqrt(G_kk)`` from the Gramian: in the default mode "rep", the
   gradients w.r.t. the shared representation (the output of the last shared
-  layer), as LibMTL's ``rep_grad=True``; the paper uses the gradients w.r.t.
-  the last shared layer's *weights*, which is "params" mode restricted to
-  that layer.  In "params" mode the norms are over all shared parameters.
+  layer); the paper uses the gradients w.r.t. the last shared layer's
+  *weights*, which is "params" mode restricted to that layer.  In "params"
+  mode the norms are over all shared parameters.  Which rep-mode Gramian is
+  the train step's `rep_gramian` (`make_train_step`): "rows" (the default)
+  takes the norm of each task's whole [B, H] representation gradient;
+  LibMTL's ``rep_grad=True`` sums it over the batch first ("batch_sum"),
+  which can change the order of the norms (per-example gradients that cancel
+  over the batch count in "rows" only).
   Task-specific parameters are weighted too (``weight_task_params=True``),
   because GradNorm weights the losses.
 

@@ -247,3 +247,69 @@ def test_round_robin_inactive_towers_get_no_update():
   assert all(np.array_equal(a, b) for a, b in zip(_leaves(t0[1]),
                                                   _leaves(t0[2])))
   _assert_adam_first_step(t1[1], t1[2], lr)
+
+
+# --------------------------------------------------------------------------
+# Rep mode: the Gramian of the representation gradients, two constructions.
+# --------------------------------------------------------------------------
+
+
+def _rep_gradients(c, state, batch):
+  """R [K, B, H]: each task's loss gradient w.r.t. the representation, by
+  K separate gradients through the heads (the step's rep-mode keys)."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  rng, _ = jax.random.split(rng)
+  r_enc, r_head = jax.random.split(rng)
+  rep = c.model.apply({"params": state.params}, batch, train=True,
+                      rngs={"dropout": r_enc}, method="represent")
+
+  def loss_k(rep, k):
+    out = c.model.apply({"params": state.params}, rep, train=True,
+                        rngs={"dropout": r_head}, method="heads")
+    return task_losses(out, batch, c.tasks)[k]
+
+  # rep is [K, B, H] with slot k read by tower k only: R_k = slot k of the
+  # gradient of L_k (the other slots are zero).
+  return np.stack([np.asarray(jax.grad(loss_k)(rep, k)[k], np.float64)
+                   for k in range(len(c.tasks))])
+
+
+def test_rep_gramian_rows_and_batch_sum_against_numpy():
+  c = _components("mmoe")
+  state = loop.init_state(c)
+  batch = _batch(c)
+  strategy = _gramian_mean(mode="rep")
+  state = state.replace(strategy_state=strategy.init(len(c.tasks)))
+  r = _rep_gradients(c, state, batch)
+  k, b = r.shape[:2]
+  flat = r.reshape(k, -1)
+  expected = {"rows": flat @ flat.T,  # sum over examples of per-example dots
+              "batch_sum": np.einsum("kbh,jch->kj", r, r)}  # (sum_b)(sum_c)
+  grams = {}
+  for how in ("rows", "batch_sum"):
+    step = jax.jit(make_train_step(c.model, c.tasks, strategy, c.optimizer,
+                                   "rep", rep_gramian=how))
+    new, _ = step(state, batch)
+    grams[how] = np.asarray(new.strategy_state["gram"])
+    np.testing.assert_allclose(grams[how], expected[how], rtol=1e-4,
+                               atol=1e-7 * np.abs(expected[how]).max())
+  assert not np.allclose(grams["rows"], grams["batch_sum"], rtol=1e-2)
+
+
+def test_rep_gramian_batch_sum_reorders_norms_and_rejects_jacobian_kind():
+  # Per-example gradients that cancel over the batch: task 0 has the larger
+  # rows norm, task 1 the larger batch-summed norm.
+  r = np.zeros((2, 4, 3))
+  r[0, :, 0] = [5.0, -5.0, 5.0, -5.0]
+  r[1, :, 1] = 1.0
+  rows, summed = r.reshape(2, -1), r.sum(1)
+  assert np.linalg.norm(rows[0]) > np.linalg.norm(rows[1])
+  assert np.linalg.norm(summed[0]) < np.linalg.norm(summed[1])
+  from mtrec_jax import weighting
+  c = _components("mmoe")
+  with pytest.raises(ValueError, match="batch_sum"):
+    make_train_step(c.model, c.tasks, weighting.build("graddrop"),
+                    c.optimizer, "rep", rep_gramian="batch_sum")
+  with pytest.raises(ValueError, match="rep_gramian 'cols'"):
+    make_train_step(c.model, c.tasks, c.strategy, c.optimizer,
+                    rep_gramian="cols")
