@@ -44,6 +44,13 @@ from mtrec_jax.tasks import knowledge, sequence_ssl
 
 AUX_TASKS: Registry = Registry("auxiliary task")
 NEXT_ALL_LOSSES = ("softmax", "sampled_softmax", "bce")
+# next_all's output layer: BERT4Rec's `ItemPredictionHead`, or SASRec's raw
+# dot product of the encoder output with the item table.
+NEXT_ALL_HEADS = ("mlp", "dot")
+# Where bce's negative comes from: uniform over the catalogue but the target,
+# or (SASRec's sampler) uniform over the items the user has not interacted
+# with in training.
+NEXT_ALL_NEGATIVES = ("uniform", "unseen")
 # Negatives per step of next_all's sampled softmax
 # (`aux.next_all.num_negatives`).
 SAMPLED_NEGATIVES = 100
@@ -140,7 +147,7 @@ class MaskedItemTask(AuxTask):
     return jnp.sum(ce * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class NextItemSequenceTask(AuxTask):
   """All-positions next-item prediction, SASRec's objective (Kang & McAuley,
   ICDM 2018): with CAUSAL attention, every position of the history predicts
@@ -149,9 +156,20 @@ class NextItemSequenceTask(AuxTask):
   (as Klenitskiy & Vasilev, RecSys 2023, show works better than SASRec's
   original binary loss with one sampled negative), averaged over real
   positions (mean-like scale).  ``loss='bce'`` is SASRec's original: per
-  position, binary cross-entropy of the target against one item drawn
-  uniformly from the rest of the catalogue (SASRec draws among items the
-  user has not interacted with; with 1,682 items the difference is small).
+  position, binary cross-entropy of the target against one sampled item
+  (the mean over real positions of the positive's term plus the mean of
+  the negative's, as the reference's two `BCEWithLogitsLoss` calls).  With
+  ``negatives='uniform'`` (the default) the negative is uniform over the
+  rest of the catalogue; with ``negatives='unseen'`` it is uniform over
+  the items the user has not interacted with in training, redrawn every
+  step at every position, as the reference's `WarpSampler`
+  (pmixer/SASRec.pytorch `utils.py`: `random_neq(1, itemnum + 1,
+  set(user_train[u]))`); the user's training items are `seen_items`, read
+  from the validation rows' `exclude` column (the whole training history,
+  not just the window), and exact rejection sampling draws on device.
+  Only the two scored items are gathered ([B, L, E] work instead of the
+  [B, L, V] logits), with the same value and gradient as reading them off
+  the full logits.
   ``loss='sampled_softmax'`` is for large catalogues (Bengio & Senecal
   2008; Jean et al., ACL 2015): per step, `num_negatives` items drawn
   uniformly with replacement (ids 1..V-1) and shared by every position; each
@@ -164,15 +182,23 @@ class NextItemSequenceTask(AuxTask):
   once, as in SASRec.  Evaluated like
   the dataset's next-item task from the last position's scores.
 
-  The output layer is `ItemPredictionHead` (SASRec scores the raw output
-  against the item embeddings; the extra Dense+GELU+LayerNorm and bias are
-  BERT4Rec's and also map a hidden width to the embedding width)."""
+  The output layer (``head``) is `ItemPredictionHead` ('mlp', the
+  default: the extra Dense+GELU+LayerNorm and bias are BERT4Rec's and also
+  map a hidden width to the embedding width) or SASRec's 'dot': the raw
+  encoder output against the shared item table, no bias (needs hidden
+  width == embedding width)."""
   targets: str = "seq_targets"
   loss_kind: str = "softmax"
   embed_dim: int = 0
   num_items: int = 0
   next_item_task: Any = None
   num_negatives: int = SAMPLED_NEGATIVES
+  head_kind: str = "mlp"
+  negatives: str = "uniform"
+  # [num_users + 1, num_items] bool, True where the user (row = user id)
+  # interacted with the item in training, and in column 0; for 'unseen'.
+  seen_items: np.ndarray | None = None
+  user_feature: str = "user"
 
   def __post_init__(self):
     if self.loss_kind not in NEXT_ALL_LOSSES:
@@ -182,6 +208,26 @@ class NextItemSequenceTask(AuxTask):
         self.num_negatives, int) or self.num_negatives < 1:
       raise ValueError(f"next_all: num_negatives must be an int >= 1, got "
                        f"{self.num_negatives!r}")
+    if self.head_kind not in NEXT_ALL_HEADS:
+      raise ValueError(f"next_all: head must be one of {NEXT_ALL_HEADS}, got "
+                       f"{self.head_kind!r}")
+    if self.negatives not in NEXT_ALL_NEGATIVES:
+      raise ValueError(f"next_all: negatives must be one of "
+                       f"{NEXT_ALL_NEGATIVES}, got {self.negatives!r}")
+    if self.negatives == "unseen":
+      if self.loss_kind != "bce":
+        raise ValueError(f"next_all: negatives='unseen' is the bce loss's "
+                         f"sampler; loss is {self.loss_kind!r} (use "
+                         f"negatives='uniform')")
+      seen = self.seen_items
+      if seen is None or seen.ndim != 2 or seen.shape[1] != self.num_items:
+        raise ValueError(f"next_all: negatives='unseen' needs seen_items "
+                         f"[num_users + 1, {self.num_items}] (each user's "
+                         f"training items), got "
+                         f"{None if seen is None else seen.shape}")
+      if not seen[:, 0].all() or seen.all(axis=1).any():
+        raise ValueError("next_all: seen_items must mark the padding id 0 "
+                         "as seen and leave every user an unseen item")
 
   @property
   def needs_causal_encoder(self) -> bool:
@@ -193,16 +239,30 @@ class NextItemSequenceTask(AuxTask):
       return None
     return dataclasses.replace(self.next_item_task, name=self.name)
 
-  def make_head(self, name: str) -> nn.Module:
+  def make_head(self, name: str) -> nn.Module | None:
+    if self.head_kind == "dot":
+      return None
     return ItemPredictionHead(self.embed_dim, self.num_items, name=name)
 
   def _hidden(self, encoder, ids, train):
     h, _ = encoder.encode_positions(self.feature, ids, train=train)
     return h[:, :ids.shape[1]]
 
+  def _score(self, head, h, table, items=None):
+    """`ItemPredictionHead`'s contract for either head: `items` None ->
+    [..., V], [S] -> [..., S], shaped like h[..., 0] -> one per position."""
+    if self.head_kind == "mlp":
+      return head(h, table, items)
+    h = h.astype(jnp.promote_types(h.dtype, jnp.float32))  # bf16 -> f32
+    if items is None:
+      return h @ table.T
+    if items.ndim == 1:
+      return h @ table[items].T
+    return jnp.sum(h * table[items], axis=-1)
+
   def _logits(self, encoder, head, ids, train):
-    logits = head(self._hidden(encoder, ids, train),
-                  encoder.embedding_table(self.feature))
+    logits = self._score(head, self._hidden(encoder, ids, train),
+                         encoder.embedding_table(self.feature))
     return logits.at[..., 0].set(-1e9)  # padding is never an answer
 
   def loss(self, encoder, head, batch, key, train):
@@ -214,17 +274,49 @@ class NextItemSequenceTask(AuxTask):
     elif self.loss_kind == "softmax":
       per_position = optax.softmax_cross_entropy_with_integer_labels(
           self._logits(encoder, head, ids, train), targets)
-    else:  # SASRec's original: the target against one random other item
-      logits = self._logits(encoder, head, ids, train)
-      vocab = logits.shape[-1]
-      shift = jax.random.randint(key, targets.shape, 1, vocab - 1)
-      negatives = 1 + (jnp.maximum(targets, 1) - 1 + shift) % (vocab - 1)
-      pos = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
-      neg = jnp.take_along_axis(logits, negatives[..., None], -1)[..., 0]
+    else:  # SASRec's original: the target against one sampled item
+      negatives = self.bce_negatives(key, targets, batch)
+      h = self._hidden(encoder, ids, train)
+      table = encoder.embedding_table(self.feature)
+      pos = self._score(head, h, table, targets)
+      neg = self._score(head, h, table, negatives)
       per_position = (optax.sigmoid_binary_cross_entropy(pos, 1.0)
                       + optax.sigmoid_binary_cross_entropy(neg, 0.0))
     weight = ((targets != 0) & (ids != 0)).astype(jnp.float32)
     return jnp.sum(per_position * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+  def bce_negatives(self, key: jax.Array, targets: jax.Array,
+                    batch: Mapping[str, Any]) -> jax.Array:
+    """[B, L] negative item ids of the bce loss, one per position."""
+    vocab = self.num_items
+    if self.negatives == "uniform":  # any item but the target
+      shift = jax.random.randint(key, targets.shape, 1, vocab - 1)
+      return 1 + (jnp.maximum(targets, 1) - 1 + shift) % (vocab - 1)
+    if self.user_feature not in batch:
+      raise KeyError(f"next_all: negatives='unseen' needs the batch column "
+                     f"{self.user_feature!r} (user ids); batch keys: "
+                     f"{sorted(batch)}")
+    seen = jnp.asarray(self.seen_items)
+    users = jnp.asarray(batch[self.user_feature]).astype(jnp.int32)[:, None]
+    users = jnp.broadcast_to(users, targets.shape)
+
+    # Rejection sampling: redraw every position whose item the user has
+    # seen until none is left; each accepted draw is uniform over the
+    # user's unseen items (ids 1..V-1; id 0 counts as seen).
+    def rejected(items):
+      return seen[users, items]
+
+    def body(carry):
+      items, k = carry
+      k, sub = jax.random.split(k)
+      fresh = jax.random.randint(sub, targets.shape, 1, vocab)
+      return jnp.where(rejected(items), fresh, items), k
+
+    key, sub = jax.random.split(key)
+    first = jax.random.randint(sub, targets.shape, 1, vocab)
+    items, _ = jax.lax.while_loop(lambda c: jnp.any(rejected(c[0])), body,
+                                  (first, key))
+    return items
 
   def sampled_negatives(self, key: jax.Array) -> jax.Array:
     """The [num_negatives] item ids one step's sampled softmax shares."""
@@ -234,16 +326,19 @@ class NextItemSequenceTask(AuxTask):
     h = self._hidden(encoder, ids, train)
     table = encoder.embedding_table(self.feature)
     negatives = self.sampled_negatives(key)
-    positive = head(h, table, targets)  # [B, L]
-    sampled = head(h, table, negatives)  # [B, L, S]
+    positive = self._score(head, h, table, targets)  # [B, L]
+    sampled = self._score(head, h, table, negatives)  # [B, L, S]
     sampled = jnp.where(negatives == targets[..., None], -1e9, sampled)
     logits = jnp.concatenate([positive[..., None], sampled], axis=-1)
     return -jax.nn.log_softmax(logits, axis=-1)[..., 0]
 
   def scores(self, encoder, head, batch):
-    """[B, V] logits at the last position (the most recent item)."""
+    """[B, V] logits at the last position (the most recent item); only
+    that position is scored (the heads act position by position)."""
     ids = jnp.asarray(batch[self.feature])
-    return self._logits(encoder, head, ids, False)[:, -1]
+    h = self._hidden(encoder, ids, False)[:, -1]
+    logits = self._score(head, h, encoder.embedding_table(self.feature))
+    return logits.at[..., 0].set(-1e9)  # padding is never an answer
 
 
 class PositionTower(nn.Module):
@@ -478,11 +573,50 @@ def next_item_sequence(cfg: Mapping[str, Any], dataset,
   next_item = next((t for t in dataset.tasks
                     if t.head == "multiclass" and t.label == "target_item"),
                    None)
+  head_kind = str(cfg.get("head", "mlp"))
+  if head_kind == "dot" and model_cfg:
+    hidden = dict(model_cfg.get("encoder", {})).get("hidden_dim")
+    if hidden is not None and hidden != spec.embed_dim:
+      raise ValueError(f"next_all: head='dot' scores the encoder output "
+                       f"against the item table, so model.encoder."
+                       f"hidden_dim ({hidden}) must equal the item "
+                       f"embedding width ({spec.embed_dim}); or use "
+                       f"head='mlp'")
+  negatives = str(cfg.get("negatives", "uniform"))
+  seen = None
+  if negatives == "unseen":
+    seen = training_items(dataset, cfg["feature"], spec.num_rows)
   return NextItemSequenceTask(
       "next_all", cfg["feature"], cfg["targets"], loss_kind=str(cfg["loss"]),
       embed_dim=spec.embed_dim, num_items=spec.num_rows,
       next_item_task=next_item,
-      num_negatives=cfg.get("num_negatives", SAMPLED_NEGATIVES))
+      num_negatives=cfg.get("num_negatives", SAMPLED_NEGATIVES),
+      head_kind=head_kind, negatives=negatives, seen_items=seen)
+
+
+def training_items(dataset, feature: str, num_items: int,
+                   user_column: str = "user", split: str = "val"
+                   ) -> np.ndarray:
+  """[max user id + 1, num_items] bool: the items each user interacted with
+  in training, read from `split`'s `exclude` column (for a leave-last-out
+  split, the validation row's exclusion list IS the whole training
+  history, beyond the `feature` window), with column 0 (padding) set."""
+  rows = dataset.splits.get(split, {})
+  missing = [c for c in (user_column, "exclude") if c not in rows]
+  if missing:
+    raise ValueError(f"next_all: negatives='unseen' reads each user's "
+                     f"training items from the {split!r} split's columns "
+                     f"{missing}, which {dataset.name!r} lacks; use "
+                     f"negatives='uniform'")
+  users = np.asarray(rows[user_column]).astype(np.int64)
+  exclude = np.asarray(rows["exclude"]).astype(np.int64)
+  if exclude.size and (exclude.min() < 0 or exclude.max() >= num_items):
+    raise ValueError(f"next_all: {split!r} exclude ids must lie in "
+                     f"[0, {num_items}) (feature {feature!r})")
+  seen = np.zeros((int(users.max(initial=0)) + 1, num_items), bool)
+  seen[np.repeat(users, exclude.shape[1]), exclude.reshape(-1)] = True
+  seen[:, 0] = True
+  return seen
 
 
 @AUX_TASKS.register("cl")
@@ -573,9 +707,12 @@ def default_aux_config() -> dict[str, Any]:
       "only": False,
       "mim": {"feature": "hist_items",
               "mask_prob": sequence_ssl.CLOZE_MASK_PROB},
-      # loss: softmax | sampled_softmax (num_negatives items) | bce.
+      # loss: softmax | sampled_softmax (num_negatives items) | bce;
+      # head: mlp (BERT4Rec's) | dot (SASRec's); negatives (bce): uniform |
+      # unseen (SASRec's sampler: items the user has not trained on).
       "next_all": {"feature": "hist_items", "targets": "seq_targets",
-                   "loss": "softmax", "num_negatives": SAMPLED_NEGATIVES},
+                   "loss": "softmax", "num_negatives": SAMPLED_NEGATIVES,
+                   "head": "mlp", "negatives": "uniform"},
       "cl": {"feature": "hist_items", "eta": sequence_ssl.CROP_ETA,
              "gamma": sequence_ssl.MASK_GAMMA,
              "beta": sequence_ssl.REORDER_BETA,

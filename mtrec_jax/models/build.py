@@ -33,7 +33,8 @@ _ENCODER_KEYS = {"num_layers": "num_layers", "num_heads": "num_heads",
                  "hidden_dim": "hidden_dim", "mlp_dim": "mlp_dim",
                  "dropout": "dropout_rate",
                  "attention_dropout": "attention_dropout_rate",
-                 "causal": "causal", "pooling": "pooling"}
+                 "causal": "causal", "pooling": "pooling",
+                 "layout": "layout"}
 
 
 def connection_fields(cls) -> dict[str, Any]:

@@ -63,13 +63,12 @@ class FeatureEncoder(nn.Module):
         continue
       if not spec.share_with:
         tables[spec.name] = self.param(
-            f"embed_{spec.name}",
-            nn.initializers.normal(stddev=spec.embed_dim ** -0.5),
+            f"embed_{spec.name}", cfg.table_init(spec.embed_dim),
             (spec.num_rows, spec.embed_dim), jnp.float32)
       if spec.kind != "sequence":
         continue
       positions[spec.name] = self.param(
-          f"pos_{spec.name}", nn.initializers.normal(stddev=0.02),
+          f"pos_{spec.name}", cfg.position_init(spec.max_len),
           (spec.max_len + int(use_cls), cfg.hidden_dim), jnp.float32)
       if use_cls:
         cls_tokens[spec.name] = self.param(
@@ -196,7 +195,7 @@ class FeatureEncoder(nn.Module):
     if name in self.projections:
       x = self.projections[name](x)
     positions = self.positions[name].astype(self.dtype)
-    x = x + positions[:length]
+    x = self.encoder.input_tokens(x, positions[:length], mask)
     if self.encoder.pooling == "cls":
       cls = self.cls_tokens[name].astype(self.dtype) + positions[length]
       x = jnp.concatenate(

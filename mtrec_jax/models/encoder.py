@@ -1,10 +1,39 @@
-"""A BERT-style (pre-LayerNorm) Transformer encoder for behaviour sequences.
+"""Transformer encoders for behaviour sequences, in two block layouts.
 
 The encoder sees already-embedded tokens; learned position embeddings are
 added by `embeddings.FeatureEncoder`, which knows each sequence's length and
-padding convention.  Padded keys are masked out of every attention; a row that
-is all padding still gives finite outputs (its attention is uniform over the
-masked keys instead of a 0/0 softmax).
+padding convention, and asks `EncoderConfig` how to combine them
+(`EncoderConfig.input_tokens`) and how to initialise its tables.
+
+Layouts (`EncoderConfig.layout`):
+
+* ``'pre_ln'`` (the default): BERT/ViT-style pre-LayerNorm blocks
+  x + Attn(LN(x)), x + MLP(LN(x)) with a GELU MLP, dropout on both residual
+  branches, flax's default initialisers, LayerNorm epsilon 1e-6.  Padded
+  keys are masked out of every attention; a row that is all padding still
+  gives finite outputs (its attention is uniform over the masked keys
+  instead of a 0/0 softmax).
+* ``'sasrec'``: the SASRec encoder of the public PyTorch reference
+  (pmixer/SASRec.pytorch, `python/model.py` at its current default
+  ``norm_first=False``; Kang & McAuley, ICDM 2018), detail by detail:
+  item embeddings scaled by sqrt(embed_dim); position embeddings added only
+  at real tokens, so a padding token's input is exactly zero (the reference
+  reads row 0 of both tables, kept at zero); dropout on the summed input;
+  post-LN blocks x = LN(x + MHA(x, x, x)), x = LN(x + FFN(x)) with torch's
+  `MultiheadAttention` (q/k/v and output projections with biases, dropout
+  on the attention probabilities drawn per element, no dropout on its
+  output) and the point-wise FFN Conv1d(k=1) -> dropout -> ReLU ->
+  Conv1d(k=1) -> dropout (`mlp_dim` wide; the reference uses the hidden
+  width); a final LayerNorm (so the output is LN(LN(...))); every
+  LayerNorm with epsilon 1e-8; the causal mask only (padding keys ARE
+  attended to, as in the reference, which has no key-padding mask); and
+  torch's initialisation as the reference's `main.py` leaves it: Xavier
+  normal (untruncated) for every matrix (item table, position table,
+  q/k/v as one [3E, E] matrix, output projection, FFN), zero attention
+  biases, U(+-1/sqrt(fan_in)) FFN biases, LayerNorm ones and zeros.
+  Position p of our [L] table is row p + 1 of the reference's [L + 1]
+  table (its row 0 is the padding row), initialised with the same
+  standard deviation.
 """
 from __future__ import annotations
 
@@ -17,6 +46,29 @@ import jax.numpy as jnp
 
 Dtype = Any
 POOLINGS = ("last", "mean", "cls")
+LAYOUTS = ("pre_ln", "sasrec")
+# LayerNorm epsilon of the reference SASRec (torch.nn.LayerNorm(eps=1e-8)).
+SASREC_LN_EPS = 1e-8
+
+
+def xavier_normal(fan_in: int | None = None, fan_out: int | None = None):
+  """torch.nn.init.xavier_normal_: N(0, 2 / (fan_in + fan_out)), not
+  truncated (flax's `xavier_normal` truncates).  Fans default to those of a
+  2-D [in, out] shape; give them to mimic a torch matrix of another shape."""
+  def init(key, shape, dtype=jnp.float32):
+    fi = shape[-2] if fan_in is None else fan_in
+    fo = shape[-1] if fan_out is None else fan_out
+    std = (2.0 / (fi + fo)) ** 0.5
+    return std * jax.random.normal(key, shape, dtype)
+  return init
+
+
+def torch_bias_uniform(fan_in: int):
+  """PyTorch's default bias of Linear/Conv: U(-1/sqrt(fan_in), ...)."""
+  def init(key, shape, dtype=jnp.float32):
+    bound = fan_in ** -0.5
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +79,9 @@ class EncoderConfig:
     pooling: how `FeatureEncoder` turns [B, L, hidden] into [B, hidden]:
       'last' = last non-padding position, 'mean' = mean over non-padding
       positions, 'cls' = a learned token appended after the sequence.
+    layout: 'pre_ln' (BERT-style blocks, the default) or 'sasrec' (the
+      reference SASRec's blocks, inputs and initialisation; module
+      docstring).
   """
   num_layers: int = 1
   num_heads: int = 2
@@ -36,6 +91,7 @@ class EncoderConfig:
   attention_dropout_rate: float = 0.1
   causal: bool = False
   pooling: str = "mean"
+  layout: str = "pre_ln"
 
   def __post_init__(self):
     if self.num_layers < 0:
@@ -53,6 +109,38 @@ class EncoderConfig:
     if self.pooling not in POOLINGS:
       raise ValueError(f"encoder pooling must be one of {POOLINGS}, got "
                        f"{self.pooling!r}")
+    if self.layout not in LAYOUTS:
+      raise ValueError(f"encoder layout must be one of {LAYOUTS}, got "
+                       f"{self.layout!r}")
+    if self.layout == "sasrec" and self.pooling == "cls":
+      raise ValueError("encoder layout 'sasrec' has no [cls] token (its "
+                       "inputs are the reference's); use pooling 'last' or "
+                       "'mean'")
+
+  def table_init(self, embed_dim: int):
+    """Initialiser of an id -> vector table (FeatureEncoder's tables)."""
+    if self.layout == "sasrec":
+      return xavier_normal()
+    return nn.initializers.normal(stddev=embed_dim ** -0.5)
+
+  def position_init(self, max_len: int):
+    """Initialiser of the [max_len (+1 for cls), hidden] position table;
+    'sasrec' uses the std of the reference's [max_len + 1, hidden] one."""
+    if self.layout == "sasrec":
+      return xavier_normal(fan_in=max_len + 1, fan_out=self.hidden_dim)
+    return nn.initializers.normal(stddev=0.02)
+
+  def input_tokens(self, items: jax.Array, positions: jax.Array,
+                   real: jax.Array) -> jax.Array:
+    """The encoder's input from [B, L, E] item vectors (zero at padding),
+    the [L, hidden] position vectors and the [B, L] real-token mask.
+    'pre_ln': items + positions everywhere; 'sasrec': items * sqrt(E) +
+    positions at real tokens only (a padding token's input is 0)."""
+    if self.layout == "sasrec":
+      scaled = items * jnp.asarray(items.shape[-1] ** 0.5, items.dtype)
+      return scaled + jnp.where(real[..., None], positions, 0.0).astype(
+          items.dtype)
+    return items + positions
 
 
 def attention_mask(padding_mask: jax.Array, causal: bool) -> jax.Array:
@@ -91,11 +179,50 @@ class EncoderBlock(nn.Module):
     return x + nn.Dropout(self.dropout_rate, deterministic=deterministic)(y)
 
 
+class SASRecBlock(nn.Module):
+  """The reference SASRec's block (post-LN, `norm_first=False`):
+  x = LN(x + MHA(x, x, x)); x = LN(x + FFN(x)); see the module docstring
+  for the initialisation and where dropout acts."""
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool
+               ) -> jax.Array:
+    deterministic = not train
+    width = x.shape[-1]
+    a = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype,
+        dropout_rate=self.attention_dropout_rate, broadcast_dropout=False,
+        # torch keeps q/k/v as one [3E, E] in_proj_weight.
+        kernel_init=xavier_normal(width, 3 * width),
+        out_kernel_init=xavier_normal(width, width),
+        bias_init=nn.initializers.zeros, out_bias_init=nn.initializers.zeros,
+        force_fp32_for_softmax=True, name="attention")(
+            x, x, mask=mask, deterministic=deterministic)
+    x = nn.LayerNorm(epsilon=SASREC_LN_EPS, dtype=self.dtype,
+                     name="attention_norm")(x + a)
+    y = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=xavier_normal(),
+                 bias_init=torch_bias_uniform(width), name="ffn_in")(x)
+    y = nn.relu(nn.Dropout(self.dropout_rate,
+                           deterministic=deterministic)(y))
+    y = nn.Dense(width, dtype=self.dtype, kernel_init=xavier_normal(),
+                 bias_init=torch_bias_uniform(self.mlp_dim),
+                 name="ffn_out")(y)
+    y = nn.Dropout(self.dropout_rate, deterministic=deterministic)(y)
+    return nn.LayerNorm(epsilon=SASREC_LN_EPS, dtype=self.dtype,
+                        name="ffn_norm")(x + y)
+
+
 class TransformerEncoder(nn.Module):
   """[B, L, hidden] tokens + [B, L] padding mask -> [B, L, hidden].
 
-  `padding_mask` is True at real tokens; padded keys are never attended to.
-  With `causal`, position t attends only to positions <= t.
+  `padding_mask` is True at real tokens.  With `causal`, position t
+  attends only to positions <= t.  Layout 'pre_ln' never attends to padded
+  keys; 'sasrec' does (causal mask only, as the reference).
   """
   num_layers: int = 1
   num_heads: int = 2
@@ -104,6 +231,7 @@ class TransformerEncoder(nn.Module):
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   causal: bool = False
+  layout: str = "pre_ln"
   dtype: Dtype = jnp.float32
 
   @classmethod
@@ -113,7 +241,8 @@ class TransformerEncoder(nn.Module):
                hidden_dim=cfg.hidden_dim, mlp_dim=cfg.mlp_dim,
                dropout_rate=cfg.dropout_rate,
                attention_dropout_rate=cfg.attention_dropout_rate,
-               causal=cfg.causal, dtype=dtype, name=name)
+               causal=cfg.causal, layout=cfg.layout, dtype=dtype,
+               name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, padding_mask: jax.Array, *,
@@ -124,11 +253,20 @@ class TransformerEncoder(nn.Module):
     if padding_mask.shape != x.shape[:2]:
       raise ValueError(f"padding_mask shape {padding_mask.shape} does not "
                        f"match the tokens' [B, L] = {x.shape[:2]}")
-    mask = attention_mask(padding_mask.astype(bool), self.causal)
+    if self.layout not in LAYOUTS:
+      raise ValueError(f"encoder layout must be one of {LAYOUTS}, got "
+                       f"{self.layout!r}")
+    sasrec = self.layout == "sasrec"
+    real = padding_mask.astype(bool)
+    if sasrec:  # keys masked by causality only, padding included
+      real = jnp.ones_like(real)
+    mask = attention_mask(real, self.causal)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(
         x.astype(self.dtype))
+    block = SASRecBlock if sasrec else EncoderBlock
     for i in range(self.num_layers):
-      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
-                       self.attention_dropout_rate, self.dtype,
-                       name=f"block_{i}")(x, mask, train=train)
-    return nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
+      x = block(self.num_heads, self.mlp_dim, self.dropout_rate,
+                self.attention_dropout_rate, self.dtype,
+                name=f"block_{i}")(x, mask, train=train)
+    eps = SASREC_LN_EPS if sasrec else 1e-6
+    return nn.LayerNorm(epsilon=eps, dtype=self.dtype, name="final_norm")(x)

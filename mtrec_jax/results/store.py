@@ -53,12 +53,12 @@ import time
 import warnings
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
-RUNNING, DONE, DIVERGED, FAILED, MISSING = (
-    "running", "done", "diverged", "failed", "missing")
-# Outcomes a run keeps: `claim` skips them unless forced. A diverged run is a
-# finding about its strategy, not an accident; with the same config and seed
-# it would diverge again. Failed runs (exceptions, crashes) are retried.
-FINAL = (DONE, DIVERGED)
+from mtrec_jax.results import run_files
+# The status words, and FINAL: the outcomes a run keeps (`claim` skips them
+# unless forced); see results/status.py.
+from mtrec_jax.results.status import (  # noqa: F401  (re-exported)
+    DIVERGED, DONE, FAILED, FINAL, MISSING, RUNNING)
+
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
 SOURCES = ("eval", "train")  # the `series` table's kinds of records
 
@@ -138,25 +138,7 @@ def default_store_path() -> pathlib.Path:
 # ---------------------------------------------------------------- values
 
 
-def _plain(x: Any) -> Any:
-  """JSON-ready copy: numpy values become Python ones, NaN/inf become None."""
-  if x is None or isinstance(x, (bool, int, str)):
-    return x
-  if isinstance(x, float):
-    return x if math.isfinite(x) else None
-  if isinstance(x, dict):
-    return {str(k): _plain(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_plain(v) for v in x]
-  if isinstance(x, pathlib.PurePath):
-    return str(x)
-  if hasattr(x, "tolist"):  # numpy / jax arrays and scalars
-    return _plain(x.tolist())
-  if hasattr(x, "to_dict"):  # ml_collections.ConfigDict
-    return _plain(x.to_dict())
-  raise TypeError(f"cannot store a value of type {type(x).__name__} ({x!r}) "
-                  f"in the results store; convert it to a number, string, "
-                  f"list or dict first")
+_plain = run_files.plain  # the package's one JSON sanitiser
 
 
 def _dumps(x: Any) -> str:

@@ -291,14 +291,8 @@ def _keep_evals_until(path: pathlib.Path, step: int) -> None:
   last line: a resumed run appends them again."""
   if not path.exists():
     return
-  kept = []
-  for line in path.read_text().splitlines():
-    try:
-      rec = json.loads(line)
-    except json.JSONDecodeError:
-      continue
-    if isinstance(rec, dict) and rec.get("step", math.inf) <= step:
-      kept.append(line + "\n")
+  kept = [json.dumps(rec, sort_keys=True) + "\n"
+          for rec in run_files.read_evals(path) if rec["step"] <= step]
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
   with os.fdopen(fd, "w") as f:
     f.writelines(kept)
