@@ -397,3 +397,36 @@ def test_benchmark_measures_a_tiny_model(tmp_path):
                              "identity": enc.identity, "load_s": 0.1,
                              "result": r})
   assert "sentences/s" in md and "[4, 8]" in md
+
+
+def test_dropout_and_gradients_for_fine_tuning():
+  """Fine-tuning will train these params under `shared`: dropout draws from
+  the 'dropout' stream only when asked, and every weight gets a gradient."""
+  cfg = tiny_config(num_hidden_layers=1)
+  config = BertConfig.from_dict(cfg)
+  params = {"bert": torch_names_to_flax(tiny_state_dict(cfg, seed=7), config)}
+  ids, mask = degenerate_batch(np.random.default_rng(8), cfg["vocab_size"], 6)
+  types = np.random.default_rng(9).integers(0, 2, ids.shape)
+  model = SentenceEncoder(config, PoolingConfig("mean", True))
+  target = jnp.asarray(np.random.default_rng(10).normal(size=(len(ids), 8)))
+
+  @jax.jit
+  def run(p, key):
+    """(deterministic output, dropout output, gradient of the latter)."""
+    fwd = lambda p, det: model.apply(  # noqa: E731
+        {"params": p}, ids, mask, types, deterministic=det,
+        rngs={"dropout": key})
+    out, vjp = jax.vjp(lambda p: fwd(p, False), p)
+    return fwd(p, True), out, vjp(target)[0]
+
+  a, c, grads = run(params, jax.random.PRNGKey(0))
+  b, d, _ = run(params, jax.random.PRNGKey(0))
+  e, f, _ = run(params, jax.random.PRNGKey(1))
+  np.testing.assert_array_equal(a, e)  # no dropout: the key does not matter
+  np.testing.assert_array_equal(c, d)  # dropout: the key decides
+  assert np.abs(np.asarray(c - f)).max() > 1e-3
+  assert np.all(np.isfinite(c)) and np.abs(np.asarray(c - a)).max() > 1e-3
+  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    assert np.all(np.isfinite(g)), path
+    if "kernel" in jax.tree_util.keystr(path):
+      assert np.abs(np.asarray(g)).max() > 0, path
