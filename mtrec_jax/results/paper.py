@@ -256,3 +256,22 @@ def check(paper_dir: str | os.PathLike = "paper",
       diff = diff[:max_lines] + [f"... ({len(diff) - max_lines} more lines)"]
     out.append((block_id, "\n".join(diff)))
   return out
+
+
+def export_from_store(paper_dir: str | os.PathLike = "paper",
+                      store_path: str | os.PathLike | None = None
+                      ) -> list[pathlib.Path]:
+  """`mtrec paper --export`: writes PAPER/results/<experiment>.jsonl for
+  every experiment the paper uses, from the store at `store_path` (default
+  $MTREC_STORE or ./results/mtrec.db)."""
+  from mtrec_jax.results import store as store_lib
+  paper_dir = pathlib.Path(paper_dir)
+  names = experiments_of(validate(paper_dir))
+  path = pathlib.Path(store_path or store_lib.default_store_path())
+  if not path.exists():
+    raise FileNotFoundError(
+        f"no results store at {path}; run the experiments the paper uses "
+        f"({', '.join(names)}) with `mtrec run NAME`, or pass --store PATH "
+        f"(or set $MTREC_STORE)")
+  with store_lib.Store(path) as store:
+    return export(store, names, paper_dir / RESULTS_DIR)

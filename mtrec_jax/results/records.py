@@ -82,6 +82,29 @@ def store_results(store, experiment: str, runs: Sequence, *,
   return out
 
 
+def grid_from_store(path: str | os.PathLike, experiment: str,
+                    runs: Sequence) -> list[dict]:
+  """`store_results` of the store file at `path`, for `mtrec table`; raises
+  (naming the fix) when there is no store, or it has none of the runs."""
+  from mtrec_jax.results import store as store_lib
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(
+        f"no results store at {path}; run `mtrec run {experiment}` first, or "
+        f"pass --store PATH (or set $MTREC_STORE), or --from DIR for an "
+        f"exported jsonl")
+  with store_lib.Store(path) as store:
+    results = store_results(store, experiment, runs)
+    other = len(store.results(experiment))
+  if all(r["status"] == MISSING for r in results):
+    hint = (f"; it holds {other} runs of {experiment!r} with other configs: "
+            f"pass the --set overrides (and --seeds) they were run with"
+            if other else f"; run `mtrec run {experiment}` first")
+    raise ValueError(f"results store {path} has none of the {len(runs)} "
+                     f"runs of {experiment!r}'s current grid{hint}")
+  return results
+
+
 def no_results_message(experiment: str, where: str) -> str:
   return (f"no results of experiment {experiment!r} in {where}; produce "
           f"them with `mtrec run {experiment}`, then `mtrec paper --export` "

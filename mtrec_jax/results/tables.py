@@ -297,7 +297,7 @@ def registered_metrics() -> dict[str, str]:
   """Metric name -> direction, in registration order (imported lazily: the
   metrics module pulls in JAX, which tables do not otherwise need)."""
   from mtrec_jax.tasks import metrics as metrics_lib
-  return dict(metrics_lib.DIRECTIONS)
+  return {name: metrics_lib.direction(name) for name in metrics_lib.METRICS}
 
 
 def default_columns(results) -> list[str]:
@@ -511,6 +511,27 @@ def select(results: Sequence[dict], where: Mapping[str, Any] | None = None,
   return kept
 
 
+def check_where(results: Sequence[dict], where: Mapping[str, Any],
+                flag: str = "where") -> None:
+  """Raises UnknownNameError, naming the closest one, for a `where` value
+  that no run has (`build_table` itself keeps any run that matches one of
+  the values, so a typo would silently drop a row)."""
+  for axis, wanted in where.items():
+    have: list[str] = []
+    for r in results:
+      v = str(r.get("grid", {}).get(axis))
+      if axis in r.get("grid", {}) and v not in have:
+        have.append(v)
+    wanted = wanted if isinstance(wanted, (list, tuple, set)) else [wanted]
+    for w in map(str, wanted) if have else ():  # unknown axis: build_table
+      if w not in have:
+        near = closest(w, have)
+        raise UnknownNameError(
+            f"{flag} {axis}={w}: no run has {axis} {w!r}."
+            + (f" Did you mean {', '.join(map(repr, near))}?" if near else "")
+            + f" Values: {', '.join(have)}.")
+
+
 def _group(runs, axes, all_axes) -> dict[tuple[str, ...], dict[int, dict]]:
   """Row key -> {seed: run}, rows in order of first appearance."""
   groups: dict[tuple[str, ...], dict[int, dict]] = {}
@@ -579,6 +600,37 @@ def _find_baseline(baseline, axes, keys) -> int | None:
   raise ValueError(f"baseline {want} matches {len(hits)} rows "
                    f"({'; '.join(labels[i] for i in hits)}); give more axes "
                    f"so it matches one")
+
+
+def parse_baseline(text: str) -> Mapping[str, str] | str | None:
+  """The command line's form of `build_table`'s baseline: 'auto', 'none'
+  or 'axis=value[,axis=value]'."""
+  if text in ("auto", "none"):
+    return None if text == "none" else "auto"
+  out = {}
+  for part in text.split(","):
+    if "=" not in part:
+      raise ValueError(f"--baseline {text!r}: write auto, none or "
+                       f"axis=value[,axis=value] (e.g. --baseline "
+                       f"model=single_task)")
+    axis, value = part.split("=", 1)
+    out[axis.strip()] = value.strip()
+  return out
+
+
+def summary(results: Sequence[dict], metrics: Sequence[str] = (), *,
+            digits: int = 4) -> str:
+  """The Markdown table `mtrec run` prints after a sweep: every grid point,
+  Δm% when `baseline='auto'` finds one row, else none; a line saying why
+  when there is no table yet (e.g. no run done)."""
+  error: Exception | None = None
+  for baseline in ("auto", None):  # auto refuses two 'mean' rows: none
+    try:
+      return to_markdown(build_table(results, metrics=metrics,
+                                     baseline=baseline), digits=digits)
+    except (ValueError, UnknownNameError) as e:
+      error = e
+  return f"(no table: {error})\n"
 
 
 # ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import time
 import pytest
 
 from mtrec_jax import cli
+from mtrec_jax import sweep
 from mtrec_jax.results.store import Store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
@@ -212,7 +213,7 @@ def test_failed_run_is_stored_and_retried(tmp_path, monkeypatch):
   from mtrec_jax.results import run_files
   from mtrec_jax.train import loop
   store, work = tmp_path / "m.db", tmp_path / "runs"
-  monkeypatch.setattr(cli, "HEARTBEAT_EVERY_S", 0.02)
+  monkeypatch.setattr(sweep, "HEARTBEAT_EVERY_S", 0.02)
   beats = []
 
   def fake(config, workdir, *, experiment, grid, **kw):
