@@ -488,3 +488,37 @@ def test_no_done_runs():
     tables.build_table([])
   with pytest.raises(ValueError, match="no result matches"):
     tables.build_table(frozen(), where={"model": "ple"})
+
+
+def test_summary_takes_the_auto_baseline_only_when_it_is_one_row():
+  # Two rows have strategy 'mean': 'auto' refuses, the summary has no Δm%.
+  out = tables.summary(RESULTS)
+  assert out == tables.to_markdown(tables.build_table(RESULTS))
+  assert "Δm%" not in out
+  one = [r for r in RESULTS if r["grid"]["model"] == "shared_bottom"]
+  out = tables.summary(one)
+  assert out == tables.to_markdown(tables.build_table(one, baseline="auto"))
+  assert "Δm%" in out and "[model=shared_bottom, strategy=mean]" in out
+  failed = [{**r, "status": "failed"} for r in one]
+  assert tables.summary(failed).startswith(
+      "(no table: no run is done, so there is nothing to average "
+      "(statuses: 6 failed)")
+
+
+def test_check_where_names_the_closest_value():
+  tables.check_where(RESULTS, {"model": ["mmoe", "shared_bottom"]})
+  tables.check_where(RESULTS, {"modl": ["x"]})  # build_table names the axis
+  with pytest.raises(UnknownNameError, match="--where strategy=uncertanty: "
+                     "no run has strategy 'uncertanty'. Did you mean "
+                     "'uncertainty'"):
+    tables.check_where(RESULTS, {"strategy": ["mean", "uncertanty"]},
+                       "--where")
+
+
+def test_parse_baseline():
+  assert tables.parse_baseline("auto") == "auto"
+  assert tables.parse_baseline("none") is None
+  assert tables.parse_baseline("model=mmoe, strategy=mean") == {
+      "model": "mmoe", "strategy": "mean"}
+  with pytest.raises(ValueError, match="write auto, none or axis=value"):
+    tables.parse_baseline("mmoe")
