@@ -1,25 +1,54 @@
-"""Config helpers: defaults, type-checked overrides, hashing, JSON.
+"""Config helpers: defaults, type-checked overrides, run identity, JSON.
 
 Configs are `ml_collections.ConfigDict`s.  Overrides arrive as ``key=value``
 strings from the command line (``--set model.num_experts=8``) or as dicts from
 an experiment grid; both go through `apply_overrides`, which only changes keys
 that already exist and keeps their type, so a typo is an error that names the
 closest valid keys instead of a silently ignored setting.
+
+Run identity (`config_hash`) is canonical: it covers exactly the keys that
+can change what a run computes.  The model section holds every registered
+model's fields (so ``--set model.num_experts=8`` works whatever the model),
+but a run's identity holds only the chosen model's; likewise only the
+auxiliary tasks that ``aux.tasks`` lists, and only the chosen strategy's
+``strategy.hparams`` (the only ones set).  Adding a field to one model, or a
+new auxiliary task, leaves every other run's hash as it was.  The sections
+whose keys another layer declares ("model", "aux") are `Section`s registered
+in `registry.CONFIG_SECTIONS` by that layer, so this module imports no model
+code (`mtrec list` never loads flax).
+
+A new key does change the hash of the runs it is part of (the chosen model's
+runs for a model field; every run for a key of a shared section such as
+``model.encoder`` or ``train``).  When its default computes what ran before,
+the stored runs keep matching through a store migration: the key and that
+default go into `results.store.ADDED_KEYS`, with a ``_rekey()`` migration.
 """
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import ml_collections
 
-from mtrec_jax.models.auxiliary import default_aux_config
-from mtrec_jax.models.build import default_model_config
-from mtrec_jax.registry import UnknownNameError, closest
+from mtrec_jax.registry import CONFIG_SECTIONS, UnknownNameError, closest
 
 ConfigDict = ml_collections.ConfigDict
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+  """A config section declared by the layer that reads it.
+
+  Attributes:
+    defaults: () -> the section's keys with their defaults.
+    identity: (section, whole config), both plain dicts -> the part of the
+      section that can change a run (what `config_hash` covers).
+  """
+  defaults: Callable[[], Mapping[str, Any]]
+  identity: Callable[[dict, dict], dict]
 
 
 def base_config() -> ConfigDict:
@@ -35,23 +64,29 @@ def base_config() -> ConfigDict:
   # Auxiliary tasks on the shared encoder (models/auxiliary.py): aux.tasks
   # names them (mim, cl, kg); aux.<name>.* are their settings; aux.only
   # trains them without the dataset's tasks (pre-training).
-  c.aux = ConfigDict(default_aux_config())
+  c.aux = ConfigDict(dict(CONFIG_SECTIONS.get("aux").defaults()))
   # A run directory (or its params/ folder) whose parameters initialise
   # every matching parameter of this run (pre-train then fine-tune).
   c.init_from = ""
   c.init_scope = ("shared/feature_encoder",)  # path prefixes; "" = all
-  c.model = default_model_config()
+  # Every registered model's keys (models/build.py); a run's identity holds
+  # the model-level ones and the chosen model's own.
+  c.model = ConfigDict(dict(CONFIG_SECTIONS.get("model").defaults()))
   c.strategy = ConfigDict()
   c.strategy.name = "mean"
   c.strategy.mode = ""  # "" = the strategy's default; "params" or "rep"
   c.strategy.hparams = ConfigDict()
   c.optimizer = ConfigDict()
-  c.optimizer.name = "adam"  # adam | adamw | sgd
+  # Any optax optimizer by its optax name (adam, adamw, sgd, lion, ...; see
+  # train/optim.py), with optax's defaults but for the keys below.
+  c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-3
   c.optimizer.schedule = "constant"  # constant | cosine | warmup_cosine
   c.optimizer.warmup_steps = 0
-  c.optimizer.weight_decay = 0.0  # adamw only
-  c.optimizer.momentum = 0.9  # sgd only
+  # Passed to the optimizers whose optax signature takes them (weight_decay:
+  # adamw, lion, lamb, ...; momentum: sgd, rmsprop, lars, ...; 0 = none).
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.momentum = 0.9
   c.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
   c.train = ConfigDict()
   c.train.batch_size = 128
@@ -98,17 +133,11 @@ def base_config() -> ConfigDict:
 
 
 # Keys that change how a run is kept, not what it computes: runs that differ
-# only in them are the same run to the results store.
+# only in them are the same run to the results store.  A section name drops
+# the whole section.
 NOT_HASHED = ("train.checkpoint_every", "train.checkpoint_minutes",
               "train.keep_checkpoints", "train.mesh_data", "train.mesh_model",
-              "train.shard_embeddings", "log.tensorboard", "log.wandb",
-              "log.wandb_project", "log.wandb_entity", "log.wandb_mode")
-
-
-# Keys added after results were stored, with the default they were added
-# with: config_hash leaves a key out while it holds that default, so runs
-# stored before it existed (which computed exactly that) keep their hashes.
-HASHED_WHEN_CHANGED = {"aux.next_all.num_negatives": 100}
+              "train.shard_embeddings", "log")
 
 
 def flat_keys(config: ConfigDict, prefix: str = "") -> list[str]:
@@ -214,23 +243,39 @@ def to_dict(config: ConfigDict) -> dict:
   return json.loads(config.to_json(sort_keys=True))
 
 
-def config_hash(config: ConfigDict) -> str:
-  """A stable hash of everything but the seed, `NOT_HASHED` and the
-  `HASHED_WHEN_CHANGED` keys at their defaults (runs that differ only in
-  their seed share it, so a results store can group them)."""
-  d = to_dict(config)
+def _plain_dict(config: ConfigDict | Mapping[str, Any]) -> dict:
+  if isinstance(config, (ConfigDict, ml_collections.FrozenConfigDict)):
+    return to_dict(config)
+  return json.loads(json.dumps(config, sort_keys=True))
+
+
+def identity(config: ConfigDict | Mapping[str, Any]) -> dict:
+  """The part of a config that can change a run, as a plain dict: all of it
+  but the seed, `NOT_HASHED`, and the keys each registered `Section` leaves
+  out (other models' fields, unlisted auxiliary tasks).
+
+  `config` is a ConfigDict or its plain-dict form (as the results store
+  keeps it).
+  """
+  d = _plain_dict(config)
   d.pop("seed", None)
-  for key, default in HASHED_WHEN_CHANGED.items():
-    *path, leaf = key.split(".")
-    node = d
-    for part in path:
-      node = node.get(part, {}) if isinstance(node, dict) else {}
-    if isinstance(node, dict) and leaf in node and node[leaf] == default:
-      del node[leaf]
   for key in NOT_HASHED:
     section, _, leaf = key.rpartition(".")
-    d.get(section, {}).pop(leaf, None)
-    if d.get(section) == {}:  # (log.*) hashes as before the section existed
-      del d[section]
-  blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    if section:
+      node = d.get(section)
+      if isinstance(node, dict):
+        node.pop(leaf, None)
+    else:
+      d.pop(leaf, None)
+  for name in CONFIG_SECTIONS.names():
+    if isinstance(d.get(name), dict):
+      d[name] = CONFIG_SECTIONS.get(name).identity(d[name], d)
+  return d
+
+
+def config_hash(config: ConfigDict | Mapping[str, Any]) -> str:
+  """A stable 16-hex-digit hash of `identity(config)`: runs that differ only
+  in their seed (or in keys that cannot change them) share it, so a results
+  store can find and group them."""
+  blob = json.dumps(identity(config), sort_keys=True, separators=(",", ":"))
   return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -120,12 +120,12 @@ class Experiment:
 
 
 def load_experiments() -> None:
-  """Imports the bundled `experiments` package so its files register."""
-  import experiments  # noqa: F401  (the package imports all its modules)
+  """Imports the bundled `experiments` package so its files register (the
+  `EXPERIMENTS` registry also does it on its first lookup)."""
+  EXPERIMENTS.names()
 
 
 def get_experiment(name: str) -> Experiment:
-  load_experiments()
   factory = EXPERIMENTS.get(name)
   exp = factory()
   doc = (factory.__doc__ or "").strip()
@@ -134,7 +134,6 @@ def get_experiment(name: str) -> Experiment:
 
 def list_experiments() -> list[tuple[str, str]]:
   """(name, first docstring line) for every registered experiment."""
-  load_experiments()
   out = []
   for name in EXPERIMENTS.names():
     doc = (EXPERIMENTS.get(name).__doc__ or "").strip().splitlines()

@@ -1,14 +1,26 @@
-"""Name -> builder registries with helpful errors.
+"""Name -> builder registries with helpful errors: every extension point.
 
-Every pluggable piece (dataset, model, task head, weighting strategy,
-experiment) is registered under a lowercase name with a decorator, so adding
-one is a new file plus one decorator line.  Looking up an unknown name raises
-`UnknownNameError` listing the closest valid names.
+Every pluggable piece (dataset, model, weighting strategy, metric, optimizer,
+config section, experiment; the auxiliary tasks too) is registered under a
+lowercase name with a decorator, so adding one is a new file plus one
+decorator line.  Looking up an unknown name raises `UnknownNameError` listing
+the closest valid names.
+
+A registration may carry flags (``@DATASETS.register("x", storable=True)``),
+read back with `Registry.info` and filtered with ``names(storable=True)``, so
+a property of an entry is declared where the entry is, not in a list kept by
+hand elsewhere.
+
+A registry knows the package whose modules fill it and imports it on the
+first lookup (the way plug-in entry points load), so this module and the
+config code need not import the models, datasets or experiments themselves:
+`mtrec list` imports only the experiments, and never flax.
 """
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+import importlib
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -37,14 +49,28 @@ def unknown_name_message(kind: str, name: str, choices) -> str:
 
 
 class Registry(Generic[T]):
-  """A named collection of builders of one kind."""
+  """A named collection of builders of one kind.
 
-  def __init__(self, kind: str):
+  `packages`: modules imported on the first lookup (`get`, `names`, `in`,
+  iteration), because importing them runs their registration decorators.
+  """
+
+  def __init__(self, kind: str, packages: tuple[str, ...] = ()):
     self.kind = kind
     self._items: dict[str, T] = {}
+    self._info: dict[str, dict[str, Any]] = {}
+    self._packages = tuple(packages)
+    self._loaded = not self._packages
 
-  def register(self, name: str) -> Callable[[T], T]:
-    """Decorator: `@MODELS.register("mmoe")`."""
+  def _load(self) -> None:
+    if self._loaded:
+      return
+    self._loaded = True  # first: a package that looks itself up is not re-run
+    for package in self._packages:
+      importlib.import_module(package)
+
+  def register(self, name: str, **info: Any) -> Callable[[T], T]:
+    """Decorator: `@MODELS.register("mmoe")`; keyword flags go to `info`."""
     if name != name.lower():
       raise ValueError(f"{self.kind} names are lowercase, got {name!r}")
 
@@ -52,28 +78,53 @@ class Registry(Generic[T]):
       if name in self._items and self._items[name] is not obj:
         raise ValueError(f"{self.kind} {name!r} is registered twice")
       self._items[name] = obj
+      self._info[name] = dict(info)
       return obj
 
     return decorate
 
   def get(self, name: str) -> T:
+    self._load()
     try:
       return self._items[name]
     except KeyError:
       raise UnknownNameError(
           unknown_name_message(self.kind, name, self._items)) from None
 
+  __getitem__ = get  # registry[name], as a read-only mapping
+
+  def __len__(self) -> int:
+    self._load()
+    return len(self._items)
+
+  def info(self, name: str) -> dict[str, Any]:
+    """The flags `name` was registered with (unknown names raise)."""
+    self.get(name)
+    return dict(self._info[name])
+
   def __contains__(self, name: str) -> bool:
+    self._load()
     return name in self._items
 
   def __iter__(self) -> Iterator[str]:
-    return iter(sorted(self._items))
+    """Names in registration order, as a dict's keys (`names()` sorts)."""
+    return iter(self.names(sort=False))
 
-  def names(self) -> list[str]:
-    return sorted(self._items)
+  def names(self, *, sort: bool = True, **flags: Any) -> list[str]:
+    """Registered names, sorted (`sort=False`: in registration order); with
+    flags, those registered with them."""
+    self._load()
+    names = [n for n in self._items
+             if all(self._info[n].get(k) == v for k, v in flags.items())]
+    return sorted(names) if sort else names
 
 
-DATASETS: Registry = Registry("dataset")
-MODELS: Registry = Registry("model")
-STRATEGIES: Registry = Registry("strategy")
-EXPERIMENTS: Registry = Registry("experiment")
+DATASETS: Registry = Registry("dataset", ("mtrec_jax.data",))
+MODELS: Registry = Registry("model", ("mtrec_jax.models",))
+STRATEGIES: Registry = Registry("strategy", ("mtrec_jax.weighting",))
+EXPERIMENTS: Registry = Registry("experiment", ("experiments",))
+# The config's sections whose keys the layer that uses them declares:
+# "model" (every registered model's fields) and "aux" (the auxiliary tasks'
+# settings).  Each entry is a `config.Section`: its defaults, and which of
+# its keys a run's identity (the config hash) covers.
+CONFIG_SECTIONS: Registry = Registry("config section", ("mtrec_jax.models",))

@@ -1,9 +1,14 @@
-"""Config overrides, hashing, grids and seeds parsing."""
+"""Config overrides, run identity (hashing), grids and seeds parsing."""
+import json
+import subprocess
+import sys
+
 import pytest
 
 from mtrec_jax import config as config_lib
-from mtrec_jax.experiment import Axis, Experiment, parse_seeds
-from mtrec_jax.registry import UnknownNameError
+from mtrec_jax.experiment import Axis, Experiment, get_experiment, parse_seeds
+from mtrec_jax.models.build import connection_fields
+from mtrec_jax.registry import EXPERIMENTS, MODELS, UnknownNameError
 
 
 def test_override_keeps_types_and_copies():
@@ -42,31 +47,114 @@ def test_hash_ignores_seed_only():
 
 
 # The hash of the default config.  Stored runs are found by their hash, so
-# this changes only on purpose: a new config key with a default must go into
-# config_lib.HASHED_WHEN_CHANGED, which keeps earlier hashes.
-BASE_CONFIG_HASH = "ebc34dd2e0e0d8eb"
+# this changes only on purpose (and with a store migration, results/store.py).
+BASE_CONFIG_HASH = "87cb14101dd021d1"
 
 
 def test_base_config_hash_is_stable():
   assert config_lib.config_hash(config_lib.base_config()) == BASE_CONFIG_HASH
 
 
-def test_keys_added_later_are_hashed_only_when_changed():
+def test_hash_covers_the_chosen_model_only():
+  base = config_lib.apply_overrides(config_lib.base_config(),
+                                    {"model.name": "shared_bottom"})
+  h = config_lib.config_hash(base)
+  # num_experts is MMoE's field: it cannot change a shared-bottom run ...
+  assert config_lib.config_hash(
+      config_lib.apply_overrides(base, {"model.num_experts": 9})) == h
+  # ... but it is an MMoE run's, as is the shared bottom's own field.
+  mmoe = config_lib.apply_overrides(base, {"model.name": "mmoe"})
+  assert config_lib.config_hash(config_lib.apply_overrides(
+      mmoe, {"model.num_experts": 9})) != config_lib.config_hash(mmoe)
+  assert config_lib.config_hash(config_lib.apply_overrides(
+      base, {"model.bottom_hidden": (7,)})) != h
+  # Model-level keys count whatever the model.
+  assert config_lib.config_hash(
+      config_lib.apply_overrides(base, {"model.dropout": 0.5})) != h
+
+
+def test_hash_covers_the_listed_aux_tasks_only():
   base = config_lib.base_config()
-  for key, default in config_lib.HASHED_WHEN_CHANGED.items():
-    node, leaf = base, key.split(".")[-1]
-    for part in key.split(".")[:-1]:
-      node = node[part]
-    assert node[leaf] == default, key  # the default it was added with
-    older = config_lib.to_dict(base)  # as stored before the key existed
-    d = older
-    for part in key.split(".")[:-1]:
-      d = d[part]
-    del d[leaf]
-    assert (config_lib.config_hash(config_lib.ConfigDict(older))
-            == config_lib.config_hash(base))
-    changed = config_lib.apply_overrides(base, {key: default + 1})
-    assert config_lib.config_hash(changed) != config_lib.config_hash(base)
+  h = config_lib.config_hash(base)
+  assert config_lib.config_hash(config_lib.apply_overrides(
+      base, {"aux.next_all.num_negatives": 7})) == h
+  listed = config_lib.apply_overrides(base, {"aux.tasks": ("next_all",)})
+  assert config_lib.config_hash(listed) != h
+  assert config_lib.config_hash(config_lib.apply_overrides(
+      listed, {"aux.next_all.num_negatives": 7})) != config_lib.config_hash(
+          listed)
+  assert config_lib.config_hash(config_lib.apply_overrides(
+      listed, {"aux.kg.dim": 7})) == config_lib.config_hash(listed)
+
+
+def test_hash_of_stored_form_equals_hash_of_config():
+  """The results store keeps plain dicts (tuples as lists); they hash alike."""
+  cfg = config_lib.apply_overrides(config_lib.base_config(),
+                                   {"aux.tasks": ("next_all", "kg")})
+  stored = json.loads(json.dumps(config_lib.to_dict(cfg)))
+  assert config_lib.config_hash(stored) == config_lib.config_hash(cfg)
+
+
+def test_hash_leaves_out_keeping_keys():
+  base = config_lib.base_config()
+  h = config_lib.config_hash(base)
+  for key, value in (("train.keep_checkpoints", 9), ("train.mesh_data", 2),
+                     ("log.wandb", True), ("log.wandb_project", "x")):
+    assert config_lib.config_hash(config_lib.apply_overrides(
+        base, {key: value})) == h, key
+
+
+def _all_grid_hashes() -> dict[tuple[str, str], tuple[str, str]]:
+  """(experiment, run) -> (model name, config hash) of every registered
+  experiment's whole grid, expanded from scratch."""
+  out = {}
+  for name in EXPERIMENTS.names():
+    for run in get_experiment(name).runs():
+      out[(name, run.name)] = (run.config.model.name,
+                               config_lib.config_hash(run.config))
+  return out
+
+
+def test_a_field_added_to_one_model_keeps_every_other_run_hash(monkeypatch):
+  """Every registered experiment's grid, expanded again after a field is
+  added to MMoE and a new model with its own field is registered: only the
+  MMoE runs change (the new field is now part of what an MMoE run is)."""
+  before = _all_grid_hashes()
+  assert any(m == "mmoe" for m, _ in before.values())
+  mmoe = MODELS.get("mmoe")
+  patched = type("MMoEWithAField", (mmoe,),
+                 {"__annotations__": {"new_test_field": int},
+                  "new_test_field": 3, "__module__": __name__})
+  brand_new = type("BrandNewModel", (MODELS.get("shared_bottom"),),
+                   {"__annotations__": {"brand_new_width": int},
+                    "brand_new_width": 5, "__module__": __name__})
+  monkeypatch.setitem(MODELS._items, "mmoe", patched)
+  monkeypatch.setitem(MODELS._items, "zz_brand_new", brand_new)
+  monkeypatch.setitem(MODELS._info, "zz_brand_new", {})
+  assert "new_test_field" in config_lib.base_config().model
+  assert "brand_new_width" in config_lib.base_config().model
+  after = _all_grid_hashes()
+  assert after.keys() == before.keys()
+  changed = {k for k in before if before[k] != after[k]}
+  assert changed == {k for k, (m, _) in before.items() if m == "mmoe"}
+
+
+def test_each_model_field_reaches_only_its_own_runs():
+  """For every registered model: a stored config of any model gets every
+  registered model's fields (the union section); changing the fields of one
+  model changes the hash of that model's runs only."""
+  base = config_lib.base_config()
+  own = {name: set(connection_fields(MODELS.get(name)))
+         for name in MODELS.names()}
+  for chosen in MODELS.names():
+    cfg = config_lib.apply_overrides(base, {"model.name": chosen})
+    h = config_lib.config_hash(cfg)
+    for other in MODELS.names():
+      for field in sorted(own[other]):
+        d = config_lib.to_dict(cfg)
+        d["model"][field] = ["changed"]
+        moved = config_lib.config_hash(d) != h
+        assert moved == (field in own[chosen]), (chosen, other, field)
 
 
 def test_grid_expansion_and_filters():
@@ -94,3 +182,15 @@ def test_parse_seeds():
   assert parse_seeds("0,2,5") == (0, 2, 5)
   with pytest.raises(ValueError):
     parse_seeds("a-b")
+
+
+def test_list_path_imports_no_flax_jax_or_optax():
+  """`mtrec list` (the CLI module, the config and every experiment file)
+  loads neither flax nor jax nor optax: config.py imports no model code."""
+  code = ("import sys; from mtrec_jax import cli, experiment; "
+          "experiment.list_experiments(); "
+          "print(sorted(m for m in ('flax', 'jax', 'optax') "
+          "if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, check=True)
+  assert out.stdout.strip() == "[]", out.stdout + out.stderr

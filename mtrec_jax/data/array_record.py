@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mtrec_jax.data.dataset import Dataset
-from mtrec_jax.models.features import FeatureSpec
+from mtrec_jax.specs import FeatureSpec
 from mtrec_jax.tasks.spec import TaskSpec
 
 BLOCK_ROWS = 1024

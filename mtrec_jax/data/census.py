@@ -42,8 +42,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from mtrec_jax.data.dataset import Dataset
-from mtrec_jax.models.features import FeatureSpec
 from mtrec_jax.registry import UnknownNameError, unknown_name_message
+from mtrec_jax.specs import FeatureSpec
 from mtrec_jax.tasks.spec import TaskSpec
 
 URL = "https://archive.ics.uci.edu/dataset/117/census+income+kdd"

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from mtrec_jax.models.features import FeatureSpec, validate_features
 from mtrec_jax.registry import (UnknownNameError, closest,
                                 unknown_name_message)
+from mtrec_jax.specs import FeatureSpec, validate_features
 from mtrec_jax.tasks.spec import TaskSpec
 
 SPLITS = ("train", "val", "test")

@@ -30,7 +30,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from mtrec_jax.data.dataset import Dataset
-from mtrec_jax.models.features import FeatureSpec
+from mtrec_jax.specs import FeatureSpec
 from mtrec_jax.tasks.spec import TaskSpec
 
 DOWNLOAD_URL = "https://grouplens.org/datasets/movielens/"

@@ -5,6 +5,9 @@ default.  With `data.storage = 'array_record'` a run instead reads them back
 from a prepared TFDS copy, exactly as the real datasets are read, so the
 synthetic benchmarks exercise the same pipeline (and a test checks that both
 paths give identical arrays).
+
+Which datasets can be stored this way is a flag of their registration,
+``@DATASETS.register(name, storable=True)``, not a list kept here.
 """
 from __future__ import annotations
 
@@ -19,7 +22,6 @@ from mtrec_jax.data.dataset import Dataset
 from mtrec_jax.registry import DATASETS
 
 STORAGES = ("memory", "array_record")
-GENERATORS = ("mmoe_synthetic", "gradnorm_toy", "uncertainty_toy")
 
 # Label columns are named y<i> by every synthetic generator.
 MAX_LABEL_COLUMNS = 64
@@ -38,9 +40,29 @@ class MtrecSynthetic(array_record.ColumnarBuilder):
     return DATASETS.get(kwargs.pop("dataset"))(**kwargs)
 
 
+def __getattr__(name: str):
+  if name == "GENERATORS":  # the storable datasets, from their registration
+    return tuple(DATASETS.names(storable=True))
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load(name: str, *, storage: str = "memory", **kwargs: Any) -> Dataset:
+  """Any registered dataset by name: a storable one (a generator) in memory
+  or from its prepared copy, as `storage` says; any other reads its own
+  files (real datasets always go through their prepared copy), so
+  `storage` does not apply to it."""
+  if DATASETS.info(name).get("storable"):
+    return load_synthetic(name, storage=storage, **kwargs)
+  return DATASETS.get(name)(**kwargs)
+
+
 def load_synthetic(name: str, *, storage: str, tfds_dir=None,
                    **kwargs: Any) -> Dataset:
   """Runs generator `name` in memory or reads its prepared ArrayRecord copy."""
+  if not DATASETS.info(name).get("storable"):
+    raise ValueError(f"dataset {name!r} is not storable; the storable ones "
+                     f"are {', '.join(DATASETS.names(storable=True))} "
+                     f"(registered with storable=True)")
   if storage not in STORAGES:
     raise ValueError(f"data.storage must be one of {', '.join(STORAGES)}, got "
                      f"{storage!r}")

@@ -16,8 +16,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from mtrec_jax.data.dataset import SPLITS, Dataset
-from mtrec_jax.models.features import FeatureSpec
 from mtrec_jax.registry import DATASETS
+from mtrec_jax.specs import FeatureSpec
 from mtrec_jax.tasks.spec import TaskSpec
 
 Columns = dict[str, np.ndarray]
@@ -122,7 +122,7 @@ def mmoe_label_function(x: np.ndarray, w: np.ndarray, alphas: np.ndarray,
   return t + np.sin(t[:, None] * alphas + betas).sum(axis=1)
 
 
-@DATASETS.register("mmoe_synthetic")
+@DATASETS.register("mmoe_synthetic", storable=True)
 def mmoe_synthetic(*, seed: int, input_dim: int = 100, scale: float = 0.3,
                    num_sinusoids: int = 5, correlation: float = 0.5,
                    noise_std: float = 0.1, n_train: int = 10000,
@@ -215,7 +215,7 @@ def default_gradnorm_sigmas(num_tasks: int) -> list[float]:
   return np.geomspace(1.0, 100.0, num_tasks).tolist()
 
 
-@DATASETS.register("gradnorm_toy")
+@DATASETS.register("gradnorm_toy", storable=True)
 def gradnorm_toy(*, seed: int, num_tasks: Optional[int] = None,
                  sigmas: Optional[Sequence[float]] = None,
                  input_dim: int = 250, output_dim: int = 100,
@@ -300,7 +300,7 @@ def uncertainty_function(x: np.ndarray, linear: np.ndarray,
   return x @ linear + np.sin(sin_freq * (x @ sin_weights))
 
 
-@DATASETS.register("uncertainty_toy")
+@DATASETS.register("uncertainty_toy", storable=True)
 def uncertainty_toy(*, seed: int, noise_stds: Sequence[float] = (0.5, 1.0, 2.0),
                     input_dim: int = 16, sin_freq: float = 3.0,
                     n_train: int = 10000, n_val: int = 1000,

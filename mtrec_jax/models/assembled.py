@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from mtrec_jax.models.auxiliary import AuxHeads, AuxTask
 from mtrec_jax.models.embeddings import Batch, FeatureEncoder
 from mtrec_jax.models.encoder import EncoderConfig
-from mtrec_jax.models.features import FeatureSpec, validate_features
 from mtrec_jax.models.towers import MLP
+from mtrec_jax.specs import FeatureSpec, validate_features
 
 Dtype = Any
 

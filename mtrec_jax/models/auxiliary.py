@@ -38,8 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mtrec_jax import config as config_lib
 from mtrec_jax.models.towers import MLP
-from mtrec_jax.registry import Registry
+from mtrec_jax.registry import CONFIG_SECTIONS, Registry
 from mtrec_jax.tasks import knowledge, sequence_ssl
 
 AUX_TASKS: Registry = Registry("auxiliary task")
@@ -722,6 +723,19 @@ def default_aux_config() -> dict[str, Any]:
              "hidden": (), "year_edges": (1940, 1950, 1960, 1970, 1980, 1990,
                                           2000)},
   }
+
+
+def aux_identity(section: dict, config: dict) -> dict:
+  """The aux keys that can change a run: `tasks`, `only` (every plain key)
+  and the settings of the listed tasks only."""
+  del config
+  listed = set(section.get("tasks", ()))
+  return {k: v for k, v in section.items()
+          if not isinstance(v, dict) or k in listed}
+
+
+CONFIG_SECTIONS.register("aux")(config_lib.Section(
+    defaults=default_aux_config, identity=aux_identity))
 
 
 def build_aux_tasks(aux_cfg: Mapping[str, Any], dataset,

@@ -5,6 +5,11 @@ all registered modules' hyper-parameters (read off their dataclass fields, so
 a new module's keys appear without editing this file), and `build_model`
 passes each module only the keys it declares.  A key no module uses is an
 error naming the closest valid keys, so typos never pass silently.
+
+The section is registered in `registry.CONFIG_SECTIONS` as "model": its
+defaults, and its run identity (`model_identity`: the model-level keys and
+the chosen model's own fields, so a field added to one model leaves every
+other model's config hash unchanged).
 """
 from __future__ import annotations
 
@@ -14,11 +19,12 @@ from typing import Any, Iterable, Mapping
 import jax.numpy as jnp
 import ml_collections
 
+from mtrec_jax import config as config_lib
 from mtrec_jax.models import sharing  # noqa: F401  (registers the connections)
 from mtrec_jax.models.assembled import MultiTaskModel, task_dims_tuple
 from mtrec_jax.models.encoder import EncoderConfig
-from mtrec_jax.models.features import FeatureSpec
-from mtrec_jax.registry import MODELS, closest
+from mtrec_jax.registry import CONFIG_SECTIONS, MODELS, closest
+from mtrec_jax.specs import FeatureSpec
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Connection fields that build_model sets itself rather than from a same-named
@@ -78,6 +84,20 @@ def default_model_config() -> ml_collections.ConfigDict:
       "encoder": encoder,
       **connection_defaults(),
   }))
+
+
+def model_identity(section: dict, config: dict) -> dict:
+  """The model keys that can change a run: the model-level ones, the
+  encoder's and the chosen model's own fields (not other models')."""
+  del config  # the model section alone decides
+  own = connection_fields(MODELS.get(section.get("name",
+                                                 _MODEL_KEYS["name"])))
+  return {k: v for k, v in section.items()
+          if k in _MODEL_KEYS or k == "encoder" or k in own}
+
+
+CONFIG_SECTIONS.register("model")(config_lib.Section(
+    defaults=default_model_config, identity=model_identity))
 
 
 def _plain(value: Any) -> Any:

@@ -27,15 +27,24 @@ Safety rules, kept by every method:
   a row with the next attempt number, so nothing is lost.
 
 Schema (``PRAGMA user_version`` holds its version; `_MIGRATIONS` upgrades
-older files in place):
+older files in place, once, under the write lock):
 
 * ``runs``: one row per attempt of (experiment, config_hash, seed).
+  ``config_hash_v1`` keeps the hash a run was stored under before version 2
+  (NULL for runs stored since).
 * ``series``: long table of values over time, ``source`` ``eval`` (the
   records of ``metrics.jsonl``: ``val/<task>/<metric>``, ``weight/<task>``,
   ...) or ``train`` (the result's ``train_log``: weights, cosines, losses).
 * ``final_metrics``: long table of a finished attempt's ``metrics``.
 
 Values that are NaN or infinite are stored as NULL (None in Python).
+
+Version 2 re-keys every stored run to the canonical run identity
+(`config.config_hash` of its stored config: only the chosen model's fields,
+only the listed auxiliary tasks).  Nothing else changes: every attempt, its
+result, metrics and series stay; runs whose configs now share a hash (they
+differed only in keys that cannot change a run) become attempts of one run,
+numbered in the order they were stored, the latest done one being its result.
 """
 from __future__ import annotations
 
@@ -58,13 +67,104 @@ from mtrec_jax.results import run_files
 # unless forced); see results/status.py.
 from mtrec_jax.results.status import (  # noqa: F401  (re-exported)
     DIVERGED, DONE, FAILED, FINAL, MISSING, RUNNING)
+from mtrec_jax import config as config_lib
+
 
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
 SOURCES = ("eval", "train")  # the `series` table's kinds of records
 
-SCHEMA_VERSION = 1
-# version -> statements that bring a store from version - 1 to version.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
+SCHEMA_VERSION = 2
+
+
+# Config keys added since runs were first stored, with the default each was
+# added with, which computes what ran before the key existed: a stored
+# config without one is hashed as if it held that default.  A new key that
+# should keep the stored runs goes here, with a `_rekey()` migration.
+ADDED_KEYS: dict[str, Any] = {
+    "aux.next_all.num_negatives": 100,  # 797ac7e (the v1 HASHED_WHEN_CHANGED)
+    "aux.next_all.head": "mlp",  # 3b65e68
+    "aux.next_all.negatives": "uniform",  # 3b65e68
+    "model.encoder.layout": "pre_ln",  # 3b65e68
+}
+
+
+def _with_added_keys(config: dict, added: dict[str, Any]) -> dict:
+  """A copy of a stored config with each `added` dotted key set to its value
+  where the key's section exists and the key is missing."""
+  config = json.loads(json.dumps(config))
+  for key, default in added.items():
+    *path, leaf = key.split(".")
+    node = config
+    for part in path:
+      node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf not in node:
+      node[leaf] = default
+  return config
+
+
+def stored_config_hash(config: dict) -> str:
+  """The config hash of a stored config (`ADDED_KEYS` filled in), as the
+  current code computes it: what re-keys stores and result exports."""
+  return config_lib.config_hash(_with_added_keys(config, ADDED_KEYS))
+
+
+def _rekey(*, keep_column: str = "") -> Callable[[sqlite3.Connection], None]:
+  """A migration that sets every run's config_hash to `stored_config_hash`
+  of its stored config, as the current code computes it.
+
+  This is how a new config key keeps the stored runs: its default in
+  `ADDED_KEYS`, a migration ``N: (_rekey(),)`` and SCHEMA_VERSION bumped.
+  `keep_column`: a new column that keeps each run's previous hash.
+
+  Attempts of runs that now share (experiment, hash, seed) are renumbered
+  in the order they were stored and `superseded` is recomputed (the latest
+  done or diverged attempt is the run's result); no row is dropped, and
+  results, metrics and series are kept as they are (the result JSON's
+  config_hash follows the column).
+  """
+  def migrate(conn: sqlite3.Connection) -> None:
+    if keep_column:
+      conn.execute(f"ALTER TABLE runs ADD COLUMN {keep_column} TEXT")
+    rows = conn.execute("SELECT id, experiment, seed, config_hash, config, "
+                        "result FROM runs ORDER BY id").fetchall()
+    updates, attempts = [], {}
+    for r in rows:
+      old = r["config_hash"]
+      try:
+        new = stored_config_hash(json.loads(r["config"]))
+      except Exception as e:  # noqa: BLE001 (e.g. a model removed since)
+        warnings.warn(f"results store: run {r['id']} ({r['experiment']}) "
+                      f"keeps its config hash {old}: its stored config has "
+                      f"no canonical identity here ({type(e).__name__}: {e})",
+                      RuntimeWarning, stacklevel=2)
+        new = old
+      key = (r["experiment"], new, r["seed"])
+      attempts[key] = attempts.get(key, 0) + 1
+      result = r["result"]
+      if result is not None:
+        res = json.loads(result)
+        if isinstance(res, dict) and "config_hash" in res:
+          res["config_hash"] = new
+          result = _dumps(res)
+      updates.append((new, old, attempts[key], result, r["id"]))
+    # Negative attempts first, so renumbering never meets the UNIQUE key.
+    conn.execute("UPDATE runs SET attempt = -id")
+    keep = f", {keep_column} = ?2" if keep_column else ""
+    conn.executemany(f"UPDATE runs SET config_hash = ?1{keep}, attempt = ?3, "
+                     f"result = ?4 WHERE id = ?5", updates)
+    conn.execute(
+        "UPDATE runs SET superseded = (id < COALESCE((SELECT max(id) FROM "
+        "runs AS r WHERE r.experiment = runs.experiment AND r.config_hash = "
+        "runs.config_hash AND r.seed = runs.seed AND r.status IN (?, ?)), 0))",
+        (DONE, DIVERGED))
+
+  return migrate
+
+
+# version -> statements (SQL, or functions of the connection) that bring a
+# store from version - 1 to version.
+_MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None],
+                             ...]] = {
     1: (
         """CREATE TABLE runs (
              id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -110,6 +210,9 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
              value REAL,
              PRIMARY KEY (run_id, key)) WITHOUT ROWID""",
     ),
+    # The canonical run identity (config.py): only the chosen model's fields
+    # and the listed auxiliary tasks.
+    2: (_rekey(keep_column="config_hash_v1"),),
 }
 
 
@@ -364,7 +467,10 @@ class Store:
       check(v)
       for target in range(v + 1, SCHEMA_VERSION + 1):
         for statement in _MIGRATIONS[target]:
-          conn.execute(statement)
+          if callable(statement):
+            statement(conn)
+          else:
+            conn.execute(statement)
       conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     self._transaction(upgrade, write=True)

@@ -18,8 +18,10 @@ Conventions (the same for every metric):
   must never get a good-looking number).  Model selection treats NaN as
   missing.
 
-Every metric is registered in `METRICS` with its direction ('max' or 'min')
-and the task heads it applies to; `compute_metrics` evaluates the metrics a
+Every metric is registered in `METRICS` (a `registry.Registry`, as every
+extension point) with its direction ('max' or 'min'), the task heads it
+applies to and whether it reads the task's exclusion column (`context`), as
+flags of its registration; `compute_metrics` evaluates the metrics a
 `TaskSpec` names.
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Callable, Literal, Mapping, Optional
 
 import numpy as np
 
-from mtrec_jax.registry import UnknownNameError, unknown_name_message
+from mtrec_jax.registry import Registry, UnknownNameError
 from mtrec_jax.tasks import ranking
 
 if TYPE_CHECKING:
@@ -44,9 +46,7 @@ HEADS = ("binary", "regression", "multiclass", "multilabel")
 # historical default) so one confident mistake gives a large, finite loss.
 LOGLOSS_EPS = 1e-7
 
-METRICS: dict[str, MetricFn] = {}
-DIRECTIONS: dict[str, Direction] = {}
-METRIC_HEADS: dict[str, tuple[str, ...]] = {}
+METRICS: Registry = Registry("metric")
 
 DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
     "binary": ("auc", "logloss", "accuracy"),
@@ -57,38 +57,29 @@ DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
 
 
 def register_metric(name: str, direction: Direction,
-                    heads: tuple[str, ...]) -> Callable[[MetricFn], MetricFn]:
-  """Decorator: registers `fn(pred, label, weight) -> float` under `name`."""
+                    heads: tuple[str, ...], *, context: bool = False
+                    ) -> Callable[[MetricFn], MetricFn]:
+  """Decorator: registers `fn(pred, label, weight) -> float` under `name`
+  (with `context`, `fn(pred, label, weight, exclude=...)`)."""
   if direction not in ("max", "min"):
     raise ValueError(f"metric {name!r}: direction must be 'max' or 'min', "
                      f"got {direction!r}")
-
-  def decorate(fn: MetricFn) -> MetricFn:
-    if name in METRICS and METRICS[name] is not fn:
-      raise ValueError(f"metric {name!r} is registered twice")
-    METRICS[name] = fn
-    DIRECTIONS[name] = direction
-    METRIC_HEADS[name] = tuple(heads)
-    return fn
-
-  return decorate
+  unknown = [h for h in heads if h not in HEADS]
+  if unknown:
+    raise ValueError(f"metric {name!r}: unknown heads {unknown}; heads are "
+                     f"{', '.join(HEADS)}")
+  return METRICS.register(name, direction=direction, heads=tuple(heads),
+                          context=bool(context))
 
 
 def get_metric(name: str) -> MetricFn:
   """The metric function registered as `name` (errors name close matches)."""
-  _check_known(name)
-  return METRICS[name]
+  return METRICS.get(name)
 
 
 def direction(metric: str) -> Direction:
   """'max' if a larger value of `metric` is better, else 'min'."""
-  _check_known(metric)
-  return DIRECTIONS[metric]
-
-
-def _check_known(name: str) -> None:
-  if name not in METRICS:
-    raise UnknownNameError(unknown_name_message("metric", name, METRICS))
+  return METRICS.info(metric)["direction"]
 
 
 # ----------------------------------------------------------------------------
@@ -303,8 +294,6 @@ def mae(pred, label, weight=None) -> float:
 RANKING_CUTOFFS = (1, 5, 10, 20, 50)
 SAMPLED_NEGATIVES = 100
 SAMPLED_SEED = 0
-# Metrics that read the task's exclusion column (passed as `exclude=`).
-CONTEXT_METRICS: set[str] = set()
 
 
 def _ranking_metric(key: str, sampled: bool):
@@ -334,9 +323,19 @@ def _ranking_metric(key: str, sampled: bool):
 for _prefix, _sampled in (("", False), ("s_", True)):
   for _key in [f"{m}@{k}" for k in RANKING_CUTOFFS for m in ("hr", "ndcg")
                ] + ["mrr"]:
-    register_metric(_prefix + _key, "max", ("multiclass",))(
+    register_metric(_prefix + _key, "max", ("multiclass",), context=True)(
         _ranking_metric(_key, _sampled))
-    CONTEXT_METRICS.add(_prefix + _key)
+
+
+def __getattr__(name: str):
+  """Views read off the registrations: CONTEXT_METRICS (those that read the
+  exclusion column) and DIRECTIONS ({metric: 'max' | 'min'})."""
+  if name == "CONTEXT_METRICS":
+    return frozenset(METRICS.names(context=True))
+  if name == "DIRECTIONS":
+    return {m: METRICS.info(m)["direction"]
+            for m in METRICS.names(sort=False)}
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_metrics_for_head(head: str, metrics, where: str = "") -> None:
@@ -345,19 +344,21 @@ def check_metrics_for_head(head: str, metrics, where: str = "") -> None:
   `where` prefixes the message (e.g. "task 'ctr': ").
   """
   for name in metrics:
-    if name not in METRICS:
-      raise UnknownNameError(where +
-                             unknown_name_message("metric", name, METRICS))
-    if head not in METRIC_HEADS[name]:
+    try:
+      heads = METRICS.info(name)["heads"]
+    except UnknownNameError as e:
+      raise UnknownNameError(where + str(e)) from None
+    if head not in heads:
       raise ValueError(f"{where}metric {name!r} does not apply to a {head!r} "
-                       f"head; it applies to {', '.join(METRIC_HEADS[name])}. "
+                       f"head; it applies to {', '.join(heads)}. "
                        f"Metrics for {head!r}: "
                        f"{', '.join(sorted(metrics_for_head(head)))}")
 
 
 def metrics_for_head(head: str) -> list[str]:
-  """Every registered metric that applies to `head`."""
-  return [m for m, heads in METRIC_HEADS.items() if head in heads]
+  """Every registered metric that applies to `head`, in registration order."""
+  return [m for m in METRICS.names(sort=False)
+          if head in METRICS.info(m)["heads"]]
 
 
 def compute_metrics(task: TaskSpec, pred, label, mask=None,
@@ -390,10 +391,12 @@ def compute_metrics(task: TaskSpec, pred, label, mask=None,
     raise ValueError(f"task {task.name!r}: labels {task.label!r} need shape "
                      f"[N{''.join(f', {d}' for d in task.label_shape)}], "
                      f"got {label.shape}")
-  return {name: (METRICS[name](pred, label, mask, exclude=exclude)
-                 if name in CONTEXT_METRICS else
-                 METRICS[name](pred, label, mask))
-          for name in task.metric_names}
+  out = {}
+  for name in task.metric_names:
+    fn = METRICS.get(name)
+    out[name] = (fn(pred, label, mask, exclude=exclude)
+                 if METRICS.info(name)["context"] else fn(pred, label, mask))
+  return out
 
 
 def compute_all_metrics(tasks, preds: Mapping[str, np.ndarray],

@@ -13,7 +13,7 @@ model and training code decide how to embed, encode and weight them.
   SimCLR (Chen et al., "A Simple Framework for Contrastive Learning of Visual
   Representations", ICML 2020).
 
-Conventions (those of `mtrec_jax.models.features`):
+Conventions (those of `mtrec_jax.specs`):
 
 * Item sequences are int32 [B, L], LEFT-padded with id 0, so the most recent
   item sits at position L-1.  Id 0 is padding: it is never masked, and crop and

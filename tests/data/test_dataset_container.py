@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from mtrec_jax.data.dataset import Dataset
-from mtrec_jax.models.features import FeatureSpec
 from mtrec_jax.registry import UnknownNameError
+from mtrec_jax.specs import FeatureSpec
 from mtrec_jax.tasks.spec import TaskSpec
 
 FEATURES = (FeatureSpec("x", "numeric", dim=3),

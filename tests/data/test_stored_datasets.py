@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 
 import mtrec_jax.data  # noqa: F401  (registers the datasets)
 from mtrec_jax.data import array_record, census, movielens
+from mtrec_jax.data import stored_synthetic
 from mtrec_jax.data.stored_synthetic import load_synthetic
 from mtrec_jax.registry import DATASETS
 
@@ -50,6 +51,25 @@ def test_synthetic_round_trip_is_exact(tmp_path, name, kwargs):
 def test_storage_name_is_checked(tmp_path):
   with pytest.raises(ValueError, match="memory, array_record"):
     load_synthetic("mmoe_synthetic", storage="disk", seed=0)
+
+
+def test_storable_is_a_registration_flag():
+  assert DATASETS.names(storable=True) == ["gradnorm_toy", "mmoe_synthetic",
+                                           "uncertainty_toy"]
+  assert DATASETS.info("mmoe_synthetic") == {"storable": True}
+  assert DATASETS.info("movielens") == {}
+  assert stored_synthetic.GENERATORS == tuple(DATASETS.names(storable=True))
+  with pytest.raises(ValueError, match="not storable.*gradnorm_toy"):
+    load_synthetic("movielens", storage="array_record", seed=0)
+
+
+def test_load_reads_storable_and_other_datasets_alike(tmp_path):
+  kwargs = dict(num_tasks=2, n_train=30, n_val=10, n_test=10)
+  assert_same(stored_synthetic.load("gradnorm_toy", storage="array_record",
+                                    tfds_dir=tmp_path, seed=1, **kwargs),
+              DATASETS.get("gradnorm_toy")(seed=1, **kwargs))
+  assert_same(stored_synthetic.load("gradnorm_toy", seed=1, **kwargs),
+              DATASETS.get("gradnorm_toy")(seed=1, **kwargs))
 
 
 def test_movielens_builder_round_trip_and_source_key(tmp_path):
