@@ -43,9 +43,14 @@ from mtrec_jax.train import checkpoints
 from mtrec_jax.train import parallel
 from mtrec_jax.train import state as state_lib
 from mtrec_jax.train.evaluate import evaluate, make_predict_fn
-from mtrec_jax.train.optim import make_optimizer
+from mtrec_jax.train.optim import learning_rate_schedule, make_optimizer
 from mtrec_jax.train.step import make_train_step
 from mtrec_jax.weighting.alternating import freezes_groups
+from mtrec_jax.weighting.auto_lambda import with_meta_batch
+
+# Auto-Lambda's meta batches: a second shuffle of their split, seeded apart
+# from the training order (epoch_order(seed + this, epoch)).
+META_SEED_OFFSET = 1_000_003
 
 
 def _freeze(x):
@@ -109,6 +114,11 @@ def build_strategy(config, steps_per_epoch: int | None = None):
     factory = STRATEGIES.get(config.strategy.name)
     if "steps_per_epoch" in inspect.signature(factory).parameters:
       hparams["steps_per_epoch"] = int(steps_per_epoch)
+  # Auto-Lambda's virtual step uses the model optimiser's learning rate.
+  if "lr_schedule" in inspect.signature(
+      STRATEGIES.get(config.strategy.name)).parameters:
+    hparams.setdefault("lr_schedule", learning_rate_schedule(
+        config.optimizer, config.train.num_steps))
   try:
     return weighting.build(config.strategy.name, **hparams)
   except TypeError as e:
@@ -414,6 +424,16 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
   run_logger.start(step, resumed=restored is not None)
   batches = train_batches(splits["train"], tcfg.batch_size, cfg.seed,
                           start_step=step)
+  meta_batches = None
+  if getattr(c.strategy, "meta_update", None) is not None:  # Auto-Lambda
+    meta_split = c.strategy.meta_split
+    if num_rows(splits[meta_split]) < tcfg.batch_size:
+      raise ValueError(f"strategy {c.strategy.name!r} draws meta batches of "
+                       f"{tcfg.batch_size} rows from the {meta_split!r} "
+                       f"split, which has {num_rows(splits[meta_split])}; "
+                       f"lower train.batch_size or set meta_split")
+    meta_batches = train_batches(splits[meta_split], tcfg.batch_size,
+                                 cfg.seed + META_SEED_OFFSET, start_step=step)
   status, diverged_at, compile_s = "done", None, None
 
   def checkpoint(value=None):
@@ -427,8 +447,11 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
   with _progress(progress, tcfg.num_steps) as bar:
     bar_task = bar.add_task("training", total=tcfg.num_steps, completed=step)
     while step < tcfg.num_steps and not stopped:
+      batch = next(batches)
+      if meta_batches is not None:
+        batch = with_meta_batch(batch, next(meta_batches))
       state, metrics = step_fn(state, parallel.shard_batch(
-          parallel.process_slice(next(batches)), mesh))
+          parallel.process_slice(batch), mesh))
       step += 1
       if compile_s is None:
         jax.block_until_ready(state)

@@ -25,6 +25,7 @@ import optax
 from mtrec_jax.tasks.spec import TaskSpec
 from mtrec_jax.train import optim
 from mtrec_jax.train.state import TrainState
+from mtrec_jax.weighting.auto_lambda import split_meta_batch
 from mtrec_jax.weighting.base import (Strategy, apply_strategy, cosines,
                                       gramian_of_tree)
 
@@ -372,11 +373,23 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
     compute = grads_params_mode
   else:
     compute = grads_rep_mode
+  # Auto-Lambda: the strategy updates its weights from a meta batch (carried
+  # in the batch as ``meta:<key>``, see auto_lambda.with_meta_batch) first.
+  meta_update = getattr(strategy, "meta_update", None)
 
   def train_step(state: TrainState, batch) -> tuple[TrainState, Metrics]:
     rng = jax.random.fold_in(state.rng, state.step)
     rng, key = jax.random.split(rng)
+    prev_strategy_state, meta_metrics = state.strategy_state, {}
+    if meta_update is not None:
+      batch, meta_batch = split_meta_batch(batch)
+      strategy_state, meta_metrics = meta_update(
+          state.strategy_state, losses_fn=forward, params=state.params,
+          batch=batch, meta_batch=meta_batch, step=state.step,
+          rng=jax.random.fold_in(rng, 1), names=names)
+      state = state.replace(strategy_state=strategy_state)
     losses, grads, out, gram = compute(state, batch, rng, key)
+    out = out._replace(metrics={**meta_metrics, **out.metrics})
     active = group_activity(out.metrics, names)
     if active is not None:  # strategy `alternating`: frozen groups
       _check_grouped(strategy.name, state.params, state.opt_state, names,
@@ -402,7 +415,7 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
         step=state.step + 1,
         params=keep(params, state.params),
         opt_state=keep(opt_state, state.opt_state),
-        strategy_state=keep(out.state, state.strategy_state),
+        strategy_state=keep(out.state, prev_strategy_state),
         diverged_step=jnp.where((state.diverged_step < 0) & ~finite,
                                 state.step, state.diverged_step))
     metrics = {f"loss/{n}": losses[i] for i, n in enumerate(names)}
