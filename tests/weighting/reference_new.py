@@ -61,12 +61,13 @@ def fairgrad_weights(gram: np.ndarray, alpha: float = 1.0,
   """``w > 0`` with ``(G / s + reg_eps I) w' = w'^(-1/alpha)``, ``s =
   trace(G)`` (1 for an all-zero G), returned as ``w = s^(-a/(a+1)) w'``.
 
-  Candidates: torchjd's ``least_squares`` on the residual from ``1/K``, and
-  a trust-region Newton method (exact Hessian, SciPy's ``trust-exact``) in
-  ``y = log w'`` on the potential whose stationarity is the equation (needed
-  where the weights of conflicting directions must grow to about
-  ``reg_eps^(-a/(a+1))``); each polished by hybrid-Powell root finding in
-  ``y``.  The candidate with the smallest backward error
+  Candidates: torchjd's ``least_squares`` on the residual from ``1/K``, and,
+  unless that one reaches a backward error below 1e-10, a trust-region
+  Newton method (exact Hessian, SciPy's ``trust-exact``) in ``y = log w'``
+  on the potential whose stationarity is the equation, continued from the
+  ridge 1e-4 down to ``reg_eps`` (the weights of conflicting directions must
+  grow to about ``reg_eps^(-a/(a+1))``); each polished by hybrid-Powell root
+  finding in ``y``.  The candidate with the smallest backward error
   ``max_i |A w' - w'^(-1/a)|_i / (|A| w' + w'^(-1/a))_i`` is returned;
   raises unless it is below 1e-8.
   """
@@ -76,45 +77,57 @@ def fairgrad_weights(gram: np.ndarray, alpha: float = 1.0,
     return np.full(k, 1.0 / k)
   tr = np.trace(gram)
   s = tr if tr > 0 else 1.0
-  a = gram / s + reg_eps * np.eye(k)
+  base = gram / s
+  a = base + reg_eps * np.eye(k)
   p = 1.0 - 1.0 / alpha
 
   def backward_error(x):
-    t = x ** (-1.0 / alpha)
-    return np.max(np.abs(a @ x - t) / (np.abs(a) @ x + t))
+    with np.errstate(over="ignore", invalid="ignore"):
+      t = x ** (-1.0 / alpha)
+      err = np.max(np.abs(a @ x - t) / (np.abs(a) @ x + t))
+    return err if np.isfinite(err) else np.inf
 
   def polish(y0):
     def fun(y):
       x = np.exp(y)
       return (a @ x) * x ** (1.0 / alpha) - 1.0
-    root = optimize.root(fun, y0, method="hybr", tol=1e-15)
+    with np.errstate(over="ignore", invalid="ignore"):
+      root = optimize.root(fun, y0, method="hybr", tol=1e-15)
     return min((y0, root.x), key=lambda y: backward_error(np.exp(y)))
 
-  def potential(y):
-    x = np.exp(y)
-    h = -np.sum(y) if alpha == 1 else -np.sum(x ** p) / p
-    return 0.5 * x @ a @ x + h
+  def trust_region(y0, m):
+    def potential(y):
+      x = np.exp(y)
+      h = -np.sum(y) if alpha == 1 else -np.sum(x ** p) / p
+      return 0.5 * x @ m @ x + h
 
-  def grad(y):
-    x = np.exp(y)
-    return x * (a @ x - x ** (-1.0 / alpha))
+    def grad(y):
+      x = np.exp(y)
+      return x * (m @ x - x ** (-1.0 / alpha))
 
-  def hess(y):
-    x = np.exp(y)
-    inner = a + np.diag(x ** (-1.0 / alpha - 1.0) / alpha)
-    return x[:, None] * inner * x[None, :] + np.diag(grad(y))
+    def hess(y):
+      x = np.exp(y)
+      inner = m + np.diag(x ** (-1.0 / alpha - 1.0) / alpha)
+      return x[:, None] * inner * x[None, :] + np.diag(grad(y))
+
+    with np.errstate(over="ignore"):
+      return optimize.minimize(potential, y0, jac=grad, hess=hess,
+                               method="trust-exact",
+                               options={"gtol": 1e-14, "maxiter": 5000}).x
 
   res = optimize.least_squares(lambda x: a @ x - x ** (-1.0 / alpha),
                                np.full(k, 1.0 / k), bounds=(0, np.inf),
                                xtol=1e-15, ftol=1e-15, gtol=1e-15,
-                               max_nfev=5000)
+                               max_nfev=500)
   cands = [polish(np.log(np.maximum(res.x, 1e-300)))]
-  y0 = np.log(np.diag(a) ** (-alpha / (alpha + 1.0)))
-  with np.errstate(over="ignore"):
-    opt = optimize.minimize(potential, y0, jac=grad, hess=hess,
-                            method="trust-exact",
-                            options={"gtol": 1e-14, "maxiter": 5000})
-  cands.append(polish(opt.x))
+  if not backward_error(np.exp(cands[0])) < 1e-10:
+    ridges = np.geomspace(max(reg_eps, 1e-4), reg_eps,
+                          max(1, int(round(np.log10(1e-4 / reg_eps))) + 1))
+    y = np.log(np.diag(base + ridges[0] * np.eye(k)) **
+               (-alpha / (alpha + 1.0)))
+    for r in ridges:
+      y = trust_region(y, base + r * np.eye(k))
+    cands.append(polish(y))
   y = min(cands, key=lambda y: backward_error(np.exp(y)))
   err = backward_error(np.exp(y))
   if not err < 1e-8:
