@@ -42,6 +42,7 @@ from mtrec_jax.train.optim import make_optimizer
 from mtrec_jax.train.step import (make_train_step, split_jacobian,
                                   task_losses)
 from mtrec_jax.weighting.alternating import freezes_groups
+from mtrec_jax.weighting.auto_lambda import with_meta_batch
 
 INPUT_DIM = 256
 
@@ -121,7 +122,11 @@ def step_entries(model, tasks, params, k, names, optimizer):
     # base config's Adam, = optax.adam(1e-3)) decide what a step does, not
     # what it costs.
     strategy = weighting.build(
-        name, **({"steps_per_epoch": 100} if name == "dwa" else {}))
+        name, **({"steps_per_epoch": 100} if name == "dwa" else
+                 {"virtual_lr": 1e-3} if name == "auto_lambda" else {}))
+    # Auto-Lambda's meta update reads a second batch (here the same one).
+    feed = ((lambda b: with_meta_batch(b, b)) if name == "auto_lambda"
+            else (lambda b: b))
     opt = (make_optimizer(config_lib.base_config().optimizer, 1,
                           groups=[t.name for t in tasks])
            if freezes_groups(strategy) else optimizer)
@@ -135,7 +140,8 @@ def step_entries(model, tasks, params, k, names, optimizer):
       state = state_lib.create(params, opt, strategy, k,
                                jax.random.PRNGKey(1))
       out.append(({"strategy": name, "k": k, "mode": mode},
-                  lambda s, b, step=step: step(s, b)[0], state))
+                  lambda s, b, step=step, feed=feed: step(s, feed(b))[0],
+                  state))
   return out
 
 

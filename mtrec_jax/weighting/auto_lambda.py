@@ -51,12 +51,14 @@ Deliberate differences from the official code:
   both differ from the training step's own key (the official code draws
   fresh dropout for each forward pass too).
 
-Cost per meta update (measured in ``benchmarks`` / the report of issue 13):
-one forward + backward of the training batch (the virtual step's gradient),
-one forward + backward of the meta batch at theta', and one forward-mode
-product through the stored linearisation (``finite_difference``: two more
-forward passes instead); then the usual weighted training step.  No
-second-order pass.
+Cost per meta update: one forward + backward of the training batch (the
+virtual step's gradient), one forward + backward of the meta batch at
+theta', and one forward-mode product through the stored linearisation
+(``finite_difference``: two more forward passes instead); then the usual
+weighted training step.  No second-order pass.  `update_every = n` spends
+it on every n-th step only.  Timed against `mean` by
+``python -m benchmarks.strategies --strategies mean,auto_lambda`` (the
+benchmark feeds the training batch as the meta batch).
 
 Outside the train step (`aggregate`, `as_optax`) there is no meta batch:
 the strategy applies its current weights unchanged, i.e. the fixed weights
