@@ -49,12 +49,17 @@ def _numpy_meta_loss(theta, lam, tr, va, alpha, pri):
   return float(pri @ (0.5 * (va["a"] * (theta2 - va["c"]) ** 2).sum(1)))
 
 
-def _quad_case(seed, k=4, zero_row=False, scales=None):
+def _quad_case(seed, k=4, zero_row=False, scales=None, identical=False,
+               all_zero=False):
   rng = np.random.default_rng(seed)
   tr = {"a": rng.uniform(0.2, 2.0, (k, 5)), "c": rng.normal(size=(k, 5))}
   va = {"a": rng.uniform(0.2, 2.0, (k, 5)), "c": rng.normal(size=(k, 5))}
   if zero_row:  # task 1 has no gradient in the training batch
     tr["a"][1] = 0.0
+  if identical:  # tasks 0 and 2 are the same training task
+    tr["a"][2], tr["c"][2] = tr["a"][0], tr["c"][0]
+  if all_zero:  # no task has a training gradient
+    tr["a"][:] = 0.0
   if scales is not None:
     tr["a"] = tr["a"] * np.asarray(scales)[:, None]
   theta = rng.normal(size=5)
@@ -67,7 +72,9 @@ def _as_params(theta):
 
 
 CASES = [dict(seed=0), dict(seed=1, k=2), dict(seed=2, k=6),  # K > P
-         dict(seed=3, zero_row=True), dict(seed=4, scales=[0.1, 1, 10, 1])]
+         dict(seed=3, zero_row=True), dict(seed=4, scales=[0.1, 1, 10, 1]),
+         dict(seed=5, scales=[1, 100, 1, 1]), dict(seed=6, identical=True),
+         dict(seed=7, all_zero=True)]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -99,6 +106,10 @@ def test_meta_gradient_matches_numpy_closed_form(case, hessian, primary, x64):
                              atol=1e-8 * max(np.abs(fd).max(), 1.0))
   if case.get("zero_row"):
     assert float(got[1]) == 0.0
+  if case.get("identical"):
+    assert float(got[2]) == pytest.approx(float(got[0]), rel=1e-12)
+  if case.get("all_zero"):
+    np.testing.assert_array_equal(np.asarray(got), 0.0)
 
 
 def test_zero_meta_gradient_is_zero_not_nan(x64):
