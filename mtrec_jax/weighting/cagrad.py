@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+import jax.numpy as jnp
 
 from mtrec_jax.registry import STRATEGIES
 from mtrec_jax.weighting.base import Strategy, Weighting
 from mtrec_jax.weighting.loss_weighting import resolve_mode
-from mtrec_jax.weighting.solvers import cagrad_weights
+from mtrec_jax.weighting.solvers import (cagrad_weights, dual_cone_weights,
+                                         normalize_gram, regularize)
 
 RESCALES = (0, 1, 2)
 
@@ -42,9 +44,14 @@ def cagrad(c: float = 0.4, rescale: int = 1, reg_eps: float = 1e-10,
   the official code and LibMTL.  When
   ``||g_w*|| < norm_eps ||J||_F`` (zero lies in, or next to, the convex hull
   of the gradients: a Pareto-stationary point) the direction of ``g_w*`` is
-  undefined and the update falls back to the mean gradient ``g_0 / r``
+  undefined: the primal problem's best worst-case improvement is then 0,
+  reached by every ``d`` in the ball with ``J d >= 0``.  The update is the one
+  of those closest to the mean gradient, its projection onto the dual cone
+  ``{d : J d >= 0}`` (DualProj of ``g_0``, `solvers.dual_cone_weights`),
+  divided by ``r``; it is ``g_0 / r`` when no task conflicts with ``g_0``
   (torchjd, with the same ``norm_eps = 1e-4`` test, returns a zero update
-  there; the official code divides by ``||g_w|| + 1e-8``).
+  there; the official code divides by ``||g_w|| + 1e-8``, an arbitrary
+  direction).
 
   Scale: mean-like (``g_0`` plus a correction of norm ``c ||g_0||``, divided
   by ``r``).
@@ -76,7 +83,13 @@ def cagrad(c: float = 0.4, rescale: int = 1, reg_eps: float = 1e-10,
     w, lam = cagrad_weights(gramian, c, reg_eps=reg_eps, norm_eps=norm_eps,
                             num_iters=num_iters)
     k = w.shape[0]
-    weights = (1.0 / k + lam * w) / divisor
+    # At a Pareto-stationary point (lam = 0): g_0 projected onto the dual
+    # cone (the primal maximiser closest to g_0; see the docstring).
+    gram_n, _ = normalize_gram(gramian)
+    proj = dual_cone_weights(regularize(gram_n, reg_eps),
+                             jnp.full((k,), 1.0 / k, gram_n.dtype),
+                             num_iters=num_iters)
+    weights = jnp.where(lam > 0, 1.0 / k + lam * w, proj) / divisor
     return Weighting(weights, state, {"cagrad_lambda": lam})
 
   return Strategy(

@@ -31,28 +31,36 @@ from mtrec_jax.weighting.loss_weighting import (check_optimizer,
 def imtl_g_weights(gram: jax.Array) -> jax.Array:
   """IMTL-G task weights from the Gramian ``G = J J^T`` alone.
 
-  The paper's closed form: with ``u_k = g_k / ||g_k||``,
-  ``D = [g_1 - g_2, ..., g_1 - g_K]``, ``U = [u_1 - u_2, ..., u_1 - u_K]``
-  (rows), ``alpha_{2:K} = g_1 U^T (D U^T)^{-1}`` and
-  ``alpha_1 = 1 - sum alpha_{2:K}``.  With ``E`` the (K-1) x K matrix of rows
-  ``e_1 - e_{k+1}`` and ``N = diag(||g_k||)``: ``D U^T = E G N^-1 E^T`` and
-  ``g_1 U^T = (E N^-1 G e_1)^T``, so everything comes from ``G``.  The
-  (K-1) x (K-1) system is solved with a pseudo-inverse so that linearly
-  dependent or zero gradients give a finite answer (identical to the inverse
-  whenever the gradients are linearly independent).
+  ``w = G^+ d / (1^T G^+ d)`` with ``d = (||g_1||, ..., ||g_K||)`` and
+  ``G^+`` the pseudo-inverse: the generalisation of Liu et al.'s closed form
+  defined by Quinton & Rey (2024, "Jacobian Descent for Multi-Objective
+  Optimization") and used by torchjd's ``IMTLG``.  When the gradients are
+  linearly independent it is the paper's solution (``G w = c d``: equal
+  projections ``c`` of the update on every unit gradient, weights summing to
+  1); otherwise ``J^T G^+ d = J^+ d`` is the least-squares (minimum-norm)
+  direction ``x`` with ``u_k . x = 1`` for the nonzero gradients, so K > P,
+  a zero gradient (``d_k = 0``: the task is left out) or two opposite
+  gradients still give a useful update.
+
+  Zero update (all weights 0) only where ``1^T G^+ d`` vanishes: e.g. two
+  exact opposite gradients and no other task, or all gradients zero.  Deliberate differences
+  from torchjd: the pseudo-inverse is taken of the trace-normalised Gramian
+  (same weights) with singular values below ``K eps sigma_max`` cut (torch's
+  default), and "vanishes" is the scale-free test
+  ``|1^T v| <= K sqrt(eps) ||v||_1`` instead of torchjd's absolute
+  ``|1^T v| < 1e-12``, which zeroes the update of large gradients.
   """
   gram = gram.astype(jnp.promote_types(gram.dtype, jnp.float32))
   k = gram.shape[0]
-  if k == 1:
-    return jnp.ones((1,), gram.dtype)
-  norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
-  inv_norms = jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)
-  e = jnp.concatenate([jnp.ones((k - 1, 1), gram.dtype),
-                       -jnp.eye(k - 1, dtype=gram.dtype)], axis=1)
-  m = e @ (gram * inv_norms[None, :]) @ e.T        # D U^T
-  b = e @ (inv_norms * gram[:, 0])                 # (g_1 U^T)^T
-  rest = jnp.linalg.pinv(m.T) @ b
-  return jnp.concatenate([1.0 - jnp.sum(rest, keepdims=True), rest])
+  eps = jnp.finfo(gram.dtype).eps
+  trace = jnp.trace(gram)
+  ok = trace > jnp.finfo(gram.dtype).tiny
+  gram = gram / jnp.where(ok, trace, 1.0)
+  d = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
+  v = jnp.linalg.pinv(gram, rtol=k * eps, hermitian=True) @ d
+  total = jnp.sum(v)
+  vanish = ~(jnp.abs(total) > k * jnp.sqrt(eps) * jnp.sum(jnp.abs(v))) | ~ok
+  return jnp.where(vanish, 0.0, v / jnp.where(vanish, 1.0, total))
 
 
 @STRATEGIES.register("imtl_g")
@@ -60,8 +68,10 @@ def imtl_g(mode: Optional[str] = None) -> Strategy:
   """IMTL-G, the gradient half of IMTL (Liu et al., ICLR 2021).
 
   Finds the combination ``g = sum_k alpha_k g_k`` with ``sum_k alpha_k = 1``
-  whose projection onto every unit task gradient ``u_k`` is the same, with the
-  paper's closed form computed from the Gramian (see `imtl_g_weights`).
+  whose projection onto every unit task gradient ``u_k`` is the same: the
+  paper's closed form, generalised by a pseudo-inverse to linearly dependent
+  or zero gradients as in torchjd (see `imtl_g_weights`: K > P, a task with
+  a zero gradient or two opposite gradients no longer zero the update).
   No hyper-parameters.  Default mode "params" (LibMTL's default,
   ``rep_grad=False``); ``mode="rep"`` uses the gradients w.r.t. the shared
   representation instead (cheaper, as MGDA-UB).

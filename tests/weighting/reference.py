@@ -20,6 +20,7 @@ written a different way from the JAX code in `mtrec_jax.weighting`:
 from __future__ import annotations
 
 import itertools
+from typing import Optional
 
 import numpy as np
 from scipy import optimize
@@ -159,6 +160,8 @@ def cagrad(jac, c: float = 0.4, rescale: int = 1) -> np.ndarray:
   jac = _as64(jac)
   k, p = jac.shape
   scale = np.sqrt(np.sum(jac * jac))
+  if scale == 0:
+    return np.zeros(p)
   jn = jac / scale
   g0 = jn.mean(0)
   phi = c * np.linalg.norm(g0)
@@ -180,6 +183,15 @@ def cagrad(jac, c: float = 0.4, rescale: int = 1) -> np.ndarray:
                    {"type": "ineq", "fun": ball, "jac": ball_jac}],
       method="SLSQP", options={"ftol": 1e-15, "maxiter": 2000})
   d = res.x[:p]
+  if abs(res.x[p]) < 1e-9 * np.linalg.norm(jn):
+    # Best worst-case improvement 0 (a Pareto-stationary point): every d in
+    # the ball with J d >= 0 is a maximiser; take the one closest to g_0.
+    res = optimize.minimize(
+        lambda y: 0.5 * np.sum((y - g0) ** 2), d, jac=lambda y: y - g0,
+        constraints=[{"type": "ineq", "fun": lambda y: jn @ y,
+                      "jac": lambda y: jn}],
+        method="SLSQP", options={"ftol": 1e-15, "maxiter": 2000})
+    d = res.x
   divisor = {0: 1.0, 1: 1.0 + c**2, 2: 1.0 + c}[rescale]
   return d * scale / divisor
 
@@ -219,7 +231,21 @@ def nash_alpha(gram: np.ndarray) -> np.ndarray:
     a = np.exp(y)
     return np.diag(a * (gn @ a)) + a[:, None] * gn * a[None, :]
 
-  root = optimize.root(fun, np.log(res.x), jac=jac, method="hybr", tol=1e-15)
+  # Trust-region Newton on the potential in y = log(a), where the
+  # start's scale no longer matters (the solution can be ~1e5 times the
+  # start when a ridge keeps it finite); then the root polish.
+  def pot_y(y):
+    a = np.exp(y)
+    return 0.5 * a @ gn @ a - np.sum(y)
+
+  def hess_y(y):
+    a = np.exp(y)
+    return np.diag(a * (gn @ a)) + a[:, None] * gn * a[None, :]
+
+  tr = optimize.minimize(pot_y, np.log(res.x), jac=fun, hess=hess_y,
+                         method="trust-exact",
+                         options={"gtol": 1e-13, "maxiter": 10000})
+  root = optimize.root(fun, tr.x, jac=jac, method="hybr", tol=1e-15)
   alpha = np.exp(root.x)
   resid = np.max(np.abs(alpha * (gn @ alpha) - 1.0))
   if not resid < 1e-6:
@@ -227,11 +253,31 @@ def nash_alpha(gram: np.ndarray) -> np.ndarray:
   return alpha / np.sqrt(fro)
 
 
-def nash_mtl(jac, max_norm: float = 1.0) -> np.ndarray:
-  """Nash-MTL (Navon et al., 2022): ``J^T alpha``, clipped to ``max_norm``."""
+def nash_mtl(jac, max_norm: float = 1.0,
+             reg_eps: Optional[float] = None) -> np.ndarray:
+  """Nash-MTL (Navon et al., 2022): ``J^T alpha``, clipped to ``max_norm``.
+
+  With ``reg_eps``, the bargaining is solved for the augmented Jacobian
+  ``[J / sqrt(||G||_F), sqrt(reg_eps) I]`` (whose Gramian is the ridged,
+  Frobenius-normalised ``G / ||G||_F + reg_eps I`` of our solver): every task
+  gets a private coordinate, so a solution exists even where zero lies in the
+  convex hull of the gradients (a zero gradient, exact opposites, K > P),
+  where the exact problem (``reg_eps=None``) has none and this raises.  The
+  update is the first P coordinates, rescaled to J.
+  """
   jac = _as64(jac)
-  alpha = nash_alpha(jac @ jac.T)
-  d = alpha @ jac
+  k, p = jac.shape
+  if reg_eps is None:
+    alpha = nash_alpha(jac @ jac.T)
+    d = alpha @ jac
+  else:
+    fro = np.linalg.norm(jac @ jac.T)
+    if fro == 0:
+      return np.zeros(p)
+    aug = np.concatenate([jac / np.sqrt(fro), np.sqrt(reg_eps) * np.eye(k)],
+                         1)
+    beta = nash_alpha(aug @ aug.T)
+    d = (beta @ aug)[:p] * np.sqrt(fro)
   norm = np.linalg.norm(d)
   if max_norm > 0 and norm > max_norm:
     d = d * max_norm / norm

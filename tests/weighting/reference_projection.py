@@ -98,6 +98,33 @@ def imtl_g(jac: np.ndarray) -> np.ndarray:
   return alpha @ jac
 
 
+def imtl_g_lstsq(jac: np.ndarray, rel_tol: float = 1e-8) -> np.ndarray:
+  """IMTL-G generalised to dependent or zero gradients (Quinton & Rey, 2024;
+  torchjd's ``IMTLG``), from least squares on the Jacobian itself.
+
+  The update is ``x / sum(alpha)`` where ``x`` is the minimum-norm
+  least-squares solution of ``J x = d`` (``d_k = ||g_k||``: unit projections
+  ``u_k . x = 1``) and ``alpha`` the minimum-norm solution of
+  ``J^T alpha = x`` (LAPACK's SVD-based ``gelsd`` through
+  ``np.linalg.lstsq``, never forming ``J J^T``).  Since
+  ``(J^T)^+ J^+ = (J J^T)^+``, ``alpha = G^+ d``, the weights of the
+  Gramian formulation.  Zero when ``|sum(alpha)| <= rel_tol ||alpha||_1``.
+  """
+  jac = np.asarray(jac, np.float64)
+  k, p = jac.shape
+  scale = np.linalg.norm(jac)
+  if scale == 0:
+    return np.zeros(p)
+  jn = jac / scale
+  d = np.linalg.norm(jn, axis=1)
+  x = np.linalg.lstsq(jn, d, rcond=None)[0]
+  alpha = np.linalg.lstsq(jn.T, x, rcond=None)[0]
+  total = alpha.sum()
+  if abs(total) <= rel_tol * np.abs(alpha).sum():
+    return np.zeros(p)
+  return x * scale / total
+
+
 def aligned_mtl(jac: np.ndarray, pref: Optional[np.ndarray] = None,
                 scale_mode: str = "min") -> np.ndarray:
   """Aligned-MTL (Senushkin et al., 2023) via the SVD J = U S V^T: the
@@ -109,6 +136,8 @@ def aligned_mtl(jac: np.ndarray, pref: Optional[np.ndarray] = None,
   jac = np.asarray(jac, np.float64)
   k = jac.shape[0]
   pref = np.ones(k) if pref is None else np.asarray(pref, np.float64)
+  if not np.any(jac):
+    return np.zeros(jac.shape[1])
   u, s, vt = np.linalg.svd(jac, full_matrices=False)
   keep = s > s.max() * 1e-6
   u, s, vt = u[:, keep], s[keep], vt[keep]

@@ -56,6 +56,8 @@ NOT_PERMUTATION_EQUIVARIANT = {
                "and the corrections do not commute",
     "max": "aggregate's losses are all equal, and the tie for the largest "
            "loss is broken by task index",
+    "metabalance": "task 0 is the main task, the others auxiliary: the task "
+                   "index decides which gradient sets the target norm",
 }
 
 # Strategies whose docstring or paper promises J g >= 0 (no task's loss
