@@ -23,7 +23,7 @@ def test_default_config_holds_every_connection_key():
     assert key in cfg
   assert set(cfg.encoder) == {"num_layers", "num_heads", "hidden_dim",
                               "mlp_dim", "dropout", "attention_dropout",
-                              "causal", "pooling"}
+                              "causal", "pooling", "layout"}
   assert cfg.name == "shared_bottom" and cfg.dtype == "float32"
 
 

@@ -67,8 +67,13 @@ NOT_PERMUTATION_EQUIVARIANT = {
 # MGDA: min-norm point of the convex hull; UPGrad / DualProj: projections
 # onto the dual cone (torchjd's ridge 1e-4, which relaxes the constraints of
 # tasks with tiny gradients); Nash-MTL: g_k . g = 1 / alpha_k > 0.
+# FairGrad: G w = w^(-1/alpha) with w > 0 gives g_k . g = w_k^(-1/alpha) > 0
+# (ridge 1e-5 in float32); ConFIG: equal positive cosines with every task;
+# CR-MOGM: its default inner strategy is MGDA (a convex combination of
+# non-conflicting weights stays non-conflicting).
 NON_CONFLICTING = {"mgda": 0.0, "upgrad": 1e-4, "dualproj": 1e-4,
-                   "nash_mtl": 0.0}
+                   "nash_mtl": 0.0, "fairgrad": 1e-5, "config": 0.0,
+                   "cr_mogm": 0.0}
 
 
 # Hyper-parameters a strategy cannot default outside the train loop, which
