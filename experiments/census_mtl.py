@@ -69,14 +69,16 @@ def get_experiment() -> Experiment:
 CENSUS_STRATEGIES = ("mean", "max", "uncertainty", "dwa", "rlw", "gls", "famo",
                      "imtl_l", "gradnorm", "mgda", "pcgrad", "gradvac",
                      "graddrop", "cagrad", "imtl_g", "nash_mtl", "aligned_mtl",
-                     "upgrad", "dualproj")
+                     "upgrad", "dualproj", "fairgrad", "config", "excess_mtl",
+                     "modo", "sdmgrad", "moco", "db_mtl", "stch", "cr_mogm",
+                     "metabalance", "auto_lambda")
 
 
 @EXPERIMENTS.register("census-strategies")
 def strategies() -> Experiment:
   """MMoE on Census-Income under every weighting strategy, 3 seeds.
 
-      mtrec run census-strategies        # 19 strategies x 3 seeds
+      mtrec run census-strategies        # 30 strategies x 3 seeds
 
   The `census-mtl` setup with MMoE; each strategy with its documented
   defaults and default gradient mode (see `mtrec_jax/weighting/`), equal
