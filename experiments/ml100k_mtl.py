@@ -11,7 +11,7 @@ rest the training history.  Training is on all positions at once
 items, each position predicting what follows it), as SASRec and BERT4Rec
 train.  Model: a causal 2-layer pre-LN Transformer (32 units, 2 heads) over
 the item history; every task is an all-positions auxiliary task on it
-(`aux.only`, `mtrec_jax/models/auxiliary.py`):
+(`aux.only`, `mtrec_jax/tasks/auxiliary.py`):
   next_item  `next_all`: the next item, full softmax over all 1,683 ids,
   all        + `rating_all`, `like_all`, `genre_all`: the rating (regression)
              and like (rating >= 4) of the next interaction, whose towers

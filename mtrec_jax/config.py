@@ -61,7 +61,7 @@ def base_config() -> ConfigDict:
   # from their prepared 'array_record' copy (real datasets always are).
   c.data = ConfigDict({"name": "mmoe_synthetic", "storage": "memory"})
   c.tasks = ()  # names of the dataset's tasks to train; empty = all of them
-  # Auxiliary tasks on the shared encoder (models/auxiliary.py): aux.tasks
+  # Auxiliary tasks on the shared encoder (tasks/auxiliary.py): aux.tasks
   # names them (mim, cl, kg); aux.<name>.* are their settings; aux.only
   # trains them without the dataset's tasks (pre-training).
   c.aux = ConfigDict(dict(CONFIG_SECTIONS.get("aux").defaults()))

@@ -127,4 +127,5 @@ EXPERIMENTS: Registry = Registry("experiment", ("experiments",))
 # "model" (every registered model's fields) and "aux" (the auxiliary tasks'
 # settings).  Each entry is a `config.Section`: its defaults, and which of
 # its keys a run's identity (the config hash) covers.
-CONFIG_SECTIONS: Registry = Registry("config section", ("mtrec_jax.models",))
+CONFIG_SECTIONS: Registry = Registry(
+    "config section", ("mtrec_jax.models", "mtrec_jax.tasks.auxiliary"))

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from mtrec_jax.experiment import get_experiment
-from mtrec_jax.models import auxiliary
+from mtrec_jax.tasks import auxiliary
 from mtrec_jax.train import loop, parallel
 from mtrec_jax.train.step import make_train_step
 

@@ -3,7 +3,7 @@
 The data flow of DESIGN.md, as imports: data, models, tasks and weighting
 are libraries the trainer and the results code use, never the other way
 round; the data side shares only `mtrec_jax.specs` (and the task specs)
-with the models; `config.py` and `registry.py` load no model code, so
+with the models; tasks import neither the models nor Flax; `config.py` and `registry.py` load no model code, so
 `mtrec list` starts without flax.  Every import counts, including those
 inside functions (a lazy import is still a dependency).
 """
@@ -23,8 +23,10 @@ FORBIDDEN = {
              "mtrec_jax.sweep", "mtrec_jax.models"),
     "models": ("mtrec_jax.train", "mtrec_jax.results", "mtrec_jax.cli",
                "mtrec_jax.sweep"),
+    # Task logic (specs, targets, losses, metrics) is model-free: the Flax
+    # heads of the auxiliary tasks live in models/aux_heads.py.
     "tasks": ("mtrec_jax.train", "mtrec_jax.results", "mtrec_jax.cli",
-              "mtrec_jax.sweep"),
+              "mtrec_jax.sweep", "mtrec_jax.models", "flax"),
     "weighting": ("mtrec_jax.train", "mtrec_jax.results", "mtrec_jax.cli",
                   "mtrec_jax.sweep"),
 }

@@ -682,7 +682,7 @@ def movielens_dataset(raw: MovieLensRaw, *, max_len: int = 50,
     'target_item'  int32 [N] item id in 1..num_items; label of 'next_item'
     'seq_targets'  int32 [N, L] the item that follows each position of
         'hist_items' (0 at padding); its last entry is 'target_item'.  The
-        labels of all-positions next-item training (`models.auxiliary`).
+        labels of all-positions next-item training (`tasks.auxiliary`).
     'cand_item'    int32 [N] == 'target_item', the candidate item INPUT of
         'rating' and 'like'.  The 'next_item' and 'genre' towers must not
         read it (it is their answer).

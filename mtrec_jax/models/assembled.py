@@ -15,7 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtrec_jax.models.auxiliary import AuxHeads, AuxTask
+from mtrec_jax.models.aux_heads import AuxHeads
+from mtrec_jax.tasks.auxiliary import AuxTask
 from mtrec_jax.models.embeddings import Batch, FeatureEncoder
 from mtrec_jax.models.encoder import EncoderConfig
 from mtrec_jax.models.towers import MLP
@@ -107,8 +108,9 @@ class MultiTaskModel(nn.Module):
     excluded: features no task reads (e.g. another task's private input when
       that task is not trained).
     aux_tasks: auxiliary (self-supervised, knowledge) tasks computed from the
-      shared feature encoder (`models.auxiliary`); their losses come from
-      `aux_losses`, their private parameters sit under params['aux'].  With
+      shared feature encoder (`tasks.auxiliary`; their heads are
+      `models.aux_heads`); their losses come from `aux_losses`, their
+      private parameters sit under params['aux'].  With
       auxiliary tasks, `task_dims` may be empty (pre-training).
   """
   features: tuple[FeatureSpec, ...]

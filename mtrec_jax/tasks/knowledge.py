@@ -14,8 +14,9 @@ Pieces:
 
 * `item_attribute_triples`: the graph as (item, relation, entity) triples,
   plus an [I, E] multi-hot of each item's entities for batched losses.
-* `KGScorer`: a flax module mapping (head vector, relation id) to logits over
-  every entity.
+* the scorer, a Flax module mapping (head vector, relation id) to logits
+  over every entity, is `mtrec_jax.models.aux_heads.KGScorer` (this module
+  is the task logic and imports no Flax).
 * `kg_loss`, `kg_metrics`: a per-relation softmax loss and hits@1.
 
 Conventions: item ids follow the feature convention (row 0 of every per-item
@@ -28,14 +29,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-Dtype = Any
 
 RELATIONS = ("has_genre", "released_in")
 HAS_GENRE, RELEASED_IN = 0, 1
@@ -187,74 +185,6 @@ def item_attribute_triples(item_genres, item_year,
       entity_names=entity_names,
       entity_relation=_read_only(entity_relation),
       item_entities=_read_only(item_entities))
-
-
-# ----------------------------------------------------------------------------
-# Scorer.
-
-
-class KGScorer(nn.Module):
-  """(head vectors [B, D], relation ids [B]) -> entity logits [B, E].
-
-  MKR's tail prediction: t_hat = MLP([h; r]) (ReLU hidden layers of widths
-  `hidden`, then a linear map to `dim`), and every entity e is scored by
-  t_hat . e (+ a per-entity bias).  The default hidden=() is a single layer,
-  like MKR's released code for MovieLens (H = 1 high layer, dim 8).  That
-  code also passes tail embeddings through an MLP and squashes t_hat with a
-  sigmoid; on a free entity table the tail MLP adds no expressive power, and
-  a linear t_hat lets the softmax of `kg_loss` rank freely.
-
-  Parameters: `relation_embed` [R, dim], `entity_embed` [E, dim],
-  `entity_bias` [E] (when use_bias), the Dense layers.  Head vectors are
-  inputs (the caller's shared item embeddings; their width D may differ from
-  `dim`).  Out-of-range relation ids look up NaN, so bad ids show.
-  """
-  num_relations: int
-  num_entities: int
-  dim: int
-  hidden: tuple[int, ...] = ()
-  use_bias: bool = True
-  dtype: Dtype = jnp.float32
-
-  def setup(self):
-    if self.num_relations < 1 or self.num_entities < 1 or self.dim < 1:
-      raise ValueError(f"KGScorer needs num_relations, num_entities and dim "
-                       f">= 1, got {self.num_relations}, {self.num_entities}, "
-                       f"{self.dim}")
-    init = nn.initializers.normal(stddev=self.dim ** -0.5)
-    self.relation_embed = self.param("relation_embed", init,
-                                     (self.num_relations, self.dim),
-                                     jnp.float32)
-    self.entity_embed = self.param("entity_embed", init,
-                                   (self.num_entities, self.dim), jnp.float32)
-    if self.use_bias:
-      self.entity_bias = self.param("entity_bias", nn.initializers.zeros,
-                                    (self.num_entities,), jnp.float32)
-    self.hidden_layers = [nn.Dense(width, dtype=self.dtype)
-                          for width in self.hidden]
-    self.tail = nn.Dense(self.dim, dtype=self.dtype)
-
-  def predict_tail(self, heads, relation_ids) -> jax.Array:
-    """t_hat [B, dim] for each (head, relation)."""
-    heads = jnp.asarray(heads)
-    relation_ids = jnp.asarray(relation_ids)
-    if heads.ndim != 2 or relation_ids.shape != heads.shape[:1]:
-      raise ValueError(f"KGScorer: heads must be [B, D] and relation_ids "
-                       f"[B], got {heads.shape} and {relation_ids.shape}")
-    relations = jnp.take(self.relation_embed, relation_ids.astype(jnp.int32),
-                         axis=0, mode="fill", fill_value=jnp.nan)
-    x = jnp.concatenate([heads.astype(self.dtype),
-                         relations.astype(self.dtype)], axis=-1)
-    for layer in self.hidden_layers:
-      x = nn.relu(layer(x))
-    return self.tail(x)
-
-  def __call__(self, heads, relation_ids) -> jax.Array:
-    t_hat = self.predict_tail(heads, relation_ids)
-    logits = t_hat @ self.entity_embed.astype(self.dtype).T
-    if self.use_bias:
-      logits = logits + self.entity_bias.astype(self.dtype)
-    return logits
 
 
 # ----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from mtrec_jax import weighting
 from mtrec_jax.data import stored_synthetic
 from mtrec_jax.data.dataset import Dataset
 from mtrec_jax.data.pipeline import num_rows, train_batches
-from mtrec_jax.models.auxiliary import build_aux_tasks
+from mtrec_jax.tasks.auxiliary import build_aux_tasks
 from mtrec_jax.models.build import build_model
 from mtrec_jax.registry import DATASETS, STRATEGIES, UnknownNameError, closest
 from mtrec_jax.results import loggers

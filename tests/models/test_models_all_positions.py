@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mtrec_jax.data import movielens as ml
-from mtrec_jax.models import auxiliary
+from mtrec_jax.tasks import auxiliary
 from mtrec_jax.models.build import build_model, default_model_config
 
 NUM_ITEMS, GENRE_NAMES = 40, ("unknown", "Action", "Comedy", "Drama")

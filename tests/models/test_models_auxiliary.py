@@ -10,7 +10,7 @@ import pytest
 
 from mtrec_jax import weighting
 from mtrec_jax.data.dataset import Dataset
-from mtrec_jax.models import auxiliary
+from mtrec_jax.tasks import auxiliary
 from mtrec_jax.models.build import build_model, default_model_config
 from mtrec_jax.models.features import FeatureSpec
 from mtrec_jax.tasks.spec import TaskSpec

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mtrec_jax.data import movielens as ml
-from mtrec_jax.models import auxiliary
+from mtrec_jax.tasks import auxiliary
 from mtrec_jax.models.build import build_model, default_model_config
 from mtrec_jax.models.encoder import (EncoderConfig, TransformerEncoder,
                                       SASREC_LN_EPS)

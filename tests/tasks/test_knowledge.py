@@ -1,4 +1,5 @@
-"""Item-attribute knowledge graph, KGScorer, kg_loss and kg_metrics."""
+"""Item-attribute knowledge graph, KGScorer (`models.aux_heads`), kg_loss and
+kg_metrics."""
 from __future__ import annotations
 
 import math
@@ -9,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from mtrec_jax.models.aux_heads import KGScorer
 from mtrec_jax.tasks import knowledge as kg
 
 # ----------------------------------------------------------------------------
@@ -218,7 +220,7 @@ def test_kg_metrics_constant_scores_get_chance_and_nan_is_loud():
 
 
 def test_kg_scorer_shapes_and_parameters():
-  scorer = kg.KGScorer(num_relations=2, num_entities=7, dim=8, hidden=(16,))
+  scorer = KGScorer(num_relations=2, num_entities=7, dim=8, hidden=(16,))
   heads = jnp.ones((4, 5))
   relations = jnp.array([0, 1, 1, 0])
   params = jax.jit(scorer.init)(jax.random.key(0), heads,
@@ -232,13 +234,13 @@ def test_kg_scorer_shapes_and_parameters():
   logits = scorer.apply({"params": params}, heads, relations)
   assert logits.shape == (4, 7) and logits.dtype == jnp.float32
   t_hat = scorer.apply({"params": params}, heads, relations,
-                       method=kg.KGScorer.predict_tail)
+                       method=KGScorer.predict_tail)
   np.testing.assert_allclose(
       logits, t_hat @ params["entity_embed"].T + params["entity_bias"],
       rtol=1e-5, atol=1e-6)
   bad = scorer.apply({"params": params}, heads, jnp.array([0, 1, 2, 0]))
   assert np.isnan(np.asarray(bad[2])).all()  # unknown relation id is loud
-  plain = kg.KGScorer(num_relations=2, num_entities=7, dim=8, use_bias=False)
+  plain = KGScorer(num_relations=2, num_entities=7, dim=8, use_bias=False)
   shapes = jax.eval_shape(plain.init, jax.random.key(0), heads, relations)
   assert "entity_bias" not in shapes["params"]
 
@@ -259,7 +261,7 @@ def test_kg_task_learns_a_toy_graph():
   rows = graph.item_entities[items]
   entity_relation = graph.entity_relation
 
-  scorer = kg.KGScorer(graph.num_relations, graph.num_entities, dim=16)
+  scorer = KGScorer(graph.num_relations, graph.num_entities, dim=16)
   opt = optax.adam(0.03)
 
   def logits_of(p):

@@ -5,9 +5,10 @@ encoder outputs, the item embedding table) and draw randomness every step,
 so they are not `TaskSpec` heads on the [K, B, H] representation.  Each
 `AuxTask` is a frozen spec with
 
-* ``make_head(name)``: the task's private module (its parameters live under
-  ``params['aux'][name]`` and get only this task's gradient, like a tower),
-  or None;
+* ``head_spec()``: which private Flax head the task trains, as a `HeadSpec`
+  (a name in `models.aux_heads.AUX_HEADS` and its arguments), or None; the
+  model builds it, its parameters live under ``params['aux'][name]`` and get
+  only this task's gradient, like a tower;
 * ``loss(encoder, head, batch, key, train)``: a scalar loss, given the bound
   `FeatureEncoder` (shared), the bound head and a PRNG key.
 
@@ -25,6 +26,10 @@ Tasks (config ``aux.tasks``; builders in `AUX_TASKS`):
   ``mim`` masked item modelling (BERT4Rec's Cloze task, Sun et al. 2019),
   ``cl``  sequence contrastive learning (CL4SRec, Xie et al. 2022),
   ``kg``  item-attribute knowledge-graph completion (MKR, Wang et al. 2019).
+
+This module is the task logic (specs, targets, losses, evaluation scores,
+builders, the ``aux`` config section) and imports no Flax: the heads are
+modules of `mtrec_jax.models.aux_heads`, which the losses receive bound.
 """
 from __future__ import annotations
 
@@ -32,20 +37,19 @@ import abc
 import dataclasses
 from typing import Any, Callable, Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from mtrec_jax import config as config_lib
-from mtrec_jax.models.towers import MLP
 from mtrec_jax.registry import CONFIG_SECTIONS, Registry
 from mtrec_jax.tasks import knowledge, sequence_ssl
 
 AUX_TASKS: Registry = Registry("auxiliary task")
 NEXT_ALL_LOSSES = ("softmax", "sampled_softmax", "bce")
-# next_all's output layer: BERT4Rec's `ItemPredictionHead`, or SASRec's raw
+# next_all's output layer: BERT4Rec's `ItemPredictionHead`
+# (`models.aux_heads`), or SASRec's raw
 # dot product of the encoder output with the item table.
 NEXT_ALL_HEADS = ("mlp", "dot")
 # Where bce's negative comes from: uniform over the catalogue but the target,
@@ -55,6 +59,14 @@ NEXT_ALL_NEGATIVES = ("uniform", "unseen")
 # Negatives per step of next_all's sampled softmax
 # (`aux.next_all.num_negatives`).
 SAMPLED_NEGATIVES = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+  """An auxiliary task's private head: `kind` names a Flax module in
+  `models.aux_heads.AUX_HEADS`, built as ``module(**kwargs, name=...)``."""
+  kind: str
+  kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,37 +95,15 @@ class AuxTask(abc.ABC):
     ranking), or None: the task then reports only its loss."""
     return None
 
-  def make_head(self, name: str) -> nn.Module | None:
+  def head_spec(self) -> HeadSpec | None:
+    """The task's private Flax head, as a `models.aux_heads` name and its
+    arguments, or None (no private parameters)."""
     return None
 
   @abc.abstractmethod
   def loss(self, encoder, head: Callable | None, batch: Mapping[str, Any],
            key: jax.Array, train: bool) -> jax.Array:
     """The scalar loss of a batch; `key` draws masks, views or queries."""
-
-
-class ItemPredictionHead(nn.Module):
-  """BERT4Rec's output layer: Dense + GELU + LayerNorm to the embedding width,
-  then scores against the (shared) item table plus a per-item bias.
-
-  `items` None scores every row of `table` ([..., V]); an [S] vector scores
-  those S items at every position ([..., S]); an array shaped like
-  ``h[..., 0]`` scores one item per position ([...]), e.g. the targets."""
-  embed_dim: int
-  num_items: int
-
-  @nn.compact
-  def __call__(self, h: jax.Array, table: jax.Array,
-               items: jax.Array | None = None) -> jax.Array:
-    x = nn.LayerNorm()(nn.gelu(nn.Dense(self.embed_dim)(h)))
-    x = x.astype(jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (self.num_items,),
-                      jnp.float32)
-    if items is None:
-      return x @ table.T + bias
-    if items.ndim == 1:
-      return x @ table[items].T + bias[items]
-    return jnp.sum(x * table[items], axis=-1) + bias[items]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,8 +122,9 @@ class MaskedItemTask(AuxTask):
   def needs_mask_token(self) -> bool:
     return True
 
-  def make_head(self, name: str) -> nn.Module:
-    return ItemPredictionHead(self.embed_dim, self.num_items, name=name)
+  def head_spec(self) -> HeadSpec:
+    return HeadSpec("item_prediction", {"embed_dim": self.embed_dim,
+                                        "num_items": self.num_items})
 
   def loss(self, encoder, head, batch, key, train):
     ids = jnp.asarray(batch[self.feature])
@@ -183,11 +174,11 @@ class NextItemSequenceTask(AuxTask):
   once, as in SASRec.  Evaluated like
   the dataset's next-item task from the last position's scores.
 
-  The output layer (``head``) is `ItemPredictionHead` ('mlp', the
-  default: the extra Dense+GELU+LayerNorm and bias are BERT4Rec's and also
-  map a hidden width to the embedding width) or SASRec's 'dot': the raw
-  encoder output against the shared item table, no bias (needs hidden
-  width == embedding width)."""
+  The output layer (``head``) is `models.aux_heads.ItemPredictionHead`
+  ('mlp', the default: the extra Dense+GELU+LayerNorm and bias are
+  BERT4Rec's and also map a hidden width to the embedding width) or
+  SASRec's 'dot': the raw encoder output against the shared item table, no
+  bias (needs hidden width == embedding width)."""
   targets: str = "seq_targets"
   loss_kind: str = "softmax"
   embed_dim: int = 0
@@ -240,10 +231,11 @@ class NextItemSequenceTask(AuxTask):
       return None
     return dataclasses.replace(self.next_item_task, name=self.name)
 
-  def make_head(self, name: str) -> nn.Module | None:
+  def head_spec(self) -> HeadSpec | None:
     if self.head_kind == "dot":
       return None
-    return ItemPredictionHead(self.embed_dim, self.num_items, name=name)
+    return HeadSpec("item_prediction", {"embed_dim": self.embed_dim,
+                                        "num_items": self.num_items})
 
   def _hidden(self, encoder, ids, train):
     h, _ = encoder.encode_positions(self.feature, ids, train=train)
@@ -342,22 +334,6 @@ class NextItemSequenceTask(AuxTask):
     return logits.at[..., 0].set(-1e9)  # padding is never an answer
 
 
-class PositionTower(nn.Module):
-  """A task tower applied at every position: [B, L, D] (concatenated with the
-  candidate item's embedding [B, L, E] when given) -> [B, L, out_dim]."""
-  hidden: tuple[int, ...]
-  out_dim: int
-  dropout_rate: float = 0.0
-
-  @nn.compact
-  def __call__(self, h: jax.Array, candidate: jax.Array | None = None, *,
-               train: bool = False) -> jax.Array:
-    x = h if candidate is None else jnp.concatenate(
-        [h, candidate.astype(h.dtype)], axis=-1)
-    return MLP(self.hidden, self.out_dim, self.dropout_rate)(
-        x, train=train).astype(jnp.float32)
-
-
 # What `NextInteractionTask` predicts about the interaction with the next item.
 NEXT_INTERACTION_LABELS = ("rating", "like", "genre")
 
@@ -415,9 +391,10 @@ class NextInteractionTask(AuxTask):
   def eval_task(self):
     return dataclasses.replace(self.target_task, name=self.name)
 
-  def make_head(self, name: str) -> nn.Module:
-    return PositionTower(tuple(self.hidden), self.target_task.out_dim,
-                         self.dropout_rate, name=name)
+  def head_spec(self) -> HeadSpec:
+    return HeadSpec("position_tower", {
+        "hidden": tuple(self.hidden), "out_dim": self.target_task.out_dim,
+        "dropout_rate": self.dropout_rate})
 
   def position_labels(self, batch) -> jax.Array:
     """[B, L] (rating, like) or [B, L, G] (genre) labels of the interaction
@@ -499,17 +476,18 @@ class KnowledgeTask(AuxTask):
   item-attribute triples (genres, release decade): a batch of (item,
   relation) queries drawn uniformly from the graph each step, the head
   vector being the SHARED item embedding (the link to the recommender),
-  tails scored by `knowledge.KGScorer` and trained with `knowledge.kg_loss`
-  (softmax within the relation).  Independent of the user batch."""
+  tails scored by `models.aux_heads.KGScorer` and trained with
+  `knowledge.kg_loss` (softmax within the relation).  Independent of the user batch."""
   graph: knowledge.KnowledgeGraph | None = None
   batch_items: int = 256
   dim: int = 32
   hidden: tuple[int, ...] = ()
 
-  def make_head(self, name: str) -> nn.Module:
-    return knowledge.KGScorer(self.graph.num_relations,
-                              self.graph.num_entities, self.dim, self.hidden,
-                              name=name)
+  def head_spec(self) -> HeadSpec:
+    return HeadSpec("kg_scorer", {
+        "num_relations": self.graph.num_relations,
+        "num_entities": self.graph.num_entities, "dim": self.dim,
+        "hidden": tuple(self.hidden)})
 
   def loss(self, encoder, head, batch, key, train):
     del batch, train
@@ -522,17 +500,6 @@ class KnowledgeTask(AuxTask):
     rows = jnp.asarray(self.graph.item_entities)[item_ids]
     return knowledge.kg_loss(logits, rows, rel_ids,
                              jnp.asarray(self.graph.entity_relation))
-
-
-class AuxHeads(nn.Module):
-  """The private modules of the auxiliary tasks, one per task name, so their
-  parameters sit at ``params['aux'][name]``."""
-  tasks: tuple[AuxTask, ...]
-
-  @nn.compact
-  def __call__(self, name: str, *args, **kwargs):
-    task = next(t for t in self.tasks if t.name == name)
-    return task.make_head(name)(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------
