@@ -1,0 +1,232 @@
+"""Loading a trained run, recommending, exporting (mtrec_jax/serve).
+
+A tiny `ml100k-mtl` run (its config, next_item task set, shrunk: max_len 5,
+8 units, 2 steps) trains once per module on official-format MovieLens files
+written here (no real data needed).  Recommendations are checked against an
+independent brute-force numpy ranking of `predict`'s outputs; the export is
+reloaded in a fresh process that imports only jax, numpy and safetensors.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mtrec_jax import cli
+from mtrec_jax import config as config_lib
+from mtrec_jax import experiment as experiment_lib
+from mtrec_jax.registry import EXPERIMENTS
+from mtrec_jax.serve import load as load_lib
+from mtrec_jax.serve import recommend as rec
+from mtrec_jax.train.loop import train_and_evaluate
+from mtrec_jax.train.evaluate import make_predict_fn
+
+NUM_USERS, NUM_ITEMS, GENRES = 12, 130, ("unknown", "Action", "Comedy")
+
+
+def write_movielens(folder: pathlib.Path, seed: int = 0) -> None:
+  """Official-format u.* files: 12 users, 6..14 distinct items each."""
+  rng = np.random.default_rng(seed)
+  lines = []
+  for user in range(1, NUM_USERS + 1):
+    items = rng.choice(NUM_ITEMS, int(rng.integers(6, 15)), replace=False) + 1
+    for t, item in enumerate(items):
+      lines.append(f"{user}\t{item}\t{rng.integers(1, 6)}\t{100 + t}\n")
+  folder.mkdir(parents=True)
+  (folder / "u.data").write_text("".join(lines))
+  genres = rng.integers(0, 2, size=(NUM_ITEMS + 1, len(GENRES)))
+  (folder / "u.item").write_text("".join(
+      f"{i}|Film number {i} (1990)|01-Jan-1990||http://x|"
+      + "|".join(map(str, genres[i])) + "\n" for i in range(1, NUM_ITEMS + 1)))
+  (folder / "u.user").write_text("".join(
+      f"{u}|25|M|writer|12345\n" for u in range(1, NUM_USERS + 1)))
+  (folder / "u.genre").write_text(
+      "".join(f"{g}|{i}\n" for i, g in enumerate(GENRES)) + "\n")
+  (folder / "u.occupation").write_text("writer\n")
+
+
+def tiny_config(data_dir: pathlib.Path, tfds_dir: pathlib.Path):
+  """ml100k-mtl's next_item run, shrunk to train in a second."""
+  exp = experiment_lib.get_experiment("ml100k-mtl")
+  (point,) = exp.runs(only={"tasks": ["next_item"]}, seeds=(0,))
+  c = config_lib.apply_overrides(point.config, {
+      "data.data_dir": str(data_dir), "data.tfds_dir": str(tfds_dir),
+      "data.max_len": 5, "data.embed_dim": 8, "model.encoder.hidden_dim": 8,
+      "model.encoder.mlp_dim": 8, "train.batch_size": 4,
+      "train.num_steps": 2, "train.eval_every": 2,
+      "train.eval_batch_size": 16, "train.keep_checkpoints": 0,
+      "log.tensorboard": False, "optimizer.learning_rate": 0.05})
+  c.data.strict_counts = False  # a small sample of the official format
+  return c
+
+
+EXPERIMENT = "serve-tiny-ml100k"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+  """One trained run, through `mtrec run`'s sweep: (store path, workdir).
+  Its experiment is ml100k-mtl's next_item grid point, shrunk
+  (`tiny_config`), registered for this module only."""
+  from mtrec_jax import sweep
+  root = tmp_path_factory.mktemp("serve")
+  write_movielens(root / "ml-100k")
+  exp = experiment_lib.Experiment(
+      tiny_config(root / "ml-100k", root / "tfds"),
+      axes=(experiment_lib.Axis("tasks", None, {"next_item": {}}),),
+      seeds=(0,), name=EXPERIMENT)
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setitem(EXPERIMENTS._items, EXPERIMENT, lambda: exp)
+    out = sweep.run_sweep(EXPERIMENT, store=root / "db", workdir=root / "w",
+                          progress=False)
+    assert not out.failed
+    yield root / "db", root / "w"
+
+
+@pytest.fixture(scope="module")
+def trained(store):
+  (run_dir,) = (store[1] / EXPERIMENT).iterdir()
+  return run_dir
+
+
+@pytest.fixture(scope="module")
+def loaded(trained):
+  return load_lib.load_run(trained)
+
+
+def brute_force_top_k(probs: np.ndarray, seen, k: int):
+  """Independent reference: float64 scores, seen items and id 0 removed,
+  a stable descending sort (lower id first on ties)."""
+  s = np.asarray(probs, np.float64).copy()
+  s[0] = -np.inf
+  s[np.asarray(list(seen), int)] = -np.inf
+  order = np.argsort(-s, kind="stable")
+  return order[:k], s[order[:k]]
+
+
+def test_predict_matches_training_evaluation(trained, loaded):
+  # The loaded model predicts what the trainer's own evaluation predicted.
+  test = loaded.dataset.splits["test"]
+  tasks = tuple(loaded.tasks)
+  want, _ = make_predict_fn(loaded.model, tasks)(loaded.params, test)
+  got = loaded.predict(test)
+  assert set(got) == {"next_all"} == set(want)
+  np.testing.assert_array_equal(got["next_all"], np.asarray(want["next_all"]))
+  assert got["next_all"].shape == (NUM_USERS, NUM_ITEMS + 1)
+  assert set(loaded.inputs) == {"hist_items"}  # all the model reads
+  # The parameters are the run's saved ones.
+  from mtrec_jax.train import checkpoints
+  saved = load_lib.flat_params(checkpoints.load_params(trained))
+  for name, value in load_lib.flat_params(loaded.params).items():
+    np.testing.assert_array_equal(value, saved[name])
+
+
+@pytest.mark.parametrize("k", [1, 10])
+def test_recommend_user_matches_brute_force_ranking(loaded, k):
+  test = loaded.dataset.splits["test"]
+  for user in (1, 5, NUM_USERS):
+    i = int(np.flatnonzero(test["user"] == user)[0])
+    history = list(test["exclude"][i][test["exclude"][i] > 0]) + [
+        int(test["target_item"][i])]
+    np.testing.assert_array_equal(rec.user_history(loaded, user), history)
+    out = loaded.recommend(user=user, k=k)
+    assert len(out["items"]) == k == len(set(out["items"]))
+    assert not set(out["items"]) & set(history)  # unseen
+    assert 0 not in out["items"]
+    # Independent: predict on the user's window, rank in numpy.
+    window = np.zeros((1, 5), np.int32)
+    window[0, -min(5, len(history)):] = history[-5:]
+    probs = loaded.predict({"hist_items": window})["next_all"][0]
+    items, scores = brute_force_top_k(probs, history, k)
+    np.testing.assert_array_equal(out["items"], items)
+    np.testing.assert_allclose(out["scores"], scores, rtol=1e-6)
+
+
+def test_recommend_history_and_exclude_seen(loaded):
+  history = [3, 7, 7, 12]
+  out = loaded.recommend(history=history, k=5)
+  probs = loaded.predict({"hist_items": np.array([[0, 3, 7, 7, 12]])}
+                         )["next_all"][0]
+  items, _ = brute_force_top_k(probs, history, 5)
+  np.testing.assert_array_equal(out["items"], items)
+  everything = loaded.recommend(history=history, k=NUM_ITEMS,
+                                exclude_seen=False)
+  items, _ = brute_force_top_k(probs, [], NUM_ITEMS)
+  np.testing.assert_array_equal(everything["items"], items)
+  assert sorted(everything["items"]) == list(range(1, NUM_ITEMS + 1))
+  # The empty history is a valid (cold-start) request.
+  assert len(loaded.recommend(history=[], k=3)["items"]) == 3
+
+
+def test_recommend_many_equals_one_by_one(loaded):
+  requests = [{"user": u} for u in range(1, NUM_USERS + 1)] + [
+      {"history": [1, 2]}]
+  many = rec.recommend_many(loaded, requests, k=4, batch_size=5)
+  for r, got in zip(requests, many):
+    one = rec.recommend(loaded, k=4, **r)
+    assert got["items"] == one["items"]
+    # Other batch shapes round differently (float32 ulps).
+    np.testing.assert_allclose(got["scores"], one["scores"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({}, "needs user="), ({"user": 999}, "user 999 is not a user"),
+    ({"history": [0, 3]}, "item ids in 1..130"),
+    ({"user": 1, "k": 0}, "k must be an int"),
+    ({"user": 1, "k": NUM_ITEMS}, "leaves only"),
+    ({"user": 1, "task": "rating"}, "not a next-item task")])
+def test_recommend_bad_input(loaded, kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    loaded.recommend(**kwargs)
+
+
+def test_item_embeddings_are_the_scoring_table(loaded):
+  table = loaded.item_embeddings()
+  assert table.shape == (NUM_ITEMS + 1, 8) and table.dtype == np.float32
+  want = loaded.params["shared"]["feature_encoder"]
+  flat = load_lib.flat_params(want)
+  assert any(np.array_equal(table, v) for v in flat.values())
+
+
+def test_config_that_no_longer_resolves_names_the_key(trained, tmp_path):
+  import shutil
+  for key, value, message in [
+      (("model", "name"), "shared_botom", "'model.name'"),
+      (("model", "encoder", "num_layerz"), 2, "model.encoder.num_layerz"),
+      (("train", "bacth_size"), 4, "train.bacth_size"),
+      (("aux", "tasks"), ["next_al"], "'aux.tasks'"),
+      (("data", "name"), "movielenz", "'data.name'")]:
+    copy = tmp_path / "_".join(key)
+    shutil.copytree(trained, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    node = cfg
+    for part in key[:-1]:
+      node = node[part]
+    node[key[-1]] = value
+    (copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(load_lib.RunConfigError, match=message):
+      load_lib.load_run(copy)
+
+
+def test_load_from_store_grid_point(store, trained, tmp_path):
+  # An experiment + grid point resolves through the store's params_dir,
+  # else through the workdir.
+  db, workdir = store
+  run = load_lib.load_run(EXPERIMENT, where={"tasks": "next_item"}, seed=0,
+                          store=db, workdir=tmp_path / "nowhere")
+  assert run.run_dir == trained.resolve()
+  run = load_lib.load_run(EXPERIMENT, where={"tasks": "next_item"}, seed=0,
+                          store=tmp_path / "no.db", workdir=workdir)
+  assert run.run_dir == trained.resolve()
+  with pytest.raises(FileNotFoundError, match="no finished run"):
+    load_lib.load_run(EXPERIMENT, where={"tasks": "next_item"}, seed=3,
+                      store=db, workdir=workdir)
+  with pytest.raises(KeyError, match="has no value 'all'"):
+    load_lib.load_run(EXPERIMENT, where={"tasks": "all"}, store=db)
+  with pytest.raises(FileNotFoundError, match="neither a run folder"):
+    load_lib.load_run(tmp_path / "missing")
