@@ -69,7 +69,12 @@ def alternating(schedule: Optional[Sequence[int]] = None,
   `mtrec_jax.weighting.build`), this strategy takes the inner one's kind,
   state, default mode and metrics (prefixed ``inner_``); for a "jacobian"
   inner, the Jacobian rows of the inactive tasks are zeroed before its
-  ``aggregate`` and the reported weights are the mask alone.  For gradient
+  ``aggregate`` (or its per-tensor ``aggregate_tree``, or its
+  representation form ``aggregate_rep``, whichever the inner one has and
+  the train step uses) and the reported weights are the mask alone.  An
+  inner strategy with per-parameter state (`Strategy.row_state`: MoCo,
+  DB-MTL, ExcessMTL, MetaBalance) keeps it: this strategy then sets
+  ``row_state`` too and passes ``init_state(K, row=...)``'s row on.  For gradient
   kinds ``weight_task_params`` is set, so the towers of inactive tasks get no
   gradient; the train step also freezes them and their optimiser state (see
   below), so they get no update at all.
@@ -163,11 +168,12 @@ def alternating(schedule: Optional[Sequence[int]] = None,
     return Weighting(inner_out.weights * mask, {"inner": inner_out.state},
                      merged)
 
-  def init(num_tasks: int):
+  def init(num_tasks: int, *, row=None):
     check_schedule(num_tasks)
     if inner_s is None:
       return ()
-    return {"inner": inner_s.init(num_tasks)}
+    # `init_state` passes `row` on only to an inner with per-parameter state.
+    return {"inner": inner_s.init_state(num_tasks, row=row)}
 
   def weigh_loss(state, *, losses, step, key):
     k = jnp.shape(losses)[0]
@@ -193,10 +199,34 @@ def alternating(schedule: Optional[Sequence[int]] = None,
     update, out = inner_s.aggregate(state["inner"],
                                     jacobian=jacobian * mask[:, None],
                                     losses=losses, step=step, key=key)
+    return update, combine(mask_only(out), mask, metrics, state)
+
+  def mask_only(out: Weighting) -> Weighting:
     # The inner "jacobian" weights are for logging only; report the mask so
     # that weight_task_params masks the towers exactly.
-    out = Weighting(jnp.ones_like(out.weights), out.state, out.metrics)
-    return update, combine(out, mask, metrics, state)
+    return Weighting(jnp.ones_like(out.weights), out.state, out.metrics)
+
+  def aggregate_tree(state, *, stacked_grads, losses, step, key):
+    leaves = jax.tree_util.tree_leaves(stacked_grads)
+    k = leaves[0].shape[0]
+    check_schedule(k)
+    mask, metrics = mask_and_metrics(k, step, jnp.float32)
+    masked = jax.tree_util.tree_map(
+        lambda g: g * mask.astype(g.dtype).reshape((k,) + (1,) * (g.ndim - 1)),
+        stacked_grads)
+    update, out = inner_s.aggregate_tree(state["inner"], stacked_grads=masked,
+                                         losses=losses, step=step, key=key)
+    return update, combine(mask_only(out), mask, metrics, state)
+
+  def aggregate_rep(state, *, rep_grads, rep, losses, step, key):
+    k = rep_grads.shape[0]
+    check_schedule(k)
+    mask, metrics = mask_and_metrics(k, step, rep_grads.dtype)
+    masked = rep_grads * mask.reshape((k,) + (1,) * (rep_grads.ndim - 1))
+    cot, out = inner_s.aggregate_rep(state["inner"], rep_grads=masked,
+                                     rep=rep, losses=losses, step=step,
+                                     key=key)
+    return cot, combine(mask_only(out), mask, metrics, state)
 
   hparams = {"schedule": None if schedule_t is None else list(schedule_t),
              "inner": inner, "inner_hparams": inner_hparams,
@@ -206,11 +236,20 @@ def alternating(schedule: Optional[Sequence[int]] = None,
       name, mode, "params" if inner_s is None else inner_s.default_mode)
   weight_task_params = (kind != "loss" and round_robin) or (
       inner_s is not None and inner_s.weight_task_params)
+  # An inner strategy with per-parameter state gets the row shape through
+  # `init_state`; its per-tensor and representation forms are forwarded.
+  row_state = inner_s is not None and inner_s.row_state
   if kind == "jacobian":
-    return Strategy(name=name, kind=kind, init=init,
-                    aggregate=aggregate_jacobian, default_mode=default_mode,
-                    weight_task_params=weight_task_params, hparams=hparams)
+    return Strategy(
+        name=name, kind=kind, init=init, aggregate=aggregate_jacobian,
+        aggregate_tree=(aggregate_tree if inner_s.aggregate_tree is not None
+                        else None),
+        aggregate_rep=(aggregate_rep if inner_s.aggregate_rep is not None
+                       else None),
+        default_mode=default_mode, weight_task_params=weight_task_params,
+        hparams=hparams, row_state=row_state)
   return Strategy(name=name, kind=kind, init=init,
                   weigh=weigh_loss if kind == "loss" else weigh_gramian,
                   default_mode=default_mode,
-                  weight_task_params=weight_task_params, hparams=hparams)
+                  weight_task_params=weight_task_params, hparams=hparams,
+                  row_state=row_state)
