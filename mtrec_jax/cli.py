@@ -37,7 +37,7 @@ import sqlite3
 import sys
 
 from mtrec_jax import config as config_lib
-from mtrec_jax import experiment as experiment_lib
+from mtrec_jax import experiment as experiment_lib, serve
 from mtrec_jax.registry import UnknownNameError
 from mtrec_jax.results import records
 from mtrec_jax.results import store as store_lib
@@ -326,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
   paper.add_argument("--store", type=pathlib.Path, default=None,
                      help="the results store --export reads (default: "
                           "$MTREC_STORE or ./results/mtrec.db)")
+  serve.add_commands(command)  # recommend, export-model: serve/commands.py
   return p
 
 

@@ -230,3 +230,112 @@ def test_load_from_store_grid_point(store, trained, tmp_path):
     load_lib.load_run(EXPERIMENT, where={"tasks": "all"}, store=db)
   with pytest.raises(FileNotFoundError, match="neither a run folder"):
     load_lib.load_run(tmp_path / "missing")
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_recommend_user_prints_titles_of_unseen_top_k(trained, loaded,
+                                                          capsys):
+  assert cli.main(["recommend", str(trained), "--user", "5", "-k", "3"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert "top 3 unseen items for user 5" in lines[0]
+  history = rec.user_history(loaded, 5)
+  probs = loaded.predict({"hist_items": rec.window(history, 5)[None]}
+                         )["next_all"][0]
+  items, _ = brute_force_top_k(probs, history, 3)
+  assert len(lines) == 4
+  for line, item in zip(lines[1:], items):
+    rank, got, score, title = line.split(maxsplit=3)
+    assert int(got) == item and title == f"Film number {item} (1990)"
+
+
+def test_cli_recommend_input_file_to_jsonl(trained, loaded, tmp_path):
+  requests = tmp_path / "users.txt"
+  requests.write_text('1\n\n[4, 5, 6]\n{"user": 7, "id": "x"}\n12\n')
+  out = tmp_path / "recs.jsonl"
+  assert cli.main(["recommend", str(trained), "--input", str(requests),
+                   "--output", str(out), "-k", "4", "--batch-size", "3"]) == 0
+  lines = [json.loads(x) for x in out.read_text().splitlines()]
+  assert [x.get("user") for x in lines] == [1, None, 7, 12]
+  assert lines[2]["id"] == "x" and lines[1]["history"] == [4, 5, 6]
+  for line in lines:
+    want = loaded.recommend(user=line.get("user"),
+                            history=line.get("history"), k=4)
+    assert line["items"] == want["items"]
+    assert line["titles"] == [f"Film number {i} (1990)" for i in want["items"]]
+
+
+def test_cli_recommend_experiment_grid_point_and_errors(store, capsys):
+  db, workdir = store
+  with pytest.MonkeyPatch.context() as mp:
+    exp = experiment_lib.Experiment(
+        load_lib.load_run(next((workdir / EXPERIMENT).iterdir())).config,
+        axes=(experiment_lib.Axis("tasks", None, {"next_item": {}}),),
+        seeds=(0,), name=EXPERIMENT)
+    mp.setitem(EXPERIMENTS._items, EXPERIMENT, lambda: exp)
+    assert cli.main(["recommend", EXPERIMENT, "--where", "tasks=next_item",
+                     "--store", str(db), "--history", "3,4", "-k", "2"]) == 0
+    assert "top 2 unseen items for the history" in capsys.readouterr().out
+    assert cli.main(["recommend", EXPERIMENT, "--where", "tasks=nope",
+                     "--store", str(db), "--user", "1"]) == 2
+    assert "has no value 'nope'" in capsys.readouterr().err
+  assert cli.main(["recommend", str(workdir), "--user", "1"]) == 2
+  assert "holds no config.json" in capsys.readouterr().err
+  assert cli.main(["recommend", str(workdir), "--user", "1", "--history",
+                   "2"]) == 2
+  assert "give one of --user" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------- export
+READER = r"""
+import json, sys
+sys.modules["mtrec_jax"] = None  # importing it now fails: not needed
+import jax, numpy as np
+from safetensors.numpy import load_file
+folder, *files = sys.argv[1:]  # then (inputs.npz, outputs.npz) pairs
+manifest = json.load(open(f"{folder}/manifest.json"))
+exported = jax.export.deserialize(
+    bytearray(open(f"{folder}/{manifest['function']}", "rb").read()))
+params = load_file(f"{folder}/{manifest['params']}")
+for inputs, out in zip(files[::2], files[1::2]):
+  batch = dict(np.load(inputs))
+  for name, spec in manifest["inputs"].items():
+    assert str(batch[name].dtype) == spec["dtype"], name
+  preds = exported.call(params, batch)
+  assert sorted(preds) == sorted(manifest["outputs"])
+  np.savez(out, **{k: np.asarray(v) for k, v in preds.items()})
+print(json.dumps(sorted(m for m, v in sys.modules.items()
+                        if m.startswith("mtrec") and v is not None)))
+"""
+
+
+def test_export_round_trips_exactly_in_a_fresh_process(trained, loaded,
+                                                       tmp_path, capsys):
+  folder = tmp_path / "served"
+  assert cli.main(["export-model", str(trained), "--out", str(folder)]) == 0
+  assert "model.stablehlo" in capsys.readouterr().out
+  manifest = json.loads((folder / "manifest.json").read_text())
+  assert manifest["inputs"] == {"hist_items": {"dtype": "int32",
+                                               "shape": ["b", 5]}}
+  assert manifest["outputs"] == {"next_all": {
+      "dtype": "float32", "shape": ["b", NUM_ITEMS + 1]}}
+  assert manifest["params"] == "params.safetensors"
+  test = loaded.dataset.splits["test"]
+  (tmp_path / "reader.py").write_text(READER)
+  files, batches = [], []
+  for rows in (NUM_USERS, 3):  # the batch size is symbolic
+    batches.append({"hist_items": test["hist_items"][:rows]})
+    np.savez(tmp_path / f"in{rows}.npz", **batches[-1])
+    files += [str(tmp_path / f"in{rows}.npz"), str(tmp_path / f"out{rows}.npz")]
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  done = subprocess.run(
+      [sys.executable, str(tmp_path / "reader.py"), str(folder), *files],
+      cwd=tmp_path, env={**env, "JAX_PLATFORMS": "cpu"},
+      capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr
+  assert json.loads(done.stdout.splitlines()[-1]) == []  # no mtrec_jax
+  for batch, out in zip(batches, files[1::2]):
+    got = dict(np.load(out))
+    want = loaded.predict(batch)
+    assert set(got) == set(want)
+    for name in want:
+      np.testing.assert_array_equal(got[name], want[name])
