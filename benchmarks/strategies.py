@@ -1,6 +1,7 @@
 """Train-step time of every weighting strategy, K tasks, both gradient modes.
 
-    python -m benchmarks.strategies [--quick] [--json OUT]
+    python -m benchmarks.strategies [--quick] [--ks 4] [--strategies a,b]
+        [--json OUT] [--note 'what else ran']
 
 One model (shared-bottom MLP, 2 x 512 units, 64-unit towers) on a fixed
 random regression batch; for each strategy, K in {2, 4, 8, 16} and gradient
@@ -15,13 +16,23 @@ jitted `jax.grad` calls and sums them, as a PyTorch-style loop of K backward
 passes would.  The `engine_*` rows time the per-task gradient engine alone
 (the K gradients, no strategy or update): the training engine
 (`split_jacobian`, `engine_vmap` / `engine_unrolled`) vs
-`engine_loop_k_grads`. Writes JSON {"device", "rows": [{"strategy", "k", "mode",
-"step_ms", "compile_ms"}]} and a Markdown summary.
+`engine_loop_k_grads`.
+
+Every registered strategy runs in every mode it supports: strategies with
+per-row state (`Strategy.row_state`) get a state shaped like the shared
+parameters (params modes) or one example's representation (rep mode), as
+in training; a mode the strategy's factory refuses (rep for MoCo and
+DB-MTL) is listed as skipped; Auto-Lambda gets the training batch as its
+meta batch too; `alternating` a per-group optimizer.  Writes JSON
+{"device", "note", "rows": [{"strategy", "k", "mode", "step_ms",
+"compile_ms"}], "skipped": [{"strategy", "mode", "why"}]} and a Markdown
+summary (with a per-strategy table of the ratios at K=4).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 
 import jax
@@ -112,33 +123,68 @@ def engine_entries(model, tasks, params, k) -> list[tuple[dict, object, object]]
   return out
 
 
-def step_entries(model, tasks, params, k, names, optimizer):
-  """Full train steps: the loop baseline, then every strategy and mode."""
+def rep_row(model, params, batch) -> int:
+  """One example's flattened representation size: the Jacobian row length
+  that strategies with per-row state (`Strategy.row_state`) are built for in
+  rep mode, as the train loop does (`loop.strategy_row`)."""
+  rep = jax.eval_shape(lambda p: model.apply(
+      {"params": p}, batch, train=False, method="represent"), params)
+  return math.prod(rep.shape[2:])
+
+
+def build(name: str, **hparams):
+  """The strategy as benchmarked.  DWA's epoch length and `alternating`'s
+  per-group optimizer state (the base config's Adam, = optax.adam(1e-3))
+  decide what a step does, not what it costs; Auto-Lambda's look-ahead uses
+  the benchmark's Adam learning rate."""
+  extra = ({"steps_per_epoch": 100} if name == "dwa" else
+           {"virtual_lr": 1e-3} if name == "auto_lambda" else {})
+  return weighting.build(name, **extra, **hparams)
+
+
+def modes_of(name: str, strategy) -> tuple[tuple[str, ...], dict[str, str]]:
+  """(the modes benchmarked, {mode: why it is skipped}).  Loss strategies
+  have one mode; gradient strategies params, params_unrolled and rep, less
+  rep where the factory refuses it (MoCo, DB-MTL: they mix gradients of
+  earlier steps per parameter, which has no per-example representation
+  form)."""
+  if strategy.kind == "loss":
+    return ("loss",), {}
+  try:
+    build(name, mode="rep")
+  except ValueError as e:
+    return ("params", "params_unrolled"), {"rep": str(e)}
+  return ("params", "params_unrolled", "rep"), {}
+
+
+def step_entries(model, tasks, params, batch, k, names, optimizer, skipped):
+  """Full train steps: the loop baseline, then every strategy and mode.
+  Modes a strategy does not support go to `skipped` ({(name, mode): why})."""
   out = [({"strategy": "loop_k_grads", "k": k, "mode": "params"},
           loop_baseline(model, tasks, optimizer),
           (params, optimizer.init(params)))]
   for name in names:
-    # DWA's epoch length and `alternating`'s per-group optimizer state (the
-    # base config's Adam, = optax.adam(1e-3)) decide what a step does, not
-    # what it costs.
-    strategy = weighting.build(
-        name, **({"steps_per_epoch": 100} if name == "dwa" else
-                 {"virtual_lr": 1e-3} if name == "auto_lambda" else {}))
+    strategy = build(name)
     # Auto-Lambda's meta update reads a second batch (here the same one).
-    feed = ((lambda b: with_meta_batch(b, b)) if name == "auto_lambda"
+    feed = ((lambda b: with_meta_batch(b, b))
+            if getattr(strategy, "meta_update", None) is not None
             else (lambda b: b))
     opt = (make_optimizer(config_lib.base_config().optimizer, 1,
                           groups=[t.name for t in tasks])
            if freezes_groups(strategy) else optimizer)
-    modes = (("loss",) if strategy.kind == "loss" else
-             ("params", "params_unrolled", "rep"))
+    modes, skip = modes_of(name, strategy)
+    skipped.update({(name, m): why for m, why in skip.items()})
     for mode in modes:
       step = jax.jit(make_train_step(
           model, tasks, strategy, opt,
           {"loss": "", "params_unrolled": "params"}.get(mode, mode),
           jacobian="unrolled" if mode == "params_unrolled" else "vmap"))
+      # Per-row state: shaped like the shared parameters in params mode
+      # (create's default), like one example's representation in rep mode.
+      row = (rep_row(model, params, batch)
+             if mode == "rep" and strategy.row_state else None)
       state = state_lib.create(params, opt, strategy, k,
-                               jax.random.PRNGKey(1))
+                               jax.random.PRNGKey(1), row)
       out.append(({"strategy": name, "k": k, "mode": mode},
                   lambda s, b, step=step, feed=feed: step(s, feed(b))[0],
                   state))
@@ -160,6 +206,8 @@ def main(argv=None) -> None:
                  "after every K")
   p.add_argument("--strategies", default="",
                  help="comma-separated subset (default: all registered)")
+  p.add_argument("--note", default="",
+                 help="a line for the summary, e.g. what else was running")
   args = p.parse_args(argv)
   ks = (2, 4) if args.quick else (2, 4, 8, 16)
   if args.ks:
@@ -167,11 +215,12 @@ def main(argv=None) -> None:
   rounds, iters = (2, 3) if args.quick else (args.rounds, args.iters)
   names = args.strategies.split(",") if args.strategies else STRATEGIES.names()
   optimizer = optax.adam(1e-3)
-  rows = []
+  rows, skipped = [], {}
   for k in ks:
     model, tasks, batch, params = setup(k, args.batch_size)
     entries = (engine_entries(model, tasks, params, k) +
-               step_entries(model, tasks, params, k, names, optimizer))
+               step_entries(model, tasks, params, batch, k, names, optimizer,
+                            skipped))
     timed = time_interleaved([(fn, st) for _, fn, st in entries], batch,
                              rounds=rounds, iters=iters)
     for (meta, _, _), (ms, first) in zip(entries, timed):
@@ -180,17 +229,25 @@ def main(argv=None) -> None:
     if args.partial:  # keep what was measured if the run is cut short
       pathlib.Path(args.partial).write_text(json.dumps(rows) + "\n")
   device = describe_device()
+  skips = [{"strategy": n, "mode": m, "why": why}
+           for (n, m), why in skipped.items()]
   write_outputs("strategies", {"device": device, "batch_size": args.batch_size,
                                "rounds": rounds, "iters": iters,
-                               "rows": rows}, args.json, summary(rows, device))
+                               "note": args.note, "rows": rows,
+                               "skipped": skips}, args.json,
+                summary(rows, device, skips, args.note))
 
 
-def summary(rows, device: str) -> str:
-  """Markdown: step ms per strategy/mode (rows) and K (columns), plus the
-  two ratios the design promises."""
+def summary(rows, device: str, skipped=(), note: str = "") -> str:
+  """Markdown: step ms per strategy/mode (rows) and K (columns), the modes
+  skipped and why, the two ratios the design promises (over all strategies
+  and per strategy)."""
   ks = sorted({r["k"] for r in rows})
   keyed = {(r["strategy"], r["mode"], r["k"]): r["step_ms"] for r in rows}
-  lines = [f"# Strategy step time (ms, median) on {device}", "",
+  lines = [f"# Strategy step time (ms, median) on {device}", ""]
+  if note:
+    lines += [note, ""]
+  lines += [
            "| strategy | mode | " + " | ".join(f"K={k}" for k in ks) + " |",
            "|---|---|" + "---|" * len(ks)]
   for strategy, mode in dict.fromkeys((r["strategy"], r["mode"]) for r in rows):
@@ -217,7 +274,36 @@ def summary(rows, device: str) -> str:
     if fused and engine_loop:
       lines.append(f"At K={k}: engine alone ({engine}) / K separate gradient "
                    f"calls: {fused / engine_loop:.2f}.")
+  if skipped:
+    lines += ["", "Modes not benchmarked (the strategy refuses them):", ""]
+    lines += [f"- {s['strategy']} {s['mode']}: {s['why']}" for s in
+              {(s["strategy"], s["mode"]): s for s in skipped}.values()]
+  lines += ratio_table(keyed, k)
   return "\n".join(lines) + "\n"
+
+
+def ratio_table(keyed, k) -> list[str]:
+  """Per strategy at K=k: its loss or rep step / the mean step (the promise:
+  rep <= 1.3), its params steps / the loop of K gradient calls (the promise:
+  params_unrolled <= 0.8)."""
+  mean = keyed.get(("mean", "loss", k))
+  loop = keyed.get(("loop_k_grads", "params", k))
+  names = dict.fromkeys(s for (s, m, kk) in keyed if kk == k and m in
+                        ("loss", "rep", "params_unrolled")
+                        and not s.startswith("engine_"))
+  if not (mean and loop and names):
+    return []
+  def cell(name, mode, base):
+    v = keyed.get((name, mode, k))
+    return "-" if v is None else f"{v / base:.2f}"
+  lines = ["", f"Ratios at K={k} per strategy:", "",
+           "| strategy | loss / mean | rep / mean | params / loop | "
+           "params_unrolled / loop |", "|---|---|---|---|---|"]
+  for name in names:
+    lines.append(f"| {name} | {cell(name, 'loss', mean)} | "
+                 f"{cell(name, 'rep', mean)} | {cell(name, 'params', loop)} | "
+                 f"{cell(name, 'params_unrolled', loop)} |")
+  return lines
 
 
 if __name__ == "__main__":
