@@ -243,6 +243,18 @@ def to_dict(config: ConfigDict) -> dict:
   return json.loads(config.to_json(sort_keys=True))
 
 
+def freeze(value: Any) -> Any:
+  """A hashable form of a plain config value, for cache keys: dicts become
+  tuples of (key, value) pairs sorted by key, lists and tuples tuples, at
+  every depth; anything else is returned as is (an unhashable leaf still
+  fails `hash`)."""
+  if isinstance(value, Mapping):
+    return tuple(sorted((k, freeze(v)) for k, v in value.items()))
+  if isinstance(value, (list, tuple)):
+    return tuple(freeze(v) for v in value)
+  return value
+
+
 def _plain_dict(config: ConfigDict | Mapping[str, Any]) -> dict:
   if isinstance(config, (ConfigDict, ml_collections.FrozenConfigDict)):
     return to_dict(config)

@@ -194,3 +194,19 @@ def test_list_path_imports_no_flax_jax_or_optax():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                        text=True, check=True)
   assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_freeze_is_one_hashable_key_per_value():
+  """`config.freeze`, the cache key of dataset kwargs and strategy
+  hyper-parameters: nested dicts, lists and tuples at every depth, dict order
+  ignored, different values different keys."""
+  value = {"b": [1, {"y": (2, 3), "x": [4]}], "a": "s"}
+  key = config_lib.freeze(value)
+  assert key == (("a", "s"), ("b", (1, (("x", (4,)), ("y", (2, 3))))))
+  hash(key)
+  reordered = {"a": "s", "b": [1, {"x": [4], "y": [2, 3]}]}
+  assert config_lib.freeze(reordered) == key
+  assert config_lib.freeze({**value, "a": "t"}) != key
+  assert config_lib.freeze(7) == 7 and config_lib.freeze([]) == ()
+  with pytest.raises(TypeError):  # an unhashable leaf stays unhashable
+    hash(config_lib.freeze({"a": {1, 2}}))

@@ -53,14 +53,6 @@ from mtrec_jax.weighting.auto_lambda import with_meta_batch
 META_SEED_OFFSET = 1_000_003
 
 
-def _freeze(x):
-  if isinstance(x, dict):
-    return tuple(sorted((k, _freeze(v)) for k, v in x.items()))
-  if isinstance(x, list):
-    return tuple(_freeze(v) for v in x)
-  return x
-
-
 @functools.lru_cache(maxsize=8)
 def _cached_dataset(name: str, frozen_kwargs, seed: int) -> Dataset:
   kwargs = {k: (list(v) if isinstance(v, tuple) else v)
@@ -83,7 +75,8 @@ def load_dataset(config) -> Dataset:
   name = kwargs.pop("name")
   DATASETS.get(name)  # unknown names fail here, with suggestions
   try:
-    return _cached_dataset(name, _freeze(kwargs), int(config.seed))
+    return _cached_dataset(name, config_lib.freeze(kwargs),
+                           int(config.seed))
   except TypeError as e:
     raise TypeError(f"dataset {name!r} rejected its config (data.*): {e}") from e
 

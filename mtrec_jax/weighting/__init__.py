@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from mtrec_jax import _autoimport
+from mtrec_jax import config as config_lib
 from mtrec_jax.registry import STRATEGIES
 from mtrec_jax.weighting.base import (OptaxStrategyState, Strategy, Weighting,
                                       apply_strategy, as_optax, combine_tree,
@@ -23,14 +24,6 @@ def build(name: str, **hparams) -> Strategy:
   return STRATEGIES.get(name)(**hparams)
 
 
-def _hashable(x):
-  if isinstance(x, (list, tuple)):
-    return tuple(_hashable(v) for v in x)
-  if isinstance(x, dict):
-    return tuple(sorted((k, _hashable(v)) for k, v in x.items()))
-  return x
-
-
 _AGGREGATORS: dict = {}  # (name, frozen hparams) -> jitted aggregator
 
 
@@ -38,7 +31,7 @@ def _jitted_aggregate(name: str, hparams: dict):
   """One jitted aggregator per (strategy, hyper-parameters), so repeated
   `aggregate` calls on same-shaped inputs compile once."""
   try:
-    cache_key = (name, _hashable(hparams))
+    cache_key = (name, config_lib.freeze(hparams))
     hash(cache_key)
   except TypeError:  # unhashable hyper-parameters: build without caching
     cache_key = None
