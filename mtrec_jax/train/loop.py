@@ -57,11 +57,9 @@ META_SEED_OFFSET = 1_000_003
 def _cached_dataset(name: str, frozen_kwargs, seed: int) -> Dataset:
   kwargs = {k: (list(v) if isinstance(v, tuple) else v)
             for k, v in frozen_kwargs}
-  storage = kwargs.pop("storage", "memory")
-  if name in stored_synthetic.GENERATORS:
-    return stored_synthetic.load_synthetic(name, storage=storage, seed=seed,
-                                           **kwargs)
-  return DATASETS.get(name)(seed=seed, **kwargs)
+  # A storable dataset is generated in memory or read back from its
+  # prepared copy (`data.storage`); any other reads its own files.
+  return stored_synthetic.load(name, seed=seed, **kwargs)
 
 
 def clear_dataset_cache() -> None:

@@ -72,6 +72,27 @@ def test_load_reads_storable_and_other_datasets_alike(tmp_path):
               DATASETS.get("gradnorm_toy")(seed=1, **kwargs))
 
 
+def test_the_train_loop_loads_through_the_same_call(tmp_path, monkeypatch):
+  """`train.loop.load_dataset` has no dataset-specific branch: `data.storage`
+  reaches `stored_synthetic.load`, so 'array_record' reads a prepared copy
+  (written under MTREC_TFDS_DIR) equal to the in-memory generator's."""
+  from mtrec_jax import config as config_lib
+  from mtrec_jax.train import loop
+  monkeypatch.setenv("MTREC_TFDS_DIR", str(tmp_path))
+  datasets = {}
+  for storage in ("memory", "array_record"):
+    cfg = config_lib.base_config()
+    cfg.seed = 1
+    cfg.data = config_lib.ConfigDict(
+        {"name": "gradnorm_toy", "storage": storage, "num_tasks": 2,
+         "n_train": 30, "n_val": 10, "n_test": 10})
+    loop.clear_dataset_cache()
+    datasets[storage] = loop.load_dataset(cfg)
+  loop.clear_dataset_cache()
+  assert any(tmp_path.iterdir())  # the prepared copy was written and read
+  assert_same(datasets["array_record"], datasets["memory"])
+
+
 def test_movielens_builder_round_trip_and_source_key(tmp_path):
   source = write_100k(tmp_path / "ml-100k")
   kwargs = dict(data_dir=str(source), max_len=3, strict_counts=False,
