@@ -221,17 +221,18 @@ class LoadedRun:
     model: the `MultiTaskModel`.
     tasks: the dataset tasks the run trained; `eval_tasks` adds the
       auxiliary tasks that predict (e.g. next_all), as evaluation does.
+    aux_tasks: the run's auxiliary tasks (`tasks.auxiliary`).
     params: the selected parameters.
     inputs: {column: (dtype, shape without the batch dimension)}, the
       columns `predict` reads.
   """
   run_dir: pathlib.Path
-  config: config_lib.ConfigDict
-  dataset: Any
-  model: Any
-  tasks: tuple
-  aux_tasks: tuple
-  params: Any
+  config: config_lib.ConfigDict = dataclasses.field(repr=False)
+  dataset: Any = dataclasses.field(repr=False)
+  model: Any = dataclasses.field(repr=False)
+  tasks: tuple = dataclasses.field(repr=False)
+  aux_tasks: tuple = dataclasses.field(repr=False)
+  params: Any = dataclasses.field(repr=False)
   inputs: dict[str, tuple[np.dtype, tuple[int, ...]]]
 
   def __post_init__(self):

@@ -26,6 +26,9 @@ from mtrec_jax.serve import recommend as rec
 from mtrec_jax.train.loop import train_and_evaluate
 from mtrec_jax.train.evaluate import make_predict_fn
 
+# End to end: each module trains its runs (a few seconds of compiling each).
+pytestmark = pytest.mark.slow
+
 NUM_USERS, NUM_ITEMS, GENRES = 12, 130, ("unknown", "Action", "Comedy")
 
 
@@ -339,3 +342,37 @@ def test_export_round_trips_exactly_in_a_fresh_process(trained, loaded,
     assert set(got) == set(want)
     for name in want:
       np.testing.assert_array_equal(got[name], want[name])
+
+
+# ------------------------------------------------- a tabular ranker (MMoE)
+def test_tabular_ranker_scores_and_exports(tmp_path):
+  """Candidate scoring: quickstart's MMoE on a few synthetic rows."""
+  import jax
+  from safetensors.numpy import load_file
+  from mtrec_jax.serve.export import export_model
+  exp = experiment_lib.get_experiment("quickstart")
+  (point,) = exp.runs(only={"model": ["mmoe"]})
+  config = config_lib.apply_overrides(point.config, {
+      "data.n_train": 64, "data.n_val": 32, "data.n_test": 32,
+      "train.batch_size": 16, "train.num_steps": 2, "train.eval_every": 2,
+      "train.keep_checkpoints": 0, "log.tensorboard": False})
+  train_and_evaluate(config, tmp_path / "run", progress=False)
+  run = load_lib.load_run(tmp_path / "run")
+  test = run.dataset.splits["test"]
+  want, _ = make_predict_fn(run.model, run.tasks)(run.params, test)
+  got = run.score(test)
+  assert set(got) == {t.name for t in run.tasks} == set(want) and len(got) == 2
+  for name in want:
+    np.testing.assert_array_equal(got[name], np.asarray(want[name]))
+  with pytest.raises(ValueError, match="no next-item task.*score"):
+    run.recommend(user=1)
+  export_model(run, tmp_path / "served")
+  exported = jax.export.deserialize(bytearray(
+      (tmp_path / "served" / "model.stablehlo").read_bytes()))
+  params = load_file(str(tmp_path / "served" / "params.safetensors"))
+  batch = run.model_inputs(test)
+  again = exported.call(params, {k: v[:7] for k, v in batch.items()})
+  for name in want:
+    np.testing.assert_array_equal(np.asarray(again[name]),
+                                  run.predict({k: v[:7] for k, v in
+                                               batch.items()})[name])
