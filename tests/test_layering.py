@@ -1,6 +1,6 @@
 """Import layering, read statically (AST) from the source files.
 
-The data flow of DESIGN.md, as imports: data, models, tasks and weighting
+The data flow of docs/design.md, as imports: data, models, tasks and weighting
 are libraries the trainer and the results code use, never the other way
 round; the data side shares only `mtrec_jax.specs` (and the task specs)
 with the models; tasks import neither the models nor Flax; `config.py` and `registry.py` load no model code, so

@@ -1,8 +1,9 @@
 """The jitted train step: per-task losses -> strategy -> optimizer.
 
-Per-task gradients are computed once, fused (DESIGN.md): one forward pass and
-the K backward passes batched with ``jax.vmap`` over the cotangents of one
-``jax.vjp``.  Three paths, by the strategy's kind and gradient mode:
+Per-task gradients are computed once, fused (docs/design.md, "Gradient
+modes and Jacobian engines"): one forward pass and the K backward passes
+batched with ``jax.vmap`` over the cotangents of one ``jax.vjp``.  Three
+paths, by the strategy's kind and gradient mode:
 
 * loss strategies: weights from the loss vector, then ONE backward pass of
   ``sum_k w_k L_k`` through the same VJP.
