@@ -52,22 +52,13 @@ with its item table and sequence encoder initialised from the pre-training
 run of seed 0 (`init_from`; give another run with
 ``--set init_from=PATH``).  Run `ml100k-pretrain` first.
 
-Measured (2 CPU cores, 2026-11-28; the generated tables are in
-paper/paper.md, section 6.4): pre-training took 1,000 steps (about 10 min);
-each fine-tuning run about 5.5 min.  Test, mean ± std over 3 seeds:
-  init        ndcg@10        hr@10          s_hr@10 (sampled)
-  scratch     0.0429±0.0025  0.0898±0.0053  0.5613±0.0048
-  pretrained  0.0482±0.0038  0.0993±0.0090  0.6069±0.0080
-Pre-training raises every next-item metric (+10.4 Δm%; MRR and the sampled
-metrics significant in a paired t-test over the seeds).  SASRec (3 seeds):
-  loss             ndcg@10        hr@10          s_hr@10 (sampled)
-  bce              0.0450±0.0094  0.0937±0.0144  0.6069±0.0343
-  softmax          0.0760±0.0024  0.1470±0.0096  0.6621±0.0105
-  sampled_softmax  0.0415±0.0053  0.0891±0.0159  0.5776±0.0261
-The softmax model is `ml100k-mtl`'s next_item (bit-identical metrics); 100
-uniform negatives keep the sampled softmax at the binary loss's level.
-A run alone on the 2 cores: about 8 min (bce), 12 min (softmax), 3.5 min
-(sampled softmax, 100 negatives instead of 1,683 logits a position).
+Results: paper/paper.md, section 6.4 (table ``ml100k-finetune``: scratch
+against pretrained) and section 6.4b "SASRec in the same harness" (table
+``ml100k-sasrec``: the bce, softmax and sampled-softmax losses), generated
+by `mtrec paper` from ``paper/results/ml100k-finetune.jsonl`` and
+``paper/results/ml100k-sasrec.jsonl``.  The softmax model is `ml100k-mtl`'s
+next_item (the same config); the sampled softmax scores 100 negatives a
+position instead of the whole catalogue.
 """
 from experiments.ml100k_mtl import (ENCODER_SCOPE, PRETRAINED_RUN,
                                    all_positions_config, popularity_report,
