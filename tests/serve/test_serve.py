@@ -214,14 +214,24 @@ def test_config_that_no_longer_resolves_names_the_key(trained, tmp_path):
     (copy / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(load_lib.RunConfigError, match=message):
       load_lib.load_run(copy)
+  # A config that builds another model than the saved parameters'.
+  copy = tmp_path / "wider"
+  shutil.copytree(trained, copy)
+  cfg = json.loads((copy / "config.json").read_text())
+  cfg["model"]["encoder"]["mlp_dim"] = 16
+  (copy / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(ValueError, match=r"saved parameter '.*' \(\[8\]\) "
+                     r"does not match .* \(\[16\]\)"):
+    load_lib.load_run(copy)
 
 
 def test_load_from_store_grid_point(store, trained, tmp_path):
   # An experiment + grid point resolves through the store's params_dir,
   # else through the workdir.
   db, workdir = store
-  run = load_lib.load_run(EXPERIMENT, where={"tasks": "next_item"}, seed=0,
-                          store=db, workdir=tmp_path / "nowhere")
+  import mtrec_jax
+  run = mtrec_jax.load_run(EXPERIMENT, where={"tasks": "next_item"}, seed=0,
+                           store=db, workdir=tmp_path / "nowhere")
   assert run.run_dir == trained.resolve()
   run = load_lib.load_run(EXPERIMENT, where={"tasks": "next_item"}, seed=0,
                           store=tmp_path / "no.db", workdir=workdir)
