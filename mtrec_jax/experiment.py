@@ -25,6 +25,8 @@ from mtrec_jax import config as config_lib
 from mtrec_jax.registry import EXPERIMENTS, UnknownNameError, closest
 
 ConfigDict = config_lib.ConfigDict
+# Between a run's name and its config hash in its folder's name.
+RUN_DIR_SEP = "@"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,16 @@ class Run:
   def name(self) -> str:
     parts = [f"{k}={v}" for k, v in self.grid.items()]
     return re.sub(r"[^A-Za-z0-9=.,_-]+", "_", ",".join(parts))
+
+  @property
+  def dir_name(self) -> str:
+    """The run's folder under WORKDIR/<experiment>: `<name>@<config hash>`.
+
+    The name alone is the grid point, which two configs share (e.g. another
+    --set); with the hash, no run ever writes into another's folder.  Run
+    names never hold '@' (`name` keeps only [A-Za-z0-9=.,_-]).
+    """
+    return f"{self.name}{RUN_DIR_SEP}{config_lib.config_hash(self.config)}"
 
 
 @dataclasses.dataclass(frozen=True)

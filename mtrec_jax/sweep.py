@@ -23,7 +23,9 @@ trained, and recorded. The library behind `mtrec run`.
    `Store.fail`; when the trainer raised after writing a failed result.json
    (as `train_and_evaluate` does), that result is stored, with its evals.
    A failed run never stops the sweep; a KeyboardInterrupt marks the claimed
-   runs failed and stops it.
+   runs failed and stops it; SIGTERM/SIGINT (`train.preemption`) make the
+   trainer checkpoint and raise `Preempted`: the claimed runs are marked
+   preempted (the next sweep claims them at once) and the sweep stops.
 5. collect: one result per grid run, in grid order (stored, else what this
    process trained, else `missing`), for the summary table.
 
@@ -31,8 +33,8 @@ Where later work slots in: population training (several runs of one grid
 that share shapes, trained as one program) is a `Trainer` whose `batches`
 groups those runs and whose `train` receives all of a batch's claimed runs at
 once, returning one result per run (each stored as its own run, as here).
-Preemption (SIGTERM) is a trainer that checkpoints and raises; the `except`
-around `Trainer.train` in `_train_batch` is where its claimed runs are marked.
+Preemption (SIGTERM) is a trainer that checkpoints and raises `Preempted`;
+the `except` around `Trainer.train` in `_train_batch` marks its claimed runs.
 
 Multi-host (SLURM, MPI, a TPU pod; `Hosts`): every process runs the same
 sweep; process 0 alone claims runs and writes the store (one SQLite writer,
@@ -57,10 +59,13 @@ from mtrec_jax import experiment as experiment_lib
 from mtrec_jax.results import records
 from mtrec_jax.results import run_files
 from mtrec_jax.results import store as store_lib
-from mtrec_jax.results.status import DIVERGED, DONE, FAILED, FINAL, RUNNING
+from mtrec_jax.results.status import (DIVERGED, DONE, FAILED, FINAL,
+                                      PREEMPTED, RUNNING)
+from mtrec_jax.train import preemption
 
-# How often a training process refreshes its runs' heartbeats in the store;
-# well under Store.stale_after_s, after which a silent run counts as abandoned.
+# How often a training process refreshes its runs' heartbeats in the store
+# at most; and at least 5 times per Store.stale_after_s, after which a silent
+# run counts as abandoned.
 HEARTBEAT_EVERY_S = 60.0
 SKIPPED = "skipped"  # a RunOutcome's status when this process did not train it
 
@@ -219,6 +224,9 @@ class _FollowerStore:
   def fail(self, *args, **kwargs) -> None:
     pass
 
+  def preempt(self, *args, **kwargs) -> None:
+    pass
+
 
 class _Heartbeat:
   """Refreshes claimed runs' heartbeats while they train, from a thread with
@@ -265,7 +273,7 @@ class _Heartbeat:
 class RunOutcome:
   """What happened to one run of this process's shard."""
   run: experiment_lib.Run
-  status: str  # done | diverged | failed (trained here) | skipped
+  status: str  # done | diverged | failed | preempted (here) | skipped
   result: dict | None = None  # the trainer's result; None when skipped
   detail: str = ""  # why skipped, or the error
   stored: bool = True  # False: trained, but the store refused the result
@@ -283,7 +291,7 @@ class SweepOutcome:
   shard: tuple[int, int]
   outcomes: tuple[RunOutcome, ...]  # this shard's runs, in grid order
   results: tuple[dict, ...]  # one per grid run (primary only; else empty)
-  root: pathlib.Path  # the experiment's run folders are root/<run name>
+  root: pathlib.Path  # run folders: root/<run name>@<config hash>
   store_path: pathlib.Path | None  # None on a follower host
   primary: bool
 
@@ -322,16 +330,21 @@ def run_sweep(experiment: experiment_lib.Experiment | str, *,
               resume: bool = False, progress: bool = False,
               log: Log | None = None, trainer: Trainer | None = None,
               hosts: Hosts | None = None,
-              provenance: Mapping[str, Any] | None = None) -> SweepOutcome:
+              provenance: Mapping[str, Any] | None = None,
+              stale_after_s: float | None = None) -> SweepOutcome:
   """Trains this shard's runs of `experiment` that the store does not have.
 
   store: a path (default $MTREC_STORE or ./results/mtrec.db) or an open
   `Store` (left open). workdir: run folders go to workdir/<experiment>/<run
-  name>. force: train runs already done or diverged again (a new attempt).
-  resume: continue each run from its newest usable checkpoint. log: hears
-  each run's progress lines (on process 0 only). trainer: default
-  `LoopTrainer`; hosts: default `JaxHosts` (joins a cluster launch first);
-  provenance: what `Store.claim` records, default `provenance.provenance()`.
+  name>@<config hash> (`Run.dir_name`: one folder per config). force:
+  train runs already done or diverged again (a new attempt). resume:
+  continue each run from its newest usable checkpoint. log: hears each
+  run's progress lines (on process 0 only). trainer: default `LoopTrainer`;
+  hosts: default `JaxHosts` (joins a cluster launch first); provenance:
+  what `Store.claim` records, default `provenance.provenance()`.
+  stale_after_s: how long a silent heartbeat means a dead owner whose runs
+  are taken over (default `store.stale_after()`: $MTREC_STALE_AFTER_S or
+  300 s); this process beats 5 times as often (at most every 60 s).
   """
   hosts = hosts or JaxHosts()
   say = (log or (lambda message: None)) if hosts.primary else (
@@ -357,7 +370,8 @@ def run_sweep(experiment: experiment_lib.Experiment | str, *,
     ctx = contextlib.nullcontext(store)
   else:
     ctx = store_lib.Store(store if store is not None
-                          else store_lib.default_store_path())
+                          else store_lib.default_store_path(),
+                          stale_after_s=stale_after_s)
   with ctx as db:
     for batch in trainer.batches(mine):
       claimed = []
@@ -373,11 +387,13 @@ def run_sweep(experiment: experiment_lib.Experiment | str, *,
           outcomes[i] = RunOutcome(run, SKIPPED, detail=reason)
         else:
           claimed.append((i, Claimed(run, run_id if hosts.primary else None,
-                                     root / run.name, prepared[i])))
+                                     root / run.dir_name, prepared[i])))
       if claimed:
         done = _train_batch(db, trainer, exp, [c for _, c in claimed],
                             resume=resume, progress=progress, log=say)
         outcomes.update(zip([i for i, _ in claimed], done))
+        if any(o.status == PREEMPTED for o in done):
+          break  # the job is going away: claim nothing more
     ordered = tuple(outcomes[i] for i in sorted(outcomes))
     results = (_grid_results(db, exp.name, runs, ordered) if hosts.primary
                else ())
@@ -408,8 +424,9 @@ def _train_batch(store, trainer: Trainer, exp, claimed: Sequence[Claimed], *,
   """Trains one batch of claimed runs and records each: a RunOutcome each."""
   started = time.time()
   ids = [c.run_id for c in claimed if c.run_id is not None]
-  beat = (_Heartbeat(store.path, ids) if store.path is not None and ids
-          else contextlib.nullcontext())
+  beat = (_Heartbeat(store.path, ids, min(HEARTBEAT_EVERY_S,
+                                           store.stale_after_s / 5))
+          if store.path is not None and ids else contextlib.nullcontext())
   try:
     with beat:
       results = trainer.train(claimed, experiment=exp, resume=resume,
@@ -418,6 +435,16 @@ def _train_batch(store, trainer: Trainer, exp, claimed: Sequence[Claimed], *,
     if len(results) != len(claimed):
       raise ValueError(f"the trainer returned {len(results)} results for "
                        f"{len(claimed)} claimed runs")
+  except preemption.Preempted as e:
+    log(f"  {e}")
+    out = []
+    for c in claimed:
+      try:
+        store.preempt(c.run_id, str(e))
+      except ValueError as refused:  # taken over meanwhile
+        log(f"  {refused}")
+      out.append(RunOutcome(c.run, PREEMPTED, None, str(e)))
+    return out
   except KeyboardInterrupt:
     for c in claimed:
       store.fail(c.run_id, "interrupted (KeyboardInterrupt)")

@@ -148,7 +148,8 @@ def test_failure_is_stored_and_the_sweep_carries_on_then_retries(exp,
   # A failed run is not final: the next sweep trains exactly those two. The
   # old failed result.json is older than the attempt: not taken for its own.
   old = time.time() - 3600
-  os.utime(tmp_path / "runs" / "quickstart" / NAMES[1] / "result.json",
+  (folder,) = (tmp_path / "runs" / "quickstart").glob(f"{NAMES[1]}@*")
+  os.utime(folder / "result.json",
            (old, old))
   trainer = FakeTrainer(lambda r: "raise-bare" if r.name == NAMES[1]
                         else "done")
@@ -169,18 +170,33 @@ def test_diverged_is_final_and_not_a_failure(exp, tmp_path):
   assert trainer.calls == [] and len(out.skipped) == 2
 
 
-def test_a_run_held_by_a_live_process_is_skipped_even_with_force(exp,
-                                                                 tmp_path):
+def test_a_run_held_by_a_live_process_is_skipped_and_force_takes_it_over(
+    exp, tmp_path):
+  """Issue 16 defect 6: --force takes over a running attempt explicitly
+  (before, it was skipped even with --force); the owner it replaced can no
+  longer record an outcome."""
   run = SEEDS.runs(exp)[0]
   with Store(tmp_path / "m.db") as s:  # this (live) process holds run 0
-    s.claim("quickstart", run.name, run.grid, {}, *sweep.run_key(run))
+    old = s.claim("quickstart", run.name, run.grid, {}, *sweep.run_key(run))
   trainer = FakeTrainer()
-  out = _sweep(exp, tmp_path, trainer, force=True)
+  out = _sweep(exp, tmp_path, trainer)
   assert trainer.calls == [[n] for n in NAMES[1:]]
   (skip,) = out.skipped
   assert skip.run.name == NAMES[0]
   assert "another process is running it" in skip.detail
   assert out.counts == {"done": 3, "running": 1}
+  trainer = FakeTrainer()
+  out = _sweep(exp, tmp_path, trainer, force=True)
+  assert trainer.calls == [[n] for n in NAMES]
+  assert out.counts == {"done": 4}
+  with Store(tmp_path / "m.db") as s:
+    first = s.results("quickstart", latest_only=False)[0]
+    assert (first["run_id"], first["status"]) == (old, "failed")
+    assert "forced while alive" in first["error"]
+    with pytest.raises(ValueError, match="was taken over by attempt 2"):
+      s.finish(old, {"status": "done", "metrics": {}})
+    with pytest.raises(ValueError, match="was taken over"):
+      s.preempt(old, "late")
 
 
 def test_the_result_store_refuses_is_a_failure(exp, tmp_path):

@@ -3,6 +3,8 @@
     running   an attempt is at work (its owner alive, its heartbeat fresh)
     done      finished; its metrics count
     diverged  a non-finite loss stopped it, at a recorded step
+    preempted stopped by SIGTERM/SIGINT after writing a checkpoint; the next
+              sweep claims it at once (`--resume` continues it)
     failed    an exception, a crash or a kill; retried by the next sweep
     missing   the store has no attempt of it (tables and status only)
 
@@ -12,8 +14,8 @@ config and seed it would diverge again. Failed runs are retried.
 """
 from __future__ import annotations
 
-RUNNING, DONE, DIVERGED, FAILED, MISSING = (
-    "running", "done", "diverged", "failed", "missing")
+RUNNING, DONE, DIVERGED, FAILED, MISSING, PREEMPTED = (
+    "running", "done", "diverged", "failed", "missing", "preempted")
 FINAL = (DONE, DIVERGED)
 # The order summaries list statuses in (`mtrec status`).
-ORDER = (DONE, RUNNING, DIVERGED, FAILED, MISSING)
+ORDER = (DONE, RUNNING, PREEMPTED, DIVERGED, FAILED, MISSING)

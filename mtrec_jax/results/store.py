@@ -66,7 +66,7 @@ from mtrec_jax.results import run_files
 # The status words, and FINAL: the outcomes a run keeps (`claim` skips them
 # unless forced); see results/status.py.
 from mtrec_jax.results.status import (  # noqa: F401  (re-exported)
-    DIVERGED, DONE, FAILED, FINAL, MISSING, RUNNING)
+    DIVERGED, DONE, FAILED, FINAL, MISSING, PREEMPTED, RUNNING)
 from mtrec_jax import config as config_lib
 
 
@@ -231,6 +231,29 @@ class RunStatus(NamedTuple):
   detail: str  # why failed / who is running it; "" otherwise
 
 
+# How long a running attempt's heartbeat may be silent before the attempt
+# counts as abandoned (its host dead) and another process takes the run over;
+# sweeps beat every `stale_after() / 5` s.  $MTREC_STALE_AFTER_S sets it: use
+# one value for every process that shares a store.
+DEFAULT_STALE_AFTER_S = 300.0
+
+
+def stale_after(value: float | None = None) -> float:
+  """`value`, else $MTREC_STALE_AFTER_S, else DEFAULT_STALE_AFTER_S."""
+  if value is None:
+    text = os.environ.get("MTREC_STALE_AFTER_S", "").strip()
+    try:
+      value = float(text) if text else DEFAULT_STALE_AFTER_S
+    except ValueError:
+      raise ValueError(f"MTREC_STALE_AFTER_S={text!r} is not a number of "
+                       f"seconds; set e.g. MTREC_STALE_AFTER_S=300") from None
+  if not (math.isfinite(value) and value > 0):
+    raise ValueError(f"the heartbeat window (stale_after_s, "
+                     f"$MTREC_STALE_AFTER_S) must be a positive number of "
+                     f"seconds, got {value!r}")
+  return float(value)
+
+
 def default_store_path() -> pathlib.Path:
   """``$MTREC_STORE`` when set, else ``./results/mtrec.db``."""
   env = os.environ.get("MTREC_STORE", "").strip()
@@ -349,16 +372,16 @@ class Store:
   `lock_timeout_s` has passed, then `StoreLockedError` is raised.
   `stale_after_s`: a running attempt whose heartbeat is older counts as
   abandoned even if its host is another machine (call `heartbeat` or
-  `log_eval` more often than this).
+  `log_eval` more often than this); default `stale_after()`.
   """
 
   def __init__(self, path: str | os.PathLike | None = None, *,
                busy_timeout_ms: int = 5_000, lock_timeout_s: float = 120.0,
-               stale_after_s: float = 1800.0):
+               stale_after_s: float | None = None):
     self.path = pathlib.Path(path) if path is not None else default_store_path()
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self.lock_timeout_s = float(lock_timeout_s)
-    self.stale_after_s = float(stale_after_s)
+    self.stale_after_s = stale_after(stale_after_s)
     self.busy_retries = 0  # retries after "database is locked", for logs/tests
     self._host = socket.gethostname()
     self._conn: sqlite3.Connection | None = sqlite3.connect(
@@ -460,6 +483,7 @@ class Store:
     current = self._retry(lambda: version(self.conn))
     check(current)
     if current == SCHEMA_VERSION:
+      self._allow_preempted()
       return
 
     def upgrade(conn):
@@ -474,6 +498,39 @@ class Store:
       conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     self._transaction(upgrade, write=True)
+    self._allow_preempted()
+
+  def _allow_preempted(self) -> None:
+    """Adds 'preempted' to the runs table's status CHECK (issue 16), in
+    place: a compatible change (code without it reads such an attempt as a
+    finished, not final one and claims the run again), so no schema version;
+    SQLite's documented way to change a CHECK (writable_schema)."""
+    def sql(conn):
+      return conn.execute("SELECT sql FROM sqlite_master WHERE type = "
+                          "'table' AND name = 'runs'").fetchone()[0]
+
+    if f"'{PREEMPTED}'" in self._retry(lambda: sql(self.conn)):
+      return
+
+    def extend(conn):
+      old = sql(conn)
+      if f"'{PREEMPTED}'" in old:
+        return  # another process did it
+      new = old.replace(f"'{FAILED}')", f"'{FAILED}', '{PREEMPTED}')")
+      if new == old:
+        raise ValueError(f"results store {self.path}: its runs table has "
+                         f"an unexpected status CHECK; cannot add "
+                         f"{PREEMPTED!r}")
+      v = conn.execute("PRAGMA schema_version").fetchone()[0]
+      conn.execute("PRAGMA writable_schema = ON")
+      try:
+        conn.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' "
+                     "AND name = 'runs'", (new,))
+        conn.execute(f"PRAGMA schema_version = {v + 1}")
+      finally:
+        conn.execute("PRAGMA writable_schema = OFF")
+
+    self._transaction(extend, write=True)
 
   def _row(self, conn, run_id: int) -> sqlite3.Row:
     row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -536,9 +593,11 @@ class Store:
     """Starts a new attempt of a run and returns its id, or None to skip it.
 
     Skipped when the run (same experiment, config hash and seed) already
-    ended done or diverged (unless `force`), or when another live process is
-    running it (even with `force`: two processes would race on one workdir).
-    Attempts whose owner is gone are marked failed and taken over.
+    ended done or diverged, or when another live process is running it,
+    unless `force`: then a live attempt is marked failed ("taken over") and
+    its owner can no longer finish it (`finish` refuses).  Attempts whose
+    owner is gone are marked failed and taken over; preempted ones are
+    claimed at once.
     """
     grid_json, config_json = _dumps(grid), _dumps(config)
     prov = _provenance_columns(provenance or {})
@@ -555,9 +614,11 @@ class Store:
           continue
         alive, why = self._owner(r, now)
         if alive and not r["superseded"]:
-          return None
-        if not alive:
-          gone.append((r, why))
+          if not force:
+            return None
+          gone.append((r, f"forced while alive: {why}"))
+        elif not alive:
+          gone.append((r, f"abandoned: {why}"))
       if not force and any(r["status"] in FINAL and not r["superseded"]
                            for r in attempts):
         return None
@@ -565,8 +626,8 @@ class Store:
       for r, why in gone:
         conn.execute(
             "UPDATE runs SET status = ?, error = ?, ended_at = ? WHERE id = ? "
-            "AND status = ?", (FAILED, f"abandoned ({why}); taken over by "
-                               f"attempt {attempt}", now, r["id"], RUNNING))
+            "AND status = ?", (FAILED, f"{why}; taken over by attempt "
+                               f"{attempt}", now, r["id"], RUNNING))
       columns = dict(experiment=experiment, run_name=run_name,
                      config_hash=config_hash, seed=seed, attempt=attempt,
                      status=RUNNING, grid=grid_json, config=config_json,
@@ -638,6 +699,7 @@ class Store:
         raise ValueError(
             f"run {run_id} ({row['run_name']}) already ended {row['status']}; "
             f"claim a new attempt with force=True to run it again")
+      self._check_not_taken_over(conn, row)
       for key, want in (("config_hash", row["config_hash"]),
                         ("seed", row["seed"])):
         if result.get(key) is not None and result[key] != want:
@@ -669,19 +731,42 @@ class Store:
 
     self._transaction(fn, write=True)
 
+  def preempt(self, run_id: int, error: str) -> None:
+    """Marks an attempt preempted (it stopped on a signal after writing a
+    checkpoint); the next `claim` takes the run at once, on any host."""
+    self._end(run_id, PREEMPTED, error)
+
   def fail(self, run_id: int, error: str) -> None:
     """Marks an attempt failed (an exception the caller caught)."""
+    self._end(run_id, FAILED, error)
+
+  def _end(self, run_id: int, status: str, error: str) -> None:
     def fn(conn):
       row = self._row(conn, run_id)
       if row["status"] in FINAL:
         raise ValueError(f"run {run_id} ({row['run_name']}) already ended "
-                         f"{row['status']}; it cannot fail now")
+                         f"{row['status']}; it cannot be {status} now")
+      self._check_not_taken_over(conn, row)
       now = time.time()
       conn.execute("UPDATE runs SET status = ?, error = ?, ended_at = ?, "
                    "heartbeat_at = ? WHERE id = ?",
-                   (FAILED, str(error), now, now, run_id))
+                   (status, str(error), now, now, run_id))
 
     self._transaction(fn, write=True)
+
+  def _check_not_taken_over(self, conn, row: sqlite3.Row) -> None:
+    """Raises when a later attempt of the run took this one over: its owner
+    (a process thought dead, or one a --force replaced) must not record."""
+    later = conn.execute(
+        "SELECT attempt FROM runs WHERE experiment = ? AND config_hash = ? "
+        "AND seed = ? AND id > ? ORDER BY id LIMIT 1",
+        (row["experiment"], row["config_hash"], row["seed"], row["id"])
+    ).fetchone()
+    if row["status"] != RUNNING and later is not None:
+      raise ValueError(
+          f"run {row['id']} ({row['run_name']}, attempt {row['attempt']}) "
+          f"was taken over by attempt {later[0]} ({row['error']}); this "
+          f"process's outcome is not stored")
 
   # -- reading
 

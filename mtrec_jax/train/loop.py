@@ -13,6 +13,7 @@ aside.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -41,6 +42,7 @@ from mtrec_jax.results import run_files
 from mtrec_jax.tasks.metrics import direction
 from mtrec_jax.train import checkpoints
 from mtrec_jax.train import parallel
+from mtrec_jax.train import preemption
 from mtrec_jax.train import state as state_lib
 from mtrec_jax.train.evaluate import evaluate, make_predict_fn
 from mtrec_jax.train.optim import learning_rate_schedule, make_optimizer
@@ -239,7 +241,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path | None = None, *,
   """Trains one run and returns its result dict (also ``workdir/result.json``).
 
   A non-finite loss stops the run with status ``diverged`` at its step; an
-  exception gives status ``failed`` (with the error) and is re-raised.
+  exception gives status ``failed`` (with the error) and is re-raised, and
+  so does a non-finite final loss (the selected parameters are damaged).
+  SIGTERM/SIGINT (`preemption`) checkpoint the run and raise `Preempted`.
   `report(result, dataset) -> dict`, when given, adds ``result["report"]``.
   `resume` continues from the newest usable checkpoint in `workdir` (none:
   a fresh start); without it, old checkpoints there are deleted first.
@@ -263,9 +267,17 @@ def train_and_evaluate(config, workdir: str | pathlib.Path | None = None, *,
     files.mkdir(parents=True, exist_ok=True)
     run_files.write_json(files / "config.json", config_lib.to_dict(cfg))
   try:
-    result.update(_train(c, workdir, progress, resume, log or (lambda m: None)))
+    with preemption.watch() as stop:
+      result.update(_train(c, workdir, progress, resume,
+                           log or (lambda m: None), stop))
     if report is not None:
       result["report"] = report(result, c.dataset)
+  except preemption.Preempted as e:  # checkpointed; the sweep marks it
+    result.update(status="preempted", error=str(e), steps=e.step,
+                  wall_time_s=time.time() - start)
+    if files is not None:
+      run_files.write_json(files / "result.json", result)
+    raise
   except Exception as e:  # recorded, then re-raised for the caller to decide
     result.update(status="failed", error=f"{type(e).__name__}: {e}",
                   traceback=traceback.format_exc(limit=20))
@@ -298,6 +310,43 @@ def _keep_evals_until(path: pathlib.Path, step: int) -> None:
   with os.fdopen(fd, "w") as f:
     f.writelines(kept)
   os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class LoopState:
+  """What the loop tracks besides the TrainState (issue 14 item 4); a
+  checkpoint holds `best_params` as its `best` item and the rest as `meta`,
+  under the keys checkpoints always had (older ones resume)."""
+  best_params: Any
+  initial: dict  # validation losses before training (GradNorm's L_k(0))
+  best_value: float | None = None  # the selection metric's best so far
+  best_step: int = 0
+  bad_evals: int = 0  # evaluations since the best one (patience)
+  stopped: bool = False  # stopped early (patience ran out)
+  train_log: list = dataclasses.field(default_factory=list)
+
+  def meta(self) -> dict:
+    # A copy of the log: the save is written in the background as it grows.
+    return {"best_value": self.best_value, "best_step": self.best_step,
+            "bad_evals": self.bad_evals, "stopped": self.stopped,
+            "train_log": list(self.train_log), "initial": self.initial}
+
+  @classmethod
+  def restore(cls, restored: checkpoints.Restored) -> LoopState:
+    m = restored.meta
+    return cls(restored.best_params, m["initial"], m["best_value"],
+               m["best_step"], m["bad_evals"], m["stopped"],
+               list(m["train_log"]))
+
+  def evaluated(self, step: int, value: float, params, mode: str,
+                patience: int) -> None:
+    """Keeps `params` when `value` is the best so far; counts patience."""
+    if _better(value, self.best_value, mode):
+      self.best_params, self.best_value, self.best_step = params, value, step
+      self.bad_evals = 0
+    else:
+      self.bad_evals += 1
+      self.stopped = bool(patience and self.bad_evals >= patience)
 
 
 class _Saver:
@@ -339,8 +388,9 @@ class _Saver:
             (self.seconds > 0 and
              time.monotonic() - self.last_save >= self.seconds))
 
-  def save(self, step, state, best_params, meta, value) -> None:
-    self.store.save(step, state, best_params, meta, value)
+  def save(self, step, state, loop_state: LoopState, value) -> None:
+    self.store.save(step, state, loop_state.best_params, loop_state.meta(),
+                    value)
     self.last_save = time.monotonic()
 
   def close(self) -> None:
@@ -349,20 +399,21 @@ class _Saver:
 
 
 def _train(c: Components, workdir, progress: bool, resume: bool = False,
-           log=lambda m: None) -> dict[str, Any]:
+           log=lambda m: None, stop=None) -> dict[str, Any]:
   primary = jax.process_index() == 0
   with loggers.make_loggers(c.config, workdir if primary else None
                             ) as run_logger:
     saver = _Saver(c, workdir, resume, log)
     try:
-      return _train_with(c, workdir, progress, resume, log, saver, run_logger)
+      return _train_with(c, workdir, progress, resume, log, saver, run_logger,
+                         stop if stop is not None else preemption.Flag())
     finally:
       saver.close()
 
 
 def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
-                saver: _Saver, run_logger: loggers.RunLogger
-                ) -> dict[str, Any]:
+                saver: _Saver, run_logger: loggers.RunLogger,
+                stop: preemption.Flag) -> dict[str, Any]:
   cfg = c.config
   tcfg = cfg.train
   state = init_state(c)
@@ -374,7 +425,9 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
     state = state_lib.create(params, c.optimizer, c.strategy,
                              len(c.task_names), state.rng,
                              strategy_row(c, params))
-    init_info = {"path": str(cfg.init_from), "copied": len(copied),
+    init_info = {"path": str(cfg.init_from),
+                 "read": str(checkpoints.params_dir(cfg.init_from)),
+                 "copied": len(copied),
                  "total": len(jax.tree_util.tree_leaves(params))}
   engine = parallel.jacobian_engine(tcfg.jacobian_engine)
   mesh = parallel.make_mesh(tcfg.mesh_data or None, tcfg.mesh_model)
@@ -392,22 +445,16 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
   if restored is None:
     if resume:
       log("no usable checkpoint: starting from step 0")
-    best_params, best_value, best_step, bad_evals = state.params, None, 0, 0
-    history_weights = []
-    stopped = False
     # Validation losses before training: the denominators of the relative
     # loss sum L_k(t) / L_k(0) that GradNorm (Chen et al. 2018) reports.
-    initial = evaluate(predict, state.params, splits["val"], c.tasks,
-                       tcfg.eval_batch_size, "val")
+    ls = LoopState(state.params, evaluate(
+        predict, state.params, splits["val"], c.tasks, tcfg.eval_batch_size,
+        "val"))
     if workdir is not None and jax.process_index() == 0:
       (workdir / "metrics.jsonl").unlink(missing_ok=True)
   else:
     log(f"resuming from the checkpoint of step {restored.step}")
-    meta = restored.meta
-    state, best_params = restored.state, restored.best_params
-    best_value, best_step = meta["best_value"], meta["best_step"]
-    bad_evals, stopped = meta["bad_evals"], meta["stopped"]
-    history_weights, initial = meta["train_log"], meta["initial"]
+    state, ls = restored.state, LoopState.restore(restored)
     if jax.process_index() == 0:
       _keep_evals_until(workdir / "metrics.jsonl", restored.step)
   state = jax.device_put(state, shardings)  # restored states are unsharded
@@ -427,17 +474,10 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
                                  cfg.seed + META_SEED_OFFSET, start_step=step)
   status, diverged_at, compile_s = "done", None, None
 
-  def checkpoint(value=None):
-    saver.save(step, state, best_params, {
-        "best_value": best_value, "best_step": best_step,
-        "bad_evals": bad_evals, "stopped": stopped,
-        # A copy: the save is written in the background while the log grows.
-        "train_log": list(history_weights), "initial": initial}, value)
-
   compile_start = time.time()
   with _progress(progress, tcfg.num_steps) as bar:
     bar_task = bar.add_task("training", total=tcfg.num_steps, completed=step)
-    while step < tcfg.num_steps and not stopped:
+    while step < tcfg.num_steps and not ls.stopped:
       batch = next(batches)
       if meta_batches is not None:
         batch = with_meta_batch(batch, next(meta_batches))
@@ -457,51 +497,63 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
         desc = " ".join(f"{n}={float(host['loss/' + n]):.4g}"
                         for n in c.task_names)
         bar.update(bar_task, description=desc)
-        history_weights.append({"step": step, **{
+        ls.train_log.append({"step": step, **{
             k: float(v) for k, v in host.items()
             if k.startswith(("weight/", "cos/", "loss/"))}})
-        run_logger.scalars(step, {k: v for k, v in history_weights[-1].items()
+        run_logger.scalars(step, {k: v for k, v in ls.train_log[-1].items()
                                   if k != "step"})
       value = None
       if step % tcfg.eval_every == 0 or last:
         ev = evaluate(predict, state.params, splits["val"], c.tasks,
                       tcfg.eval_batch_size, "val")
         value = ev[tcfg.selection_metric]
-        record = {"step": step, **ev, **history_weights[-1]}
+        record = {"step": step, **ev, **ls.train_log[-1]}
         run_logger.scalars(step, ev)
         if workdir is not None and jax.process_index() == 0:
           run_files.append_jsonl(workdir / "metrics.jsonl", record)
-        if _better(value, best_value, c.selection_mode):
-          best_params, best_value, best_step, bad_evals = (
-              state.params, value, step, 0)
-        else:
-          bad_evals += 1
-          stopped = bool(tcfg.patience and bad_evals >= tcfg.patience)
-      if saver.due(step, last or stopped):
-        checkpoint(value)
+        ls.evaluated(step, value, state.params, c.selection_mode,
+                     tcfg.patience)
+      ending = last or ls.stopped
+      if saver.due(step, ending) or (stop and not ending and saver.keep and
+                                     saver.store is not None):
+        saver.save(step, state, ls, value)
+      if stop and not ending:  # SIGTERM/SIGINT: saver.close() waits for it
+        raise preemption.Preempted(stop.signum, step, saver.keep > 0 and
+                                   saver.store is not None)
   out: dict[str, Any] = {"status": status, "steps": step,
-                         "best_step": best_step,
+                         "best_step": ls.best_step,
                          "compile_time_s": compile_s}
   if status == "diverged":
     out["diverged_step"] = diverged_at
     out["error"] = f"non-finite loss at step {diverged_at}"
   final = {}
   for split in ("val", "test"):
-    final.update(evaluate(predict, best_params, splits[split], c.tasks,
+    final.update(evaluate(predict, ls.best_params, splits[split], c.tasks,
                           tcfg.eval_batch_size, split))
   final["val/loss_ratio_sum"] = float(sum(
-      final[f"val/{n}/loss"] / initial[f"val/{n}/loss"]
+      final[f"val/{n}/loss"] / ls.initial[f"val/{n}/loss"]
       for n in c.task_names))
   out["metrics"] = final
+  # A done run's losses are finite: NaN ones mean damaged selected
+  # parameters (e.g. a checkpoint's `best` read without checksums), not a
+  # result.  (Metrics undefined on the data, e.g. AUC without positives,
+  # may stay NaN.)
+  bad = sorted(k for k, v in final.items()
+               if k.endswith("loss") and not math.isfinite(v))
+  if status == "done" and bad:
+    out["status"] = status = "failed"
+    out["error"] = (f"non-finite final metrics ({', '.join(bad)}): the "
+                    f"selected parameters are damaged; run it again")
   run_logger.scalars(step, final, prefix="final/")
-  out["initial_val_losses"] = {n: initial[f"val/{n}/loss"]
+  out["initial_val_losses"] = {n: ls.initial[f"val/{n}/loss"]
                                for n in c.task_names}
-  out["selection"] = {"metric": tcfg.selection_metric, "value": best_value,
+  out["selection"] = {"metric": tcfg.selection_metric,
+                      "value": ls.best_value,
                       "mode": c.selection_mode}
-  out["train_log"] = history_weights
+  out["train_log"] = ls.train_log
   out["strategy_state"] = _small_tree(state.strategy_state)
   if init_info is not None:
     out["init_from"] = init_info
-  if workdir is not None:
-    out["params_dir"] = str(checkpoints.save_params(workdir, best_params))
+  if workdir is not None and status != "failed":
+    out["params_dir"] = str(checkpoints.save_params(workdir, ls.best_params))
   return out
