@@ -15,7 +15,10 @@ auxiliary tasks that ``aux.tasks`` lists, and only the chosen strategy's
 new auxiliary task, leaves every other run's hash as it was.  The sections
 whose keys another layer declares ("model", "aux") are `Section`s registered
 in `registry.CONFIG_SECTIONS` by that layer, so this module imports no model
-code (`mtrec list` never loads flax).
+code (`mtrec list` never loads flax).  A section's defaults and its identity
+rule (`Keep`) are plain data, so a snapshot of them (`section_snapshot`,
+keyed by the package's source) lets `mtrec show` and `mtrec status` build
+configs and hashes without importing the model code (or flax, jax, optax).
 
 A new key does change the hash of the runs it is part of (the chosen model's
 runs for a model field; every run for a key of a shared section such as
@@ -29,13 +32,49 @@ import ast
 import dataclasses
 import hashlib
 import json
+import os
+import pathlib
+import sys
 from typing import Any, Callable, Iterable, Mapping
 
 import ml_collections
 
-from mtrec_jax.registry import CONFIG_SECTIONS, UnknownNameError, closest
+from mtrec_jax.registry import (CONFIG_SECTIONS, UnknownNameError, closest,
+                                unknown_name_message)
 
 ConfigDict = ml_collections.ConfigDict
+
+
+@dataclasses.dataclass(frozen=True)
+class Keep:
+  """Which keys of a section a run's identity covers, as plain data.
+
+  A key counts when it is one of `always`; or (`plain`) its value is not a
+  sub-section; or the value of the `chooser` key picks it: a string value
+  (a name of `kind`, `default_choice` when the key is absent) picks the
+  keys `owned[value]` (an unknown name is an error listing the close ones),
+  a list value picks the keys it lists.
+  """
+  always: tuple[str, ...] = ()
+  plain: bool = False
+  chooser: str = ""
+  default_choice: Any = None
+  owned: Mapping[str, tuple[str, ...]] | None = None
+  kind: str = "name"
+
+  def apply(self, section: dict) -> dict:
+    chosen = (section.get(self.chooser, self.default_choice)
+              if self.chooser else None)
+    if isinstance(chosen, str):
+      owned = self.owned or {}
+      if chosen not in owned:
+        raise UnknownNameError(unknown_name_message(self.kind, chosen, owned))
+      picked = set(owned[chosen])
+    else:
+      picked = set(chosen or ())
+    return {k: v for k, v in section.items()
+            if k in self.always or k in picked
+            or (self.plain and not isinstance(v, dict))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +83,113 @@ class Section:
 
   Attributes:
     defaults: () -> the section's keys with their defaults.
-    identity: (section, whole config), both plain dicts -> the part of the
-      section that can change a run (what `config_hash` covers).
+    keep: () -> the `Keep` rule of the keys that can change a run (what
+      `config_hash` covers); called on each use, so it sees every
+      registration made so far.
   """
   defaults: Callable[[], Mapping[str, Any]]
-  identity: Callable[[dict, dict], dict]
+  keep: Callable[[], Keep]
+
+  def identity(self, section: dict, config: dict) -> dict:
+    """The part of `section` (a plain dict) that can change a run; `config`
+    (the whole plain config) is for rules that read other sections."""
+    del config
+    return self.keep().apply(section)
+
+
+# ----------------------------------------------------------------------------
+# Section snapshots: the sections as data, so that building a config and its
+# hash needs no model code.  A snapshot is keyed by the source of every module
+# of this package (and the Python version): any code change makes a new one.
+# It is used only while the modules that register the sections are not
+# imported; once they are (training, tests that register models), the live
+# registry is read.  Set MTREC_SECTION_CACHE=0 to never use one.
+
+
+def _section_cache_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get(
+      "MTREC_SECTION_CACHE_DIR",
+      "~/.cache/mtrec_jax/config_sections")).expanduser()
+
+
+def section_snapshot_key() -> str:
+  """sha256 of the Python version and every ``.py`` file of the package."""
+  root = pathlib.Path(__file__).resolve().parent
+  h = hashlib.sha256(sys.version.encode())
+  for path in sorted(root.rglob("*.py")):
+    h.update(str(path.relative_to(root)).encode() + b"\0")
+    h.update(path.read_bytes() + b"\0")
+  return h.hexdigest()
+
+
+def _encode(value: Any) -> Any:
+  """JSON with tuples kept apart from lists (config values are both)."""
+  if isinstance(value, (ConfigDict, ml_collections.FrozenConfigDict)):
+    value = value.to_dict()
+  if isinstance(value, tuple):
+    return {"__tuple__": [_encode(v) for v in value]}
+  if isinstance(value, list):
+    return [_encode(v) for v in value]
+  if isinstance(value, Mapping):
+    return {str(k): _encode(v) for k, v in value.items()}
+  return value
+
+
+def _decode(value: Any) -> Any:
+  if isinstance(value, list):
+    return [_decode(v) for v in value]
+  if isinstance(value, dict):
+    if set(value) == {"__tuple__"}:
+      return tuple(_decode(v) for v in value["__tuple__"])
+    return {k: _decode(v) for k, v in value.items()}
+  return value
+
+
+def section_snapshot() -> dict:
+  """Every registered section as data: {name: {"defaults", "keep"}}
+  (imports the modules that register them)."""
+  out = {}
+  for name in CONFIG_SECTIONS.names():
+    section = CONFIG_SECTIONS.get(name)
+    out[name] = _encode({"defaults": dict(section.defaults()),
+                         "keep": dataclasses.asdict(section.keep())})
+  return out
+
+
+def _from_snapshot(data: dict) -> Section:
+  keep = _decode(data["keep"])
+  keep = Keep(**{**keep, "always": tuple(keep["always"])})
+  return Section(defaults=lambda: _decode(data["defaults"]),
+                 keep=lambda: keep)
+
+
+_SNAPSHOT: dict[str, Section] | None = None
+
+
+def sections() -> dict[str, Section]:
+  """The registered config sections by name: live from the registry when
+  the modules that register them are imported (or no snapshot can be used),
+  else from the snapshot of this source, which is written on first use."""
+  global _SNAPSHOT
+  if (CONFIG_SECTIONS.is_loaded()
+      or os.environ.get("MTREC_SECTION_CACHE") == "0"):
+    return {n: CONFIG_SECTIONS.get(n) for n in CONFIG_SECTIONS.names()}
+  if _SNAPSHOT is None:
+    path = _section_cache_dir() / f"{section_snapshot_key()}.json"
+    try:
+      data = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet (or unreadable): build it
+      data = section_snapshot()
+      try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, sort_keys=True))
+        os.replace(tmp, path)
+      except OSError:  # a read-only cache only costs the speed-up
+        pass
+      return {n: CONFIG_SECTIONS.get(n) for n in CONFIG_SECTIONS.names()}
+    _SNAPSHOT = {n: _from_snapshot(d) for n, d in data.items()}
+  return dict(_SNAPSHOT)
 
 
 def base_config() -> ConfigDict:
@@ -64,14 +205,14 @@ def base_config() -> ConfigDict:
   # Auxiliary tasks on the shared encoder (tasks/auxiliary.py): aux.tasks
   # names them (mim, cl, kg); aux.<name>.* are their settings; aux.only
   # trains them without the dataset's tasks (pre-training).
-  c.aux = ConfigDict(dict(CONFIG_SECTIONS.get("aux").defaults()))
+  c.aux = ConfigDict(dict(sections()["aux"].defaults()))
   # A run directory (or its params/ folder) whose parameters initialise
   # every matching parameter of this run (pre-train then fine-tune).
   c.init_from = ""
   c.init_scope = ("shared/feature_encoder",)  # path prefixes; "" = all
   # Every registered model's keys (models/build.py); a run's identity holds
   # the model-level ones and the chosen model's own.
-  c.model = ConfigDict(dict(CONFIG_SECTIONS.get("model").defaults()))
+  c.model = ConfigDict(dict(sections()["model"].defaults()))
   c.strategy = ConfigDict()
   c.strategy.name = "mean"
   c.strategy.mode = ""  # "" = the strategy's default; "params" or "rep"
@@ -279,9 +420,9 @@ def identity(config: ConfigDict | Mapping[str, Any]) -> dict:
         node.pop(leaf, None)
     else:
       d.pop(leaf, None)
-  for name in CONFIG_SECTIONS.names():
+  for name, section in sections().items():
     if isinstance(d.get(name), dict):
-      d[name] = CONFIG_SECTIONS.get(name).identity(d[name], d)
+      d[name] = section.identity(d[name], d)
   return d
 
 

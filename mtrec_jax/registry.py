@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import sys
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -68,6 +69,11 @@ class Registry(Generic[T]):
     self._loaded = True  # first: a package that looks itself up is not re-run
     for package in self._packages:
       importlib.import_module(package)
+
+  def is_loaded(self) -> bool:
+    """Whether the registry is filled: its packages were looked up here or
+    imported elsewhere (their registrations then ran)."""
+    return self._loaded or any(p in sys.modules for p in self._packages)
 
   def register(self, name: str, **info: Any) -> Callable[[T], T]:
     """Decorator: `@MODELS.register("mmoe")`; keyword flags go to `info`."""

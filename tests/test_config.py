@@ -1,5 +1,6 @@
 """Config overrides, run identity (hashing), grids and seeds parsing."""
 import json
+import os
 import subprocess
 import sys
 
@@ -184,16 +185,65 @@ def test_parse_seeds():
     parse_seeds("a-b")
 
 
-def test_list_path_imports_no_flax_jax_or_optax():
+HEAVY = "sorted(m for m in ('flax', 'jax', 'optax') if m in sys.modules)"
+# Every registered experiment's runs -> [config hash, plain config JSON].
+IDENTITIES = """
+import json
+from mtrec_jax import config as config_lib
+from mtrec_jax.experiment import get_experiment
+from mtrec_jax.registry import EXPERIMENTS
+def identities():
+  return {f"{n}/{r.name}": [config_lib.config_hash(r.config), json.dumps(
+              config_lib.to_dict(r.config), sort_keys=True)]
+          for n in EXPERIMENTS.names() for r in get_experiment(n).runs()}
+"""
+
+
+def test_list_show_status_import_no_flax_jax_or_optax(tmp_path):
   """`mtrec list` (the CLI module, the config and every experiment file)
-  loads neither flax nor jax nor optax: config.py imports no model code."""
+  loads neither flax nor jax nor optax: config.py imports no model code.
+  `mtrec show` and `mtrec status` build configs and hashes from the section
+  snapshot (`config.sections`), so they load none of them either, and give
+  every registered experiment's runs the configs and hashes of the live
+  registry (the snapshot is written here, by this process, which has the
+  models loaded)."""
   code = ("import sys; from mtrec_jax import cli, experiment; "
-          "experiment.list_experiments(); "
-          "print(sorted(m for m in ('flax', 'jax', 'optax') "
-          "if m in sys.modules))")
+          f"experiment.list_experiments(); print({HEAVY})")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                        text=True, check=True)
   assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+  (tmp_path / f"{config_lib.section_snapshot_key()}.json").write_text(
+      json.dumps(config_lib.section_snapshot()))
+  code = "\n".join([
+      "import json, sys", "from mtrec_jax import cli",
+      "cli.main(['show', 'quickstart'])",
+      f"cli.main(['status', 'quickstart', '--store', "
+      f"{str(tmp_path / 'none.db')!r}])",
+      IDENTITIES, f"print(json.dumps([{HEAVY}, identities()]))"])
+  env = {**os.environ, "MTREC_SECTION_CACHE_DIR": str(tmp_path)}
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, check=True, env=env)
+  heavy, snapshot = json.loads(out.stdout.strip().splitlines()[-1])
+  assert heavy == [], out.stderr
+  assert "quickstart: 2 runs" in out.stdout
+  live = {}
+  exec(IDENTITIES, live)  # the same code, with the live registry
+  assert snapshot == live["identities"]()
+
+
+def test_keep_rules_pick_the_keys_of_a_run():
+  pick = config_lib.Keep(always=("a",), chooser="name", default_choice="x",
+                         owned={"x": ("p",), "y": ("q",)}, kind="model")
+  section = {"a": 1, "name": "y", "p": 2, "q": 3, "sub": {"r": 4}}
+  assert pick.apply(section) == {"a": 1, "q": 3}
+  assert pick.apply({"a": 1, "p": 2, "q": 3}) == {"a": 1, "p": 2}
+  with pytest.raises(UnknownNameError, match="unknown model 'z'"):
+    pick.apply({"name": "z"})
+  listed = config_lib.Keep(plain=True, chooser="tasks")
+  section = {"tasks": ["m"], "only": False, "m": {"k": 1}, "c": {"k": 2}}
+  assert listed.apply(section) == {"tasks": ["m"], "only": False,
+                                   "m": {"k": 1}}
 
 
 def test_freeze_is_one_hashable_key_per_value():

@@ -7,7 +7,7 @@ passes each module only the keys it declares.  A key no module uses is an
 error naming the closest valid keys, so typos never pass silently.
 
 The section is registered in `registry.CONFIG_SECTIONS` as "model": its
-defaults, and its run identity (`model_identity`: the model-level keys and
+defaults, and its run identity (`model_keep`: the model-level keys and
 the chosen model's own fields, so a field added to one model leaves every
 other model's config hash unchanged).
 """
@@ -86,18 +86,18 @@ def default_model_config() -> ml_collections.ConfigDict:
   }))
 
 
-def model_identity(section: dict, config: dict) -> dict:
+def model_keep() -> config_lib.Keep:
   """The model keys that can change a run: the model-level ones, the
   encoder's and the chosen model's own fields (not other models')."""
-  del config  # the model section alone decides
-  own = connection_fields(MODELS.get(section.get("name",
-                                                 _MODEL_KEYS["name"])))
-  return {k: v for k, v in section.items()
-          if k in _MODEL_KEYS or k == "encoder" or k in own}
+  return config_lib.Keep(
+      always=(*_MODEL_KEYS, "encoder"), chooser="name",
+      default_choice=_MODEL_KEYS["name"], kind="model",
+      owned={name: tuple(connection_fields(MODELS.get(name)))
+             for name in MODELS.names()})
 
 
 CONFIG_SECTIONS.register("model")(config_lib.Section(
-    defaults=default_model_config, identity=model_identity))
+    defaults=default_model_config, keep=model_keep))
 
 
 def _plain(value: Any) -> Any:

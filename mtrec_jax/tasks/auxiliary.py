@@ -692,17 +692,14 @@ def default_aux_config() -> dict[str, Any]:
   }
 
 
-def aux_identity(section: dict, config: dict) -> dict:
+def aux_keep() -> config_lib.Keep:
   """The aux keys that can change a run: `tasks`, `only` (every plain key)
   and the settings of the listed tasks only."""
-  del config
-  listed = set(section.get("tasks", ()))
-  return {k: v for k, v in section.items()
-          if not isinstance(v, dict) or k in listed}
+  return config_lib.Keep(plain=True, chooser="tasks")
 
 
 CONFIG_SECTIONS.register("aux")(config_lib.Section(
-    defaults=default_aux_config, identity=aux_identity))
+    defaults=default_aux_config, keep=aux_keep))
 
 
 def build_aux_tasks(aux_cfg: Mapping[str, Any], dataset,
