@@ -145,7 +145,7 @@ def build_model(model_cfg: Mapping[str, Any] | ml_collections.ConfigDict,
       take the module defaults.
     features: the dataset's feature specs.
     task_dims: {task: output width} or (task, width) pairs, in task order.
-    aux_tasks: auxiliary tasks (`models.auxiliary.build_aux_tasks`).
+    aux_tasks: auxiliary tasks (`tasks.auxiliary.build_aux_tasks`).
   """
   cfg = _as_dict(model_cfg)
   _check_keys("model config", cfg,

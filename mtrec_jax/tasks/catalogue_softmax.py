@@ -43,7 +43,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-# The logit of the padding column (as `models.auxiliary`'s plain formula).
+# The logit of the padding column (as `tasks.auxiliary`'s plain formula).
 PADDING_LOGIT = -1e9
 # Default [R, V] logit elements per chunk: 2^19 float32 = 2 MiB, small enough
 # to stay in a CPU core's L2/L3 cache with its softmax.
