@@ -48,10 +48,11 @@ from mtrec_jax.train.evaluate import evaluate, make_predict_fn
 from mtrec_jax.train.optim import learning_rate_schedule, make_optimizer
 from mtrec_jax.train.step import make_train_step
 from mtrec_jax.weighting.alternating import freezes_groups
-from mtrec_jax.weighting.auto_lambda import with_meta_batch
+from mtrec_jax.weighting import sampling
 
-# Auto-Lambda's meta batches: a second shuffle of their split, seeded apart
-# from the training order (epoch_order(seed + this, epoch)).
+# Extra batches (Auto-Lambda's meta batch, MoDo's and SDMGrad's two samples,
+# `weighting.sampling`): a second shuffle of their split, seeded apart from
+# the training order (epoch_order(seed + this, epoch)).
 META_SEED_OFFSET = 1_000_003
 
 
@@ -462,16 +463,19 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
   run_logger.start(step, resumed=restored is not None)
   batches = train_batches(splits["train"], tcfg.batch_size, cfg.seed,
                           start_step=step)
+  # n extra batches per step: stream batches n*step .. n*step + n - 1.
+  meta_split, prefixes = sampling.extra_batches(
+      c.strategy, cfg.strategy.mode or c.strategy.default_mode)
   meta_batches = None
-  if getattr(c.strategy, "meta_update", None) is not None:  # Auto-Lambda
-    meta_split = c.strategy.meta_split
+  if prefixes:
     if num_rows(splits[meta_split]) < tcfg.batch_size:
-      raise ValueError(f"strategy {c.strategy.name!r} draws meta batches of "
-                       f"{tcfg.batch_size} rows from the {meta_split!r} "
+      raise ValueError(f"strategy {c.strategy.name!r} draws extra batches "
+                       f"of {tcfg.batch_size} rows from the {meta_split!r} "
                        f"split, which has {num_rows(splits[meta_split])}; "
                        f"lower train.batch_size or set meta_split")
     meta_batches = train_batches(splits[meta_split], tcfg.batch_size,
-                                 cfg.seed + META_SEED_OFFSET, start_step=step)
+                                 cfg.seed + META_SEED_OFFSET,
+                                 start_step=len(prefixes) * step)
   status, diverged_at, compile_s = "done", None, None
 
   compile_start = time.time()
@@ -480,7 +484,8 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
     while step < tcfg.num_steps and not ls.stopped:
       batch = next(batches)
       if meta_batches is not None:
-        batch = with_meta_batch(batch, next(meta_batches))
+        batch = sampling.with_extra_batches(
+            batch, {prefix: next(meta_batches) for prefix in prefixes})
       state, metrics = step_fn(state, parallel.shard_batch(
           parallel.process_slice(batch), mesh))
       step += 1

@@ -26,6 +26,7 @@ import optax
 from mtrec_jax.tasks.spec import TaskSpec
 from mtrec_jax.train import optim
 from mtrec_jax.train.state import TrainState
+from mtrec_jax.weighting import sampling
 from mtrec_jax.weighting.auto_lambda import split_meta_batch
 from mtrec_jax.weighting.base import (Strategy, apply_strategy, cosines,
                                       gramian_of_tree)
@@ -308,26 +309,53 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
   def weighted_towers(head_grads, weights):
     return weighted_own(head_grads["towers"], weights)
 
-  def grads_params_mode(state, batch, rng, key):
+  def params_jacobian(params, batch, rng):
+    """(losses [K], tower gradients, auxiliary heads' own gradients, the
+    shared per-task gradients with a leading K axis) on one batch."""
     r_main, r_drop, r_aux = split_rng(rng)
-    losses, jac_rows, grads = [], [], {}
+    losses, jac_rows, head_grads, aux_own = [], [], None, None
     if tasks:
       represent, heads = represent_and_heads(batch, r_main)
       main_losses, head_grads, jac = split_jacobian(represent, heads,
-                                                    state.params, jacobian)
+                                                    params, jacobian)
       losses.append(main_losses)
       jac_rows.append(jac["shared"])
     if aux_names:
       a_losses, aux_own, a_jac = aux_jacobian(
-          aux_fn(batch, r_drop, r_aux), state.params, aux_names, jacobian)
+          aux_fn(batch, r_drop, r_aux), params, aux_names, jacobian)
       losses.append(a_losses)
       jac_rows.append(a_jac["shared"])
     losses = jnp.concatenate(losses) if len(losses) > 1 else losses[0]
-    shared_jac = _concat_rows(*jac_rows)
+    return losses, head_grads, aux_own, _concat_rows(*jac_rows)
+
+  def cross_gramian(params, samples, rng):
+    """``G_ij = <J1_i, J2_j>`` from the shared Jacobians of the two sample
+    batches: one pass, vmapped over the batches stacked on a new axis."""
+    stacked = jax.tree_util.tree_map(lambda *b: jnp.stack(b), *samples)
+    rngs = jax.random.split(rng, len(samples))
+    jacs = jax.vmap(lambda b, r: params_jacobian(params, b, r)[3])(stacked,
+                                                                   rngs)
+    out = 0.0
+    for leaf in jax.tree_util.tree_leaves(jacs):
+      flat = leaf.reshape(leaf.shape[0], leaf.shape[1], -1)
+      flat = flat.astype(jnp.promote_types(flat.dtype, jnp.float32))
+      out = out + flat[0] @ flat[1].T
+    return out
+
+  def grads_params_mode(state, batch, rng, key, samples=None):
+    grads = {}
+    losses, head_grads, aux_own, shared_jac = params_jacobian(
+        state.params, batch, rng)
     gram = gramian_of_tree(shared_jac)
+    # Double sampling (MoDo, SDMGrad): the weights come from the cross
+    # Gramian of two other batches and weigh this batch's rows; the
+    # metrics' cosines stay this batch's.
+    weigh_gram = (gram if samples is None else
+                  cross_gramian(state.params, samples,
+                                jax.random.fold_in(rng, 2)))
     shared_update, out = apply_strategy(
         strategy, state.strategy_state, losses=losses,
-        stacked_grads=shared_jac, gram=gram, step=state.step, key=key)
+        stacked_grads=shared_jac, gram=weigh_gram, step=state.step, key=key)
     grads["shared"] = shared_update
     if "towers" in state.params:
       grads["towers"] = (weighted_towers(head_grads, out.weights) if tasks
@@ -377,6 +405,10 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
   # Auto-Lambda: the strategy updates its weights from a meta batch (carried
   # in the batch as ``meta:<key>``, see auto_lambda.with_meta_batch) first.
   meta_update = getattr(strategy, "meta_update", None)
+  # MoDo / SDMGrad: two more training batches (``sample1:``, ``sample2:``,
+  # see weighting.sampling) for their weights, in params mode.
+  sample_prefixes = (sampling.extra_batches(strategy, mode)[1]
+                     if sampling.double_sampled(strategy, mode) else ())
 
   def train_step(state: TrainState, batch) -> tuple[TrainState, Metrics]:
     rng = jax.random.fold_in(state.rng, state.step)
@@ -389,7 +421,20 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
           batch=batch, meta_batch=meta_batch, step=state.step,
           rng=jax.random.fold_in(rng, 1), names=names)
       state = state.replace(strategy_state=strategy_state)
-    losses, grads, out, gram = compute(state, batch, rng, key)
+    if sample_prefixes:
+      batch, samples = sampling.split_extra_batches(batch, sample_prefixes)
+      if any(s is None for s in samples):
+        raise ValueError(
+            f"strategy {strategy.name!r} computes its weights from two more "
+            f"training batches each step (keys {list(sample_prefixes)}): "
+            f"the train loop feeds them; when calling the step yourself, "
+            f"pass mtrec_jax.weighting.sampling.with_extra_batches(batch, "
+            f"{{'sample1:': b1, 'sample2:': b2}}), or build the strategy "
+            f"with independent_batches=False")
+      losses, grads, out, gram = grads_params_mode(state, batch, rng, key,
+                                                   samples)
+    else:
+      losses, grads, out, gram = compute(state, batch, rng, key)
     out = out._replace(metrics={**meta_metrics, **out.metrics})
     active = group_activity(out.metrics, names)
     if active is not None:  # strategy `alternating`: frozen groups
