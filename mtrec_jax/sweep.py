@@ -55,6 +55,7 @@ import warnings
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from mtrec_jax import config as config_lib
+from mtrec_jax import config_checks
 from mtrec_jax import experiment as experiment_lib
 from mtrec_jax.results import records
 from mtrec_jax.results import run_files
@@ -88,12 +89,49 @@ class Selection:
   only: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
 
   def runs(self, exp: experiment_lib.Experiment) -> list[experiment_lib.Run]:
+    """The selected runs, each config value-checked (`config_checks`).
+
+    Refused: an override of a key a grid axis sets (it would relabel every
+    run: the grid says model=mmoe, the config trains another model), and a
+    seed given twice (one run counted twice, a zero spread)."""
+    _check_overrides(exp, self.overrides)
+    if self.seeds is not None:
+      twice = sorted({s for s in self.seeds if list(self.seeds).count(s) > 1})
+      if twice:
+        raise ValueError(f"--seeds: seed {', '.join(map(str, twice))} given "
+                         f"more than once; each seed is one run (write e.g. "
+                         f"--seeds 0,1 or 0-2)")
     runs = exp.runs(overrides=self.overrides, seeds=self.seeds,
                     only=self.only)
     if not runs:
       raise ValueError(f"no runs of {exp.name!r} match the --only/--seeds "
                        f"filters")
+    for run in runs:
+      config_checks.check_values(run.config, f"run {run.name}")
     return runs
+
+
+def _check_overrides(exp: experiment_lib.Experiment,
+                     overrides: Sequence[str] | Mapping[str, Any]) -> None:
+  """Raises when an override sets a key that a grid axis (or the seeds)
+  sets: the axis value would name runs that the override changed."""
+  keys = (list(overrides) if isinstance(overrides, Mapping) else
+          [str(o).split("=", 1)[0].strip() for o in overrides])
+  for key in keys:
+    if key == "seed":
+      raise ValueError("--set seed=...: the seed is the grid's seed axis; "
+                       "pick seeds with --seed N or --seeds 0-2")
+    for axis in exp.axes:
+      axis_keys = ({k for label in axis.labels()
+                    for k in axis.overrides(label)} if axis.key is None
+                   else {axis.key})
+      if key in axis_keys:
+        values = ",".join(str(v) for v in axis.labels())
+        raise ValueError(
+            f"--set {key}: grid axis {axis.name!r} of {exp.name!r} sets this "
+            f"key, so the runs would be labelled with its values but train "
+            f"another; to keep some of its values use --only "
+            f"{axis.name}=V1,V2 (values: {values})")
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
