@@ -11,6 +11,7 @@
                      [--baseline auto|none|AXIS=V,...] [--where AXIS=V1,V2 ...]
                      [--seeds ...] [--set k=v ...] [--store PATH | --from DIR]
     mtrec paper [--paper DIR] [--from DIR] [--check] [--export [--store PATH]]
+    mtrec store backup OUT | verify [--store PATH]
 
 Every run is recorded in the results store (an SQLite file; default
 $MTREC_STORE or ./results/mtrec.db), so `mtrec run` skips runs already done
@@ -39,7 +40,7 @@ import sys
 from mtrec_jax import config as config_lib
 from mtrec_jax import experiment as experiment_lib, serve
 from mtrec_jax.registry import UnknownNameError
-from mtrec_jax.results import records
+from mtrec_jax.results import backup, records
 from mtrec_jax.results import store as store_lib
 from mtrec_jax.results.status import MISSING, ORDER
 
@@ -119,7 +120,7 @@ def cmd_status(args) -> int:
   path = pathlib.Path(args.store)
   expected = [(r.name, *records.run_key(r)) for r in runs]
   if path.exists():
-    with store_lib.Store(path) as store:
+    with store_lib.Store(path, create=False) as store:
       rows = store.status(exp.name, expected)
   else:  # don't create an empty store just to read it
     print(f"(no results store at {path} yet)")
@@ -141,13 +142,9 @@ def cmd_export(args) -> int:
   # Not checked against the registry: a stored experiment stays exportable
   # after its file is gone; an unknown name gets the store's list of names.
   name, path = args.name, pathlib.Path(args.store)
-  if not path.exists():
-    raise FileNotFoundError(
-        f"no results store at {path}; run `mtrec run {name}` first, or "
-        f"pass --store PATH (or set $MTREC_STORE) to the store to read")
   out = pathlib.Path(args.out or pathlib.Path("results",
                                               f"{name}.{args.format}"))
-  with store_lib.Store(path) as store:
+  with store_lib.Store(path, create=False) as store:  # none: error
     written = store.export(name, args.format, out)
     n = len(store.results(name))
   print(f"wrote {n} runs of {name} to {written}")
@@ -245,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
       sp.add_argument("--seeds", help="seeds to run, e.g. 0-4 or 0,3")
       sp.add_argument("--seed", type=int, help="run a single seed")
     if store:
-      sp.add_argument("--store", type=pathlib.Path,
+      sp.add_argument("--store", type=store_lib.store_arg,
                       default=store_lib.default_store_path(),
                       help="results store file (default: $MTREC_STORE or "
                            "./results/mtrec.db)")
@@ -309,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "`mtrec export --format jsonl`) instead of the "
                           "store")
 
+  backup.add_parser(command)  # mtrec store backup OUT | verify
   paper = command("paper", cmd_paper, "regenerate the tables and figures of "
                   "paper/paper.md (or check them)")
   paper.add_argument("--paper", default="paper", metavar="DIR",
@@ -323,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
   paper.add_argument("--export", action="store_true",
                      help="first write PAPER/results/<experiment>.jsonl for "
                           "every experiment the paper uses, from the store")
-  paper.add_argument("--store", type=pathlib.Path, default=None,
+  paper.add_argument("--store", type=store_lib.store_arg, default=None,
                      help="the results store --export reads (default: "
                           "$MTREC_STORE or ./results/mtrec.db)")
   serve.add_commands(command)  # recommend, export-model: serve/commands.py
@@ -334,8 +332,9 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   try:
     return args.fn(args)
-  # ImportError: an optional package is missing (pyarrow for parquet).
-  except (UnknownNameError, ValueError, TypeError, FileNotFoundError,
+  # ImportError: an optional package is missing (pyarrow for parquet);
+  # OSError: a path that cannot be read or written (a directory, no access).
+  except (UnknownNameError, ValueError, TypeError, OSError,
           store_lib.StoreLockedError, ImportError) as e:
     print(f"mtrec: error: {e}", file=sys.stderr)
     return 2

@@ -273,5 +273,5 @@ def export_from_store(paper_dir: str | os.PathLike = "paper",
         f"no results store at {path}; run the experiments the paper uses "
         f"({', '.join(names)}) with `mtrec run NAME`, or pass --store PATH "
         f"(or set $MTREC_STORE)")
-  with store_lib.Store(path) as store:
+  with store_lib.Store(path, create=False) as store:
     return export(store, names, paper_dir / RESULTS_DIR)

@@ -18,7 +18,7 @@ import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
 from mtrec_jax.registry import closest
-from mtrec_jax.results.run_files import plain
+from mtrec_jax.results.run_files import file_mode, plain
 from mtrec_jax.results.status import MISSING
 
 # The keys of a result that the export keeps (see the module docstring);
@@ -93,7 +93,7 @@ def grid_from_store(path: str | os.PathLike, experiment: str,
         f"no results store at {path}; run `mtrec run {experiment}` first, or "
         f"pass --store PATH (or set $MTREC_STORE), or --from DIR for an "
         f"exported jsonl")
-  with store_lib.Store(path) as store:
+  with store_lib.Store(path, create=False) as store:
     results = store_results(store, experiment, runs)
     other = len(store.results(experiment))
   if all(r["status"] == MISSING for r in results):
@@ -147,15 +147,7 @@ def dumps_records(records: Iterable[Mapping]) -> str:
                             ensure_ascii=False) + "\n" for r in records)
 
 
-def _mode_for(path: pathlib.Path) -> int:
-  """The file's current mode, or the umask's default for a new file
-  (mkstemp's temporary files are private, 0600)."""
-  try:
-    return path.stat().st_mode & 0o777
-  except FileNotFoundError:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+_mode_for = file_mode  # mkstemp's temporary files are private, 0600
 
 
 def write_atomic(files: Mapping[pathlib.Path, bytes]) -> None:

@@ -38,11 +38,39 @@ def plain(x: Any) -> Any:
                   f"list or dict first")
 
 
+def umask() -> int:
+  """The process's umask, read without changing it where Linux tells it
+  (/proc/self/status), else by setting and restoring it."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def file_mode(path: pathlib.Path) -> int:
+  """The mode a file written at `path` should get: the current file's, else
+  what the umask gives a new file (0666 & ~umask).  `tempfile.mkstemp`
+  creates private 0600 files, which a write-then-rename must not keep."""
+  try:
+    return pathlib.Path(path).stat().st_mode & 0o777
+  except FileNotFoundError:
+    return 0o666 & ~umask()
+
+
 def write_json(path: pathlib.Path, obj) -> None:
-  """Writes via a temporary file and rename, so readers never see half."""
+  """Writes via a temporary file and rename, so readers never see half; the
+  file gets the umask's mode (`file_mode`), as `open` would give it."""
   path.parent.mkdir(parents=True, exist_ok=True)
+  mode = file_mode(path)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
   try:
+    os.fchmod(fd, mode)
     with os.fdopen(fd, "w") as f:
       json.dump(plain(obj), f, indent=2, sort_keys=True)
       f.write("\n")

@@ -6,11 +6,16 @@ start/end times), the evaluation records over time, the final metrics and the
 strategy's weights over time. The `mtrec` commands read it back to skip runs
 already done, to show a sweep's progress and to export tables.
 
-Why SQLite: it is in the standard library, it is one file to copy or archive,
+Why SQLite: it is in the standard library, it is one file to archive,
 and with write-ahead logging (WAL) several processes on one machine can write
 to it at once while readers never block. Each process opens its own `Store`
 (a connection must not cross processes or threads). WAL needs the processes
 to share memory, so the file must be on a local disk, not NFS.
+Committed transactions sit in ``mtrec.db-wal`` until a checkpoint copies
+them into ``mtrec.db``: `close` checkpoints, but after a killed process the
+log may hold the latest runs, so copy a store with ``mtrec store backup
+OUT`` (`results/backup.py`: one self-contained file, safe while runs write
+to it), never by copying ``mtrec.db`` alone.
 
 Safety rules, kept by every method:
 
@@ -55,6 +60,7 @@ import math
 import os
 import pathlib
 import random
+import re
 import socket
 import sqlite3
 import tempfile
@@ -261,6 +267,31 @@ def default_store_path() -> pathlib.Path:
       "results", "mtrec.db")
 
 
+def check_store_path(path: str | os.PathLike) -> pathlib.Path:
+  """The store's file path; a URL (``postgresql://host/db``) is refused
+  rather than taken for a relative path (which would create a local folder
+  named ``postgresql:``): only the SQLite backend exists so far."""
+  text = os.fspath(path)
+  scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):/", text)
+  if scheme:
+    raise ValueError(
+        f"results store {text!r} is a {scheme.group(1)} URL, but the only "
+        f"backend available is an SQLite file (a PostgreSQL backend for "
+        f"stores shared across hosts is not implemented yet, issue 16); pass "
+        f"a file path on a local disk, e.g. --store results/mtrec.db (or "
+        f"$MTREC_STORE)")
+  return pathlib.Path(text).expanduser()
+
+
+def store_arg(text: str) -> pathlib.Path:
+  """`check_store_path` as an argparse type (its error is argparse's)."""
+  import argparse
+  try:
+    return check_store_path(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+
+
 # ---------------------------------------------------------------- values
 
 
@@ -361,6 +392,31 @@ def _provenance_columns(p: dict) -> dict[str, Any]:
   return out
 
 
+def _check_not_empty(path: pathlib.Path, create: bool) -> None:
+  """A missing store is an error when `create` is False; an existing 0-byte
+  file with no write-ahead log (a copy that missed its data, a truncated
+  file) is an error for a reader and a warning for a writer, rather than a
+  store silently read as empty."""
+  try:
+    size = path.stat().st_size
+  except FileNotFoundError:
+    if not create:
+      raise FileNotFoundError(
+          f"no results store at {path}; pass --store PATH (or set "
+          f"$MTREC_STORE) to an existing store") from None
+    return
+  wal = pathlib.Path(f"{path}-wal")
+  if size or (wal.exists() and wal.stat().st_size):
+    return
+  message = (f"results store {path} is an empty (0-byte) file, so it holds no "
+             f"runs; if it is a copy of a store, the copy missed the data "
+             f"(copy a live store with `mtrec store backup OUT`, which makes "
+             f"one self-contained file); else delete it")
+  if not create:
+    raise ValueError(message)
+  warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
 # ----------------------------------------------------------------- store
 
 
@@ -373,12 +429,16 @@ class Store:
   `stale_after_s`: a running attempt whose heartbeat is older counts as
   abandoned even if its host is another machine (call `heartbeat` or
   `log_eval` more often than this); default `stale_after()`.
+  `create`: False for readers: a missing store is then a FileNotFoundError
+  and a 0-byte file a ValueError (a writer only warns about the latter).
   """
 
   def __init__(self, path: str | os.PathLike | None = None, *,
                busy_timeout_ms: int = 5_000, lock_timeout_s: float = 120.0,
-               stale_after_s: float | None = None):
-    self.path = pathlib.Path(path) if path is not None else default_store_path()
+               stale_after_s: float | None = None, create: bool = True):
+    self.path = check_store_path(path if path is not None
+                                 else default_store_path())
+    _check_not_empty(self.path, create)
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self.lock_timeout_s = float(lock_timeout_s)
     self.stale_after_s = stale_after(stale_after_s)
@@ -408,7 +468,14 @@ class Store:
   # -- plumbing
 
   def close(self) -> None:
+    """Closes the connection, first copying the committed transactions of
+    the write-ahead log into the main file (a passive checkpoint: it never
+    waits), so that a store no process holds open is whole in its one file."""
     if self._conn is not None:
+      try:
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+      except sqlite3.Error:
+        pass  # the next clean close (or SQLite's last-close one) copies it
       self._conn.close()
       self._conn = None
 
@@ -959,8 +1026,14 @@ class Store:
       columns, rows = self.table(experiment)
       if not rows:
         raise ValueError(self._nothing(experiment))
+    if out_path.is_dir():
+      raise IsADirectoryError(
+          f"export output {out_path} is a directory; give a file path, e.g. "
+          f"--out {out_path / f'{experiment}.{fmt}'}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    mode = run_files.file_mode(out_path)
     fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.")
+    os.fchmod(fd, mode)  # mkstemp's 0600 -> what the umask gives
     os.close(fd)
     try:
       if fmt == "jsonl":
