@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
@@ -185,25 +186,58 @@ def _quiet_absl():
     logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _prepare_lock(builder: ColumnarBuilder):
+  """An exclusive lock (flock) on a file beside the copy's version folder,
+  held while one process prepares it: array-job shards that start together
+  prepare a dataset once, the others wait and read it."""
+  folder = Path(builder.data_dir).parent
+  folder.mkdir(parents=True, exist_ok=True)
+  with open(folder / f".{Path(builder.data_dir).name}.lock", "a") as f:
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def prepare_and_read(builder_cls: type[ColumnarBuilder], *, manual_dir,
                      data_dir=None, config: tfds.core.BuilderConfig | None = None
                      ) -> Dataset:
-  """Parses and writes the dataset on first use, then reads the stored copy."""
-  with _quiet_absl():  # TFDS warns about every custom config and new folder
-    builder = builder_cls(data_dir=str(tfds_dir(data_dir)), config=config,
-                          file_format="array_record")
-    prepared = builder.is_prepared()
-  if not prepared:
-    # TFDS's per-split tqdm bars and banner would interleave with the run's
-    # own output: one line of ours instead.
-    tfds.disable_progress_bar()
-    print(f"preparing {builder.name}/{builder.builder_config.name} (first "
-          f"use) in {builder.data_dir}", file=sys.stderr)
-    with _quiet_absl(), contextlib.redirect_stdout(io.StringIO()):
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(
-              manual_dir=None if manual_dir is None else
-              str(Path(manual_dir).expanduser())))
+  """Parses and writes the dataset on first use, then reads the stored copy.
+
+  Safe when several processes use a dataset for the first time at once: the
+  first prepares it under `_prepare_lock` (TFDS writes into a temporary
+  folder and renames it), the others wait, see it prepared and read it.  A
+  process that lost the rename anyway (no working lock, e.g. on some
+  network file systems) reads the winner's copy instead of failing.
+  """
+  def make():
+    with _quiet_absl():  # TFDS warns about every custom config and new folder
+      return builder_cls(data_dir=str(tfds_dir(data_dir)), config=config,
+                         file_format="array_record")
+
+  builder = make()
+  if builder.is_prepared():
+    return read_prepared(builder)
+  with _prepare_lock(builder):
+    builder = make()  # again, under the lock: another process may have won
+    if not builder.is_prepared():
+      # TFDS's per-split tqdm bars and banner would interleave with the
+      # run's own output: one line of ours instead.
+      tfds.disable_progress_bar()
+      print(f"preparing {builder.name}/{builder.builder_config.name} (first "
+            f"use) in {builder.data_dir}", file=sys.stderr)
+      try:
+        with _quiet_absl(), contextlib.redirect_stdout(io.StringIO()):
+          builder.download_and_prepare(
+              download_config=tfds.download.DownloadConfig(
+                  manual_dir=None if manual_dir is None else
+                  str(Path(manual_dir).expanduser())))
+      except FileExistsError:
+        builder = make()
+        if not builder.is_prepared():
+          raise
   return read_prepared(builder)
 
 
