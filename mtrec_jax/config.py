@@ -216,6 +216,10 @@ def base_config() -> ConfigDict:
   c.strategy = ConfigDict()
   c.strategy.name = "mean"
   c.strategy.mode = ""  # "" = the strategy's default; "params" or "rep"
+  # The Gramian "gramian" strategies see in rep mode (train/step.py,
+  # make_train_step): "rows" (the representation Jacobian's) or "batch_sum"
+  # (LibMTL's rep_grad: gradients summed over the batch first).
+  c.strategy.rep_gramian = "rows"
   c.strategy.hparams = ConfigDict()
   c.optimizer = ConfigDict()
   # Any optax optimizer by its optax name (adam, adamw, sgd, lion, ...; see
@@ -228,6 +232,10 @@ def base_config() -> ConfigDict:
   # adamw, lion, lamb, ...; momentum: sgd, rmsprop, lars, ...; 0 = none).
   c.optimizer.weight_decay = 0.0
   c.optimizer.momentum = 0.9
+  # Adam's moment decay rates, for adam and adamw only (optax's defaults;
+  # SASRec's reference uses b2 = 0.98).
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
   c.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
   c.train = ConfigDict()
   c.train.batch_size = 128

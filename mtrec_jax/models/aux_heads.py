@@ -37,17 +37,22 @@ class ItemPredictionHead(nn.Module):
 
   `items` None scores every row of `table` ([..., V]); an [S] vector scores
   those S items at every position ([..., S]); an array shaped like
-  ``h[..., 0]`` scores one item per position ([...]), e.g. the targets."""
+  ``h[..., 0]`` scores one item per position ([...]), e.g. the targets.
+  ``vectors=True`` returns what is scored instead: ([..., embed_dim] float32
+  vectors, [num_items] bias), for a loss that does its own scoring
+  (`tasks.catalogue_softmax`)."""
   embed_dim: int
   num_items: int
 
   @nn.compact
   def __call__(self, h: jax.Array, table: jax.Array,
-               items: jax.Array | None = None) -> jax.Array:
+               items: jax.Array | None = None, *, vectors: bool = False):
     x = nn.LayerNorm()(nn.gelu(nn.Dense(self.embed_dim)(h)))
     x = x.astype(jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.num_items,),
                       jnp.float32)
+    if vectors:
+      return x, bias
     if items is None:
       return x @ table.T + bias
     if items.ndim == 1:

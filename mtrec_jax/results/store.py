@@ -50,6 +50,9 @@ only the listed auxiliary tasks).  Nothing else changes: every attempt, its
 result, metrics and series stay; runs whose configs now share a hash (they
 differed only in keys that cannot change a run) become attempts of one run,
 numbered in the order they were stored, the latest done one being its result.
+Version 3 re-keys them again for the keys added since (`ADDED_KEYS`:
+optimizer.b1/b2, aux.next_all.softmax_impl, ...), each filled with the
+default that computes what ran before it.
 """
 from __future__ import annotations
 
@@ -79,7 +82,7 @@ from mtrec_jax import config as config_lib
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
 SOURCES = ("eval", "train")  # the `series` table's kinds of records
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 # Config keys added since runs were first stored, with the default each was
@@ -91,6 +94,12 @@ ADDED_KEYS: dict[str, Any] = {
     "aux.next_all.head": "mlp",  # 3b65e68
     "aux.next_all.negatives": "uniform",  # 3b65e68
     "model.encoder.layout": "pre_ln",  # 3b65e68
+    # Schema 3 (issue 15): Adam's betas, next_all's softmax.
+    "optimizer.b1": 0.9,
+    "optimizer.b2": 0.999,
+    "aux.next_all.softmax_impl": "full",
+    # Issue 13: rep mode's Gramian (rows is what rep mode computed before).
+    "strategy.rep_gramian": "rows",
 }
 
 
@@ -219,6 +228,8 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None],
     # The canonical run identity (config.py): only the chosen model's fields
     # and the listed auxiliary tasks.
     2: (_rekey(keep_column="config_hash_v1"),),
+    # optimizer.b1/b2, aux.next_all.softmax_impl, strategy.rep_gramian.
+    3: (_rekey(),),
 }
 
 
@@ -633,7 +644,7 @@ class Store:
         if alive:
           return r, result_row, RUNNING, why
     status, detail = self._own_status(result_row, now)
-    if status in (FAILED, DIVERGED) and not detail:
+    if status in (FAILED, DIVERGED, PREEMPTED) and not detail:
       detail = result_row["error"] or ""
     return result_row, result_row, status, detail
 
@@ -852,7 +863,7 @@ class Store:
                attempt=row["attempt"], superseded=bool(row["superseded"]),
                status=status, started_at=row["started_at"],
                ended_at=row["ended_at"])
-    if status in (FAILED, DIVERGED):
+    if status in (FAILED, DIVERGED, PREEMPTED):
       out["error"] = row["error"] or detail or None
     return out
 

@@ -44,7 +44,7 @@ import optax
 
 from mtrec_jax import config as config_lib
 from mtrec_jax.registry import CONFIG_SECTIONS, Registry
-from mtrec_jax.tasks import knowledge, sequence_ssl
+from mtrec_jax.tasks import catalogue_softmax, knowledge, sequence_ssl
 
 AUX_TASKS: Registry = Registry("auxiliary task")
 NEXT_ALL_LOSSES = ("softmax", "sampled_softmax", "bce")
@@ -56,6 +56,11 @@ NEXT_ALL_HEADS = ("mlp", "dot")
 # or (SASRec's sampler) uniform over the items the user has not interacted
 # with in training.
 NEXT_ALL_NEGATIVES = ("uniform", "unseen")
+# How the full softmax is computed: 'full' materialises the [B, L, V]
+# logits (what every stored run used), 'fused' is
+# `catalogue_softmax.catalogue_softmax_loss` (the same loss and gradient up
+# to float rounding, several times faster on CPU).
+NEXT_ALL_SOFTMAX_IMPLS = ("full", "fused")
 # Negatives per step of next_all's sampled softmax
 # (`aux.next_all.num_negatives`).
 SAMPLED_NEGATIVES = 100
@@ -191,8 +196,12 @@ class NextItemSequenceTask(AuxTask):
   # interacted with the item in training, and in column 0; for 'unseen'.
   seen_items: np.ndarray | None = None
   user_feature: str = "user"
+  softmax_impl: str = "full"
 
   def __post_init__(self):
+    if self.softmax_impl not in NEXT_ALL_SOFTMAX_IMPLS:
+      raise ValueError(f"next_all: softmax_impl must be one of "
+                       f"{NEXT_ALL_SOFTMAX_IMPLS}, got {self.softmax_impl!r}")
     if self.loss_kind not in NEXT_ALL_LOSSES:
       raise ValueError(f"next_all: loss must be one of {NEXT_ALL_LOSSES}, "
                        f"got {self.loss_kind!r}")
@@ -264,6 +273,8 @@ class NextItemSequenceTask(AuxTask):
     if self.loss_kind == "sampled_softmax":
       per_position = self._sampled_softmax(encoder, head, ids, targets, key,
                                            train)
+    elif self.loss_kind == "softmax" and self.softmax_impl == "fused":
+      return self._fused_softmax(encoder, head, ids, targets, train)
     elif self.loss_kind == "softmax":
       per_position = optax.softmax_cross_entropy_with_integer_labels(
           self._logits(encoder, head, ids, train), targets)
@@ -277,6 +288,22 @@ class NextItemSequenceTask(AuxTask):
                       + optax.sigmoid_binary_cross_entropy(neg, 0.0))
     weight = ((targets != 0) & (ids != 0)).astype(jnp.float32)
     return jnp.sum(per_position * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+  def _fused_softmax(self, encoder, head, ids, targets, train):
+    """The 'softmax' loss by `catalogue_softmax_loss`: no [B, L, V] logits,
+    padded positions never scored; equal to the 'full' one up to float
+    rounding."""
+    h = self._hidden(encoder, ids, train)
+    table = encoder.embedding_table(self.feature)
+    if self.head_kind == "mlp":
+      x, bias = head(h, table, vectors=True)
+    else:
+      x, bias = h.astype(jnp.promote_types(h.dtype, jnp.float32)), None
+    weight = ((targets != 0) & (ids != 0)).astype(jnp.float32)
+    total = catalogue_softmax.catalogue_softmax_loss(
+        x.reshape(-1, x.shape[-1]), table, targets.reshape(-1),
+        weight.reshape(-1), bias)
+    return total / jnp.maximum(jnp.sum(weight), 1.0)
 
   def bce_negatives(self, key: jax.Array, targets: jax.Array,
                     batch: Mapping[str, Any]) -> jax.Array:
@@ -559,7 +586,8 @@ def next_item_sequence(cfg: Mapping[str, Any], dataset,
       embed_dim=spec.embed_dim, num_items=spec.num_rows,
       next_item_task=next_item,
       num_negatives=cfg.get("num_negatives", SAMPLED_NEGATIVES),
-      head_kind=head_kind, negatives=negatives, seen_items=seen)
+      head_kind=head_kind, negatives=negatives, seen_items=seen,
+      softmax_impl=str(cfg.get("softmax_impl", "full")))
 
 
 def training_items(dataset, feature: str, num_items: int,
@@ -677,10 +705,13 @@ def default_aux_config() -> dict[str, Any]:
               "mask_prob": sequence_ssl.CLOZE_MASK_PROB},
       # loss: softmax | sampled_softmax (num_negatives items) | bce;
       # head: mlp (BERT4Rec's) | dot (SASRec's); negatives (bce): uniform |
-      # unseen (SASRec's sampler: items the user has not trained on).
+      # unseen (SASRec's sampler: items the user has not trained on);
+      # softmax_impl (softmax): full ([B, L, V] logits) | fused (chunked,
+      # same loss up to float rounding, faster).
       "next_all": {"feature": "hist_items", "targets": "seq_targets",
                    "loss": "softmax", "num_negatives": SAMPLED_NEGATIVES,
-                   "head": "mlp", "negatives": "uniform"},
+                   "head": "mlp", "negatives": "uniform",
+                   "softmax_impl": "full"},
       "cl": {"feature": "hist_items", "eta": sequence_ssl.CROP_ETA,
              "gamma": sequence_ssl.MASK_GAMMA,
              "beta": sequence_ssl.REORDER_BETA,

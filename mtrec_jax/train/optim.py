@@ -39,13 +39,40 @@ for _name, _fn in sorted(vars(_optax_alias).items()):
     OPTIMIZERS.register(_name)(_fn)
 
 
+# Adam's moment decay rates (`optimizer.b1`, `optimizer.b2`), optax's (and
+# PyTorch's) defaults; passed to the optimizers of ADAM_BETAS only.
+ADAM_B1, ADAM_B2 = 0.9, 0.999
+ADAM_BETAS = ("adam", "adamw")
+
+
+def adam_betas(cfg) -> dict:
+  """{'b1', 'b2'} of `cfg` for adam/adamw, checked; {} for any other
+  optimizer, which must leave them at the defaults (its own optax defaults
+  apply: lion's b2 is 0.99, for one)."""
+  b1 = float(cfg.get("b1", ADAM_B1))
+  b2 = float(cfg.get("b2", ADAM_B2))
+  for name, b in (("b1", b1), ("b2", b2)):
+    if not 0.0 <= b < 1.0:
+      raise ValueError(f"optimizer.{name} must be in [0, 1) (a moment decay "
+                       f"rate), got {b}")
+  if cfg.name in ADAM_BETAS:
+    return {"b1": b1, "b2": b2}
+  if (b1, b2) != (ADAM_B1, ADAM_B2):
+    raise ValueError(f"optimizer.b1/b2 ({b1}, {b2}) are Adam's decay rates, "
+                     f"passed to {' and '.join(ADAM_BETAS)} only; optimizer "
+                     f"{cfg.name!r} keeps optax's defaults, so leave them at "
+                     f"({ADAM_B1}, {ADAM_B2})")
+  return {}
+
+
 def optax_optimizer(cfg, learning_rate) -> optax.GradientTransformation:
   """optax's optimizer `cfg.name` with the learning rate (schedule) and, where
   its signature takes them, `cfg.weight_decay` and `cfg.momentum` (0 = None,
-  no momentum); every other argument keeps optax's default."""
+  no momentum), and for adam/adamw `cfg.b1`, `cfg.b2` (`adam_betas`); every
+  other argument keeps optax's default."""
   fn = OPTIMIZERS.get(cfg.name)  # unknown names list the closest ones
   takes = inspect.signature(fn).parameters
-  kwargs = {}
+  kwargs = adam_betas(cfg)
   if "weight_decay" in takes:
     kwargs["weight_decay"] = cfg.weight_decay
   if "momentum" in takes:
@@ -101,8 +128,8 @@ def group_names(tasks: Sequence[str]) -> tuple[str, ...]:
 
 def _statistics(cfg) -> optax.GradientTransformation:
   """The per-parameter part of the optimizer, before the learning rate."""
-  if cfg.name in ("adam", "adamw"):
-    return optax.scale_by_adam()  # optax.adam's defaults = PyTorch's
+  if cfg.name in ADAM_BETAS:
+    return optax.scale_by_adam(**adam_betas(cfg))  # as optax.adam
   if cfg.name == "sgd":
     return (optax.trace(decay=cfg.momentum) if cfg.momentum
             else optax.identity())
@@ -115,6 +142,7 @@ def make_optimizer(cfg, num_steps: int,
   """`cfg` is the config's `optimizer` section; `groups`: None for one state
   over all parameters, or the task names for one state per group."""
   lr = learning_rate_schedule(cfg, num_steps)
+  adam_betas(cfg)  # checks b1/b2 whichever the path
   if groups is None:
     opt = optax_optimizer(cfg, lr)
   else:
