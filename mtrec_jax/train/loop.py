@@ -46,7 +46,7 @@ from mtrec_jax.train import preemption
 from mtrec_jax.train import state as state_lib
 from mtrec_jax.train.evaluate import evaluate, make_predict_fn
 from mtrec_jax.train.optim import learning_rate_schedule, make_optimizer
-from mtrec_jax.train.step import make_train_step
+from mtrec_jax.train.step import check_rep_gramian, make_train_step
 from mtrec_jax.weighting.alternating import freezes_groups
 from mtrec_jax.weighting import sampling
 
@@ -188,6 +188,7 @@ class Components:
                        f"axis; use a multiple of {data} (or set "
                        f"train.mesh_data)")
     parallel.jacobian_engine(config.train.jacobian_engine)  # checks it
+    check_rep_gramian(config.strategy.get("rep_gramian", "rows"))
 
 
 def init_state(c: Components):

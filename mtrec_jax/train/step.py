@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtrec_jax.registry import unknown_name_message
 from mtrec_jax.tasks.spec import TaskSpec
 from mtrec_jax.train import optim
 from mtrec_jax.train.state import TrainState
@@ -193,6 +194,22 @@ def _concat_rows(*trees):
   return jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *trees)
 
 
+# `strategy.rep_gramian` (config.py): the Gramian of rep mode, see below.
+REP_GRAMIANS = ("rows", "batch_sum")
+
+
+def check_rep_gramian(name: str) -> str:
+  """`name` if it is one of `REP_GRAMIANS`, else a ValueError naming the
+  closest (the train loop checks the config's before anything runs)."""
+  if name not in REP_GRAMIANS:
+    raise ValueError(unknown_name_message("strategy.rep_gramian", name,
+                                          REP_GRAMIANS) +
+                     " ('rows': the representation Jacobian's Gramian; "
+                     "'batch_sum': LibMTL's, gradients summed over the "
+                     "batch first)")
+  return name
+
+
 def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
                     optimizer: optax.GradientTransformation,
                     mode: str = "", jacobian: str = "vmap",
@@ -228,10 +245,7 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
   """
   if jacobian not in ("vmap", "unrolled"):
     raise ValueError(f"jacobian engine {jacobian!r} is not 'vmap' or 'unrolled'")
-  if rep_gramian not in ("rows", "batch_sum"):
-    raise ValueError(f"rep_gramian {rep_gramian!r} is not 'rows' (the "
-                     f"representation Jacobian's Gramian) or 'batch_sum' "
-                     f"(LibMTL's: gradients summed over the batch first)")
+  check_rep_gramian(rep_gramian)
   tasks = tuple(tasks)
   k = len(tasks)
   aux_names = tuple(getattr(model, "aux_names", ()))
