@@ -14,8 +14,7 @@ in one pass over chunks of rows, each chunk's [R, V] logits living only
 inside that chunk's step:
 
 * rows with weight 0 (padding) are moved behind the weighted ones (a stable
-  sort, so the weighted rows keep their order) and chunks holding none are
-  skipped (`jax.lax.cond`; under `vmap` both branches run, the result is the
+  partition by prefix sums) and chunks holding none are skipped (`jax.lax.cond`; under `vmap` both branches run, the result is the
   same);
 * the gradient is computed in the same pass as the value (the fused linear
   cross-entropy of Liger-Kernel, Hsu et al. 2024, and of Wijmans et al.,
@@ -126,14 +125,15 @@ def _chunked(x, table, bias, weights, targets, rows: int,
   num_items = table.shape[0]
   num_chunks = -(-n // rows)
   padded = num_chunks * rows
-  # Weighted rows first (stable, so their order is kept), padding last.
-  order = jnp.argsort(weights == 0, stable=True)
-  live = jnp.sum(weights != 0)
+  # Weighted rows first, padding last, each in its own order: row i goes to
+  # `dest[i]` (a stable partition by prefix sums; no sort).
+  keep = weights != 0
+  live = jnp.sum(keep)
+  dest = jnp.where(keep, jnp.cumsum(keep) - 1, live + jnp.cumsum(~keep) - 1)
 
-  def sort_pad(a, fill=0):
-    a = a[order]
-    pad = [(0, padded - n)] + [(0, 0)] * (a.ndim - 1)
-    return jnp.pad(a, pad, constant_values=fill)
+  def sort_pad(a):  # rows n..padded-1 are zeros (weight 0, skipped)
+    return jnp.zeros((padded,) + a.shape[1:], a.dtype).at[dest].set(
+        a, unique_indices=True)
 
   xs = sort_pad(x).reshape(num_chunks, rows, width)
   ws = sort_pad(weights).reshape(num_chunks, rows)
@@ -182,12 +182,11 @@ def _chunked(x, table, bias, weights, targets, rows: int,
   init = (jnp.zeros_like(table), jnp.zeros_like(bias)) if with_grads else ()
   carry, (ce, dx) = jax.lax.scan(
       body, init, (jnp.arange(num_chunks), xs, ws, ts))
-  inverse = jnp.argsort(order)  # back to the callers' row order
-  ce = ce.reshape(padded)[:n][inverse]
+  ce = ce.reshape(padded)[dest]  # back to the callers' row order
   total = jnp.sum(ce * weights)
   if not with_grads:
     return total, ce, None, None, None
-  dx = dx.reshape(padded, width)[:n][inverse]
+  dx = dx.reshape(padded, width)[dest]
   return total, ce, dx, carry[0], carry[1]
 
 
