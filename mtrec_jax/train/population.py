@@ -42,7 +42,8 @@ sums differently from the unbatched one, so metrics agree to a relative
 test_population.py), not bit for bit.
 
 What falls back to one run at a time (`PopulationTrainer` says so in the
-run's log): several processes; a strategy with a meta update (Auto-Lambda);
+run's log): several processes; a strategy whose step reads extra batches
+(Auto-Lambda's meta batches, double sampling);
 a strategy factory that branches in Python on a hyper-parameter that differs
 within the population (it cannot take a traced value); members whose states
 or data differ in shape; `--resume` where the members' newest checkpoints
@@ -290,8 +291,7 @@ class _Evaluator:
     self.shared = all(m.dataset is c.dataset for m in comps)
     vm = jax.vmap(lambda p, b, i: predict(p, b, i),
                   in_axes=(0, None if self.shared else 0, None))
-    self.fn = jax.jit(vm) if sharding is None else jax.jit(
-        vm, in_shardings=(sharding, None if self.shared else sharding, None))
+    self.fn = jax.jit(vm)  # sharded as the params are
     self.splits = {}
 
   def _split(self, split):
@@ -366,8 +366,12 @@ def _check(comps) -> None:
     raise NotPopulable("several processes (multi-host runs train one run at "
                        "a time)")
   for m in comps:
-    if getattr(m.strategy, "meta_update", None) is not None:
-      raise NotPopulable(f"strategy {m.strategy.name!r} has a meta update")
+    # Extra batches a step reads (Auto-Lambda's meta batches, a double
+    # sampled strategy's second batch) are not stacked here.
+    if (getattr(m.strategy, "meta_update", None) is not None
+        or getattr(m.strategy, "sample_prefixes", ())):
+      raise NotPopulable(f"strategy {m.strategy.name!r} reads extra batches "
+                         f"each step")
   sigs = {population_signature(m.config) for m in comps}
   if len(sigs) > 1:
     raise NotPopulable("the runs differ in more than seeds, learning rates "
@@ -386,7 +390,9 @@ def _init(m: _Member):
     state = state_lib.create(params, c.optimizer, c.strategy,
                              len(c.task_names), state.rng,
                              loop.strategy_row(c, params))
-    info = {"path": str(c.config.init_from), "copied": len(copied),
+    info = {"path": str(c.config.init_from),
+            "read": str(checkpoints.params_dir(c.config.init_from)),
+            "copied": len(copied),
             "total": len(jax.tree_util.tree_leaves(params))}
   return state, info
 
@@ -430,6 +436,8 @@ def train_population(claimed: Sequence, *, experiment: str = "",
                                         np.asarray(v[:1]).dtype)
                 for k, v in train0.items()}
   hp_dev = {k: jnp.asarray(v) for k, v in hp.items()}
+  if sharding is not None:
+    hp_dev = jax.device_put(hp_dev, sharding)
   compile_start = time.time()
   try:
     step_fn = jitted.lower(state0, batch_spec, hp_dev).compile()
@@ -563,11 +571,14 @@ def _train(members, inits, restored, step_fn, state, hp, sharding,
           best = _where(improved, state.params, best)
       for m in active:
         if m.saver.due(step, last or m.stopped):
-          m.saver.save(step, _member(state, m.index), _member(best, m.index),
-                       {"best_value": m.best_value, "best_step": m.best_step,
-                        "bad_evals": m.bad_evals, "stopped": m.stopped,
-                        "train_log": list(m.history), "initial": m.initial},
-                       values.get(m.index))
+          # The solo run's checkpoint: its state, best parameters and meta.
+          m.saver.store.save(
+              step, _member(state, m.index), _member(best, m.index),
+              {"best_value": m.best_value, "best_step": m.best_step,
+               "bad_evals": m.bad_evals, "stopped": m.stopped,
+               "train_log": list(m.history), "initial": m.initial},
+              values.get(m.index))
+          m.saver.last_save = time.monotonic()
         if m.stopped or last:
           _finish(m, state, step)
   for m in members:
@@ -588,6 +599,13 @@ def _train(members, inits, restored, step_fn, state, hp, sharding,
       out["diverged_step"] = m.diverged_at
       out["error"] = f"non-finite loss at step {m.diverged_at}"
     out["metrics"] = final
+    # As solo: NaN losses of a done run mean damaged selected parameters.
+    bad = sorted(k for k, v in final.items()
+                 if k.endswith("loss") and not math.isfinite(v))
+    if m.status == "done" and bad:
+      out["status"] = "failed"
+      out["error"] = (f"non-finite final metrics ({', '.join(bad)}): the "
+                      f"selected parameters are damaged; run it again")
     m.logger.scalars(m.steps, final, prefix="final/")
     out["initial_val_losses"] = {n: m.initial[f"val/{n}/loss"]
                                  for n in m.c.task_names}

@@ -21,6 +21,9 @@ from mtrec_jax.config import base_config
 from mtrec_jax.results import run_files
 from mtrec_jax.train import population
 
+# Checkpoints change no result (nor the config hash).
+CHECKPOINTS = sweep.Selection(overrides={"train.keep_checkpoints": 2,
+                                         "train.checkpoint_every": 20})
 RTOL = 1e-5  # relative; vmapped matmuls may sum in another order
 
 
@@ -44,6 +47,7 @@ def tiny(axes=(), seeds=(0, 1, 2), **overrides):
   c.train.eval_batch_size = 100  # 3 eval batches: replayed by index
   c.train.patience = 1  # members may stop at different evaluations
   c.log.tensorboard = False
+  c.train.keep_checkpoints = 0  # but where a test resumes
   for k, v in overrides.items():
     c = config_lib.apply_overrides(c, {k: v})
   return experiment_lib.Experiment(c, axes=tuple(axes), seeds=seeds,
@@ -99,7 +103,8 @@ def seeds(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("pop")
   exp = tiny()
   solo, _ = sweep_of(exp, tmp, "solo")
-  pop, logs = sweep_of(exp, tmp, "pop", population.PopulationTrainer(3))
+  pop, logs = sweep_of(exp, tmp, "pop", population.PopulationTrainer(3),
+                       selection=CHECKPOINTS)
   return tmp, exp, solo, pop, logs
 
 
@@ -130,7 +135,7 @@ def test_resume_from_a_mid_checkpoint(seeds):
     assert 30 in steps and 20 in steps, steps
     shutil.rmtree(ckpt / "30")
   again, logs = sweep_of(exp, tmp, "pop", population.PopulationTrainer(3),
-                         force=True, resume=True)
+                         force=True, resume=True, selection=CHECKPOINTS)
   assert any("resuming the population from the checkpoint of step 20" in m
              for m in logs), logs
   assert_same_runs(solo, again)
@@ -144,7 +149,7 @@ def test_population_mixing_learning_rates_and_weights(tmp_path):
             "strategy.hparams.weights": [1.0, 0.5]},
       "b": {"optimizer.learning_rate": 1e-2,
             "strategy.hparams.weights": [0.25, 2.0]}})],
-             seeds=(0,), **{"strategy.name": "static",
+             seeds=(0,), **{"strategy.name": "static", "train.num_steps": 20,
                             "strategy.hparams.weights": [1.0, 1.0]})
   solo, _ = sweep_of(exp, tmp_path, "solo")
   pop, logs = sweep_of(exp, tmp_path, "pop",
@@ -203,3 +208,43 @@ def test_member_strategy_builder_agrees_with_the_loop():
     assert (a.name, a.kind, json.dumps(a.hparams, sort_keys=True,
                                        default=str)) == (
         b.name, b.kind, json.dumps(b.hparams, sort_keys=True, default=str))
+
+
+MESH_SCRIPT = """
+import json, pathlib, sys, tempfile
+import jax
+sys.path.insert(0, {tests!r})
+from test_population import OneHost, tiny, sweep_of
+from mtrec_jax.train import population
+tmp = pathlib.Path(tempfile.mkdtemp())
+exp = tiny(seeds=(0, 1), **{{"train.num_steps": 20}})
+one, _ = sweep_of(exp, tmp, "one",
+                  population.PopulationTrainer(2, jax.devices()[:1]))
+mesh, logs = sweep_of(exp, tmp, "mesh", population.PopulationTrainer(2))
+print(json.dumps({{"devices": jax.device_count(),
+                  "mesh": dict(population.population_mesh(2).shape),
+                  "one": [r["metrics"] for r in one.results],
+                  "mesh_results": [r["metrics"] for r in mesh.results],
+                  "logs": logs}}))
+"""
+
+
+@pytest.mark.slow
+def test_population_sharded_over_a_mesh_equals_one_device():
+  """Two CPU devices: the member axis sharded over a 'population' mesh axis
+  gives what the population gives on one device."""
+  import os
+  import subprocess
+  import sys
+  tests = str(pathlib.Path(__file__).parent)
+  env = {**os.environ,
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-c", MESH_SCRIPT.format(tests=tests)],
+                       env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  res = json.loads(out.stdout.strip().splitlines()[-1])
+  assert res["devices"] == 2 and res["mesh"] == {"population": 2}
+  assert "  trained as one population of 2" in res["logs"]
+  for a, b in zip(res["one"], res["mesh_results"]):
+    assert_close(a, b, "mesh vs one device")
