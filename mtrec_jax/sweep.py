@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import pathlib
 import re
 import sqlite3
@@ -385,6 +386,7 @@ def run_sweep(experiment: experiment_lib.Experiment | str, *,
   300 s); this process beats 5 times as often (at most every 60 s).
   """
   hosts = hosts or JaxHosts()
+  _DATA_IDS.clear()  # data may have changed since an earlier sweep
   say = (log or (lambda message: None)) if hosts.primary else (
       lambda message: None)  # process 0 reports for every process
   exp = (experiment_lib.get_experiment(experiment)
@@ -439,11 +441,27 @@ def run_sweep(experiment: experiment_lib.Experiment | str, *,
                       root, getattr(db, "path", None), hosts.primary)
 
 
+_DATA_IDS: dict[str, dict | None] = {}
+
+
+def data_identity(run) -> dict | None:
+  """The run's data identity (`data.identity`), computed once per data
+  section in this process (which also loads each dataset once), so the
+  hash a run is claimed with is the one its result records."""
+  key = json.dumps(config_lib.to_dict(run.config.data), sort_keys=True)
+  if key not in _DATA_IDS:
+    from mtrec_jax.data import identity
+    _DATA_IDS[key] = identity.identity(run.config)
+  return _DATA_IDS[key]
+
+
 def _claim(store, exp_name: str, run, provenance, force: bool) -> int | None:
   config_hash, seed = run_key(run)
+  data = data_identity(run)
   return store.claim(exp_name, run.name, run.grid,
                      config_lib.to_dict(run.config), config_hash, seed,
-                     dict(provenance), force=force)
+                     dict(provenance), force=force,
+                     data_hash=data and data["hash"])
 
 
 def _skip_reason(store, exp_name: str, run) -> str:
@@ -514,6 +532,9 @@ def _record(store, claimed: Claimed, res: dict, log: Log) -> bool:
   """finish() with the run's eval records; False (and the attempt marked
   failed) when the store refuses the result."""
   evals = run_files.read_evals(claimed.workdir / run_files.METRICS_FILE)
+  data = data_identity(claimed.run)
+  if data is not None:  # part of the result's provenance
+    res.setdefault("data", data)
   try:
     store.finish(claimed.run_id, res, evals=evals)
     return True

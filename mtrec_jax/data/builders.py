@@ -7,10 +7,14 @@ The source files are never downloaded: they are TFDS "manual" files, found
 in `data.data_dir` or under $MTREC_DATA_DIR (`census-income/`, `ml-100k/` or
 `ml-100k.zip`).  The first run parses them and writes an ArrayRecord copy
 under `data.tfds_dir` ($MTREC_TFDS_DIR, default ~/.cache/mtrec_jax/tfds);
-later runs read that copy.  The copy is keyed by the parse arguments and by a
-fingerprint of the source files (names, sizes, modification times), so
-editing a source file or an argument prepares a new copy instead of reusing a
-stale one.
+later runs read that copy.  The copy is keyed by the parse arguments and by
+the content hash of the source files (`identity.source_hash`, cached by
+inode, size, mtime and ctime), so editing a source file or an argument
+prepares a new copy instead of reusing a stale one, even when the edit kept
+the file's name, size and modification time (``cp -p``, ``rsync -a``).  Each
+dataset's registration flag ``source`` finds its files, so a run's data
+identity (`identity.identity`) is part of its result and of its identity in
+the results store.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mtrec_jax.data import array_record, census, movielens
+from mtrec_jax.data import array_record, census, identity, movielens
 from mtrec_jax.data.dataset import Dataset
 from mtrec_jax.registry import DATASETS, UnknownNameError, unknown_name_message
 
@@ -47,18 +51,11 @@ def resolve_source(data_dir: str | None, default_child: str,
   return path
 
 
-def source_fingerprint(path: Path) -> list[list[Any]]:
-  """(name, size, mtime_ns) of the source files, to key the prepared copy."""
-  files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() \
-      else [path]
-  return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-
-
 def _prepare(builder_cls, source: Path, prefix: str, kwargs: dict[str, Any],
              tfds_dir: str | None) -> Dataset:
   config = array_record.kwargs_config(
       prefix, {**kwargs, "source": str(source.resolve()),
-               "fingerprint": source_fingerprint(source)})
+               "content": identity.source_hash(source)["hash"]})
   return array_record.prepare_and_read(builder_cls, manual_dir=source,
                                        data_dir=tfds_dir, config=config)
 
@@ -96,7 +93,12 @@ class MtrecCensusIncome(array_record.ColumnarBuilder):
                                      embed_dim=kwargs["embed_dim"])
 
 
-@DATASETS.register("census_income")
+def _census_source(kwargs: dict[str, Any]) -> Path:
+  return resolve_source(kwargs.get("data_dir"), "census-income",
+                        "census_income")
+
+
+@DATASETS.register("census_income", source=_census_source)
 def census_income(*, seed: int = 0, data_dir: str = "",
                   task_pair: str = "income_marital", embed_dim: int = 4,
                   tfds_dir: str = "") -> Dataset:
@@ -146,7 +148,12 @@ class MtrecMovielens(array_record.ColumnarBuilder):
         train_examples=kwargs["train_examples"])
 
 
-@DATASETS.register("movielens")
+def _movielens_source(kwargs: dict[str, Any]) -> Path:
+  variant = movielens.normalize_variant(kwargs.get("variant", "100k"))
+  return resolve_source(kwargs.get("data_dir"), f"ml-{variant}", "movielens")
+
+
+@DATASETS.register("movielens", source=_movielens_source)
 def movielens_data(*, seed: int = 0, data_dir: str = "", variant: str = "100k",
                    max_len: int = 50, min_interactions: int = 3,
                    embed_dim: int = 16, strict_counts: bool = True,

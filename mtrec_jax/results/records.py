@@ -24,7 +24,7 @@ from mtrec_jax.results.status import MISSING
 # The keys of a result that the export keeps (see the module docstring);
 # anything else (times, run ids, params_dir, ...) is left out.
 EXPORT_KEYS = (
-    "experiment", "run_name", "grid", "seed", "config_hash", "status",
+    "experiment", "run_name", "grid", "seed", "config_hash", "data", "status",
     "error", "attempt", "git", "packages", "devices", "tasks", "aux_tasks",
     "model", "strategy", "steps", "best_step", "diverged_step", "selection",
     "metrics", "report", "initial_val_losses", "strategy_state", "train_log",

@@ -403,6 +403,24 @@ def _provenance_columns(p: dict) -> dict[str, Any]:
   return out
 
 
+def stored_data_hash(row: sqlite3.Row) -> str | None:
+  """The ``data.hash`` of an attempt's stored result; None when unknown."""
+  if row["result"] is None:
+    return None
+  try:
+    data = json.loads(row["result"]).get("data")
+  except (ValueError, AttributeError):
+    return None
+  return data.get("hash") if isinstance(data, dict) else None
+
+
+def _same_data(row: sqlite3.Row, data_hash: str | None) -> bool:
+  """Whether a stored attempt ran on the data `data_hash` names (unknown
+  on either side counts as the same: see `Store.claim`)."""
+  stored = stored_data_hash(row)
+  return stored is None or data_hash is None or stored == data_hash
+
+
 def _check_not_empty(path: pathlib.Path, create: bool) -> None:
   """A missing store is an error when `create` is False; an existing 0-byte
   file with no write-ahead log (a copy that missed its data, a truncated
@@ -667,8 +685,19 @@ class Store:
 
   def claim(self, experiment: str, run_name: str, grid: dict, config: Any,
             config_hash: str, seed: int, provenance: dict | None = None, *,
-            force: bool = False) -> int | None:
+            force: bool = False, data_hash: str | None = None) -> int | None:
     """Starts a new attempt of a run and returns its id, or None to skip it.
+
+    `data_hash`: the content hash of the run's source data
+    (`data.identity`; None when the config alone determines the data).  A
+    run's identity is (experiment, config hash, seed, data): a stored final
+    attempt counts only when its result's ``data.hash`` is this one, so a
+    run on changed data (or a divergence on bad data) never stands for the
+    run on the data now; the new attempt then supersedes it when it ends.
+    A stored result with no data hash (stored before data identity existed,
+    or from a trainer that records none) counts as on the current data:
+    such runs were made from the files that are there, as far as anyone
+    knows, and re-running a whole store after this upgrade would cost days.
 
     Skipped when the run (same experiment, config hash and seed) already
     ended done or diverged, or when another live process is running it,
@@ -697,8 +726,8 @@ class Store:
           gone.append((r, f"forced while alive: {why}"))
         elif not alive:
           gone.append((r, f"abandoned: {why}"))
-      if not force and any(r["status"] in FINAL and not r["superseded"]
-                           for r in attempts):
+      if not force and any(r["status"] in FINAL and not r["superseded"] and
+                           _same_data(r, data_hash) for r in attempts):
         return None
       attempt = max((r["attempt"] for r in attempts), default=0) + 1
       for r, why in gone:
@@ -969,14 +998,15 @@ class Store:
     """(columns, rows): one flat row per run, as `export` writes csv/parquet.
 
     Columns: run_name, the grid axes (``grid/<axis>`` when an axis name
-    clashes with a fixed column), seed, status, attempt, ids, provenance,
-    times, then every final metric and scalar ``report/<key>``, sorted.
+    clashes with a fixed column), seed, status, attempt, ids (config and
+    data hash), provenance, times, then every final metric and scalar
+    ``report/<key>``, sorted.
     """
     results = self.results(experiment)
-    fixed = ["run_name", "seed", "status", "error", "config_hash", "run_id",
-             "attempt", "git_commit", "git_dirty", "device_kind",
-             "device_count", "started_at", "ended_at", "wall_time_s", "steps",
-             "best_step"]
+    fixed = ["run_name", "seed", "status", "error", "config_hash",
+             "data_hash", "run_id", "attempt", "git_commit", "git_dirty",
+             "device_kind", "device_count", "started_at", "ended_at",
+             "wall_time_s", "steps", "best_step"]
     axes: list[str] = []
     extra: set[str] = set()
     rows = []
@@ -984,7 +1014,9 @@ class Store:
       git, dev = r.get("git") or {}, r.get("devices") or {}
       row = {"run_name": r["run_name"], "seed": r.get("seed"),
              "status": r["status"], "error": r.get("error"),
-             "config_hash": r.get("config_hash"), "run_id": r["run_id"],
+             "config_hash": r.get("config_hash"),
+             "data_hash": (r.get("data") or {}).get("hash"),
+             "run_id": r["run_id"],
              "attempt": r["attempt"], "git_commit": git.get("commit"),
              "git_dirty": git.get("dirty"), "device_kind": dev.get("kind"),
              "device_count": dev.get("count"),

@@ -57,7 +57,8 @@ def test_storable_is_a_registration_flag():
   assert DATASETS.names(storable=True) == ["gradnorm_toy", "mmoe_synthetic",
                                            "uncertainty_toy"]
   assert DATASETS.info("mmoe_synthetic") == {"storable": True}
-  assert DATASETS.info("movielens") == {}
+  assert "storable" not in DATASETS.info("movielens")
+  assert callable(DATASETS.info("movielens")["source"])  # data identity
   assert stored_synthetic.GENERATORS == tuple(DATASETS.names(storable=True))
   with pytest.raises(ValueError, match="not storable.*gradnorm_toy"):
     load_synthetic("movielens", storage="array_record", seed=0)
