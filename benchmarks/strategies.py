@@ -22,8 +22,10 @@ Every registered strategy runs in every mode it supports: strategies with
 per-row state (`Strategy.row_state`) get a state shaped like the shared
 parameters (params modes) or one example's representation (rep mode), as
 in training; a mode the strategy's factory refuses (rep for MoCo and
-DB-MTL) is listed as skipped; Auto-Lambda gets the training batch as its
-meta batch too; `alternating` a per-group optimizer.  Writes JSON
+DB-MTL) is listed as skipped; the extra batches a strategy reads per step
+(Auto-Lambda's meta batch; MoDo's and SDMGrad's two more training batches,
+params mode) are copies of the training batch; `alternating` gets a
+per-group optimizer.  Writes JSON
 {"device", "note", "rows": [{"strategy", "k", "mode", "step_ms",
 "compile_ms"}], "skipped": [{"strategy", "mode", "why"}]} and a Markdown
 summary (with a per-strategy table of the ratios at K=4).
@@ -53,7 +55,7 @@ from mtrec_jax.train.optim import make_optimizer
 from mtrec_jax.train.step import (make_train_step, split_jacobian,
                                   task_losses)
 from mtrec_jax.weighting.alternating import freezes_groups
-from mtrec_jax.weighting.auto_lambda import with_meta_batch
+from mtrec_jax.weighting import sampling
 
 INPUT_DIM = 256
 
@@ -157,6 +159,18 @@ def modes_of(name: str, strategy) -> tuple[tuple[str, ...], dict[str, str]]:
   return ("params", "params_unrolled", "rep"), {}
 
 
+def extra_feed(strategy, mode: str):
+  """``batch -> the step's input``: the batch with the extra batches the
+  strategy reads per step in this mode (`sampling.extra_batches`: Auto-Lambda's
+  meta batch, MoDo's and SDMGrad's two more training batches in params
+  mode), here copies of the batch itself (the cost does not depend on the
+  values)."""
+  _, prefixes = sampling.extra_batches(strategy, mode)
+  if not prefixes:
+    return lambda b: b
+  return lambda b: sampling.with_extra_batches(b, {p: b for p in prefixes})
+
+
 def step_entries(model, tasks, params, batch, k, names, optimizer, skipped):
   """Full train steps: the loop baseline, then every strategy and mode.
   Modes a strategy does not support go to `skipped` ({(name, mode): why})."""
@@ -165,10 +179,6 @@ def step_entries(model, tasks, params, batch, k, names, optimizer, skipped):
           (params, optimizer.init(params)))]
   for name in names:
     strategy = build(name)
-    # Auto-Lambda's meta update reads a second batch (here the same one).
-    feed = ((lambda b: with_meta_batch(b, b))
-            if getattr(strategy, "meta_update", None) is not None
-            else (lambda b: b))
     opt = (make_optimizer(config_lib.base_config().optimizer, 1,
                           groups=[t.name for t in tasks])
            if freezes_groups(strategy) else optimizer)
@@ -185,6 +195,8 @@ def step_entries(model, tasks, params, batch, k, names, optimizer, skipped):
              if mode == "rep" and strategy.row_state else None)
       state = state_lib.create(params, opt, strategy, k,
                                jax.random.PRNGKey(1), row)
+      feed = extra_feed(strategy, "params" if mode == "params_unrolled"
+                        else mode)
       out.append(({"strategy": name, "k": k, "mode": mode},
                   lambda s, b, step=step, feed=feed: step(s, feed(b))[0],
                   state))
