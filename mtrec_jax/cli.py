@@ -5,6 +5,7 @@
     mtrec run NAME [--workdir DIR] [--seeds 0-2 | --seed N]
                    [--only axis=v1,v2 ...] [--set k=v ...]
                    [--shard I/N] [--force] [--resume] [--store PATH]
+                   [--population N|auto]
     mtrec status NAME [--only ...] [--seeds ...] [--set k=v ...] [--store PATH]
     mtrec export NAME --format csv|jsonl|parquet [--out PATH] [--store PATH]
     mtrec table NAME [--metric M ...] [--format md|latex] [--rows AXIS,...]
@@ -91,6 +92,7 @@ def cmd_show(args) -> int:
 
 def cmd_run(args) -> int:
   from mtrec_jax import sweep
+  from mtrec_jax.train import population
   shard = sweep.parse_shard(args.shard)
 
   def log(message: str) -> None:
@@ -100,7 +102,7 @@ def cmd_run(args) -> int:
   out = sweep.run_sweep(exp, selection=_selection(args), store=args.store,
                         workdir=args.workdir, shard=shard, force=args.force,
                         resume=args.resume, progress=not args.no_progress,
-                        log=log)
+                        log=log, trainer=population.trainer(args.population))
   code = 1 if out.failed else 0
   if not out.primary:
     return code
@@ -259,13 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--shard", metavar="I/N",
                    help="run only grid entries j with j %% N == I (0 <= I < "
                         "N), e.g. one cluster array job task each")
-  run.add_argument("--force", action="store_true",
-                   help="run again even if the store has the run done")
-  run.add_argument("--resume", action="store_true",
-                   help="continue each unfinished run from its newest usable "
-                        "checkpoint in its run folder (a run with none starts "
-                        "fresh); without it a run starts over and deletes "
-                        "its old checkpoints")
+  run.add_argument("--force", action="store_true", help="run runs done again")
+  run.add_argument("--resume", action="store_true", help="continue unfinished "
+                   "runs from their newest usable checkpoint (none: fresh)")
+  run.add_argument("--population", metavar="N|auto", help="train up to N runs "
+                   "differing only in seed, lr, float strategy.hparams at once")
   command("status", cmd_status, "done/running/failed/missing for each run of "
           "a grid, from the results store", grid=True, store=True)
   export = command("export", cmd_export, "write an experiment's stored "

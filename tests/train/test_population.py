@@ -192,6 +192,10 @@ def test_group_runs_splits_on_anything_but_member_keys():
     population.trainer("0")
   assert population.trainer(None) is None
   assert population.trainer("auto").size is None
+  from mtrec_jax import cli
+  args = cli.build_parser().parse_args(["run", "quickstart",
+                                        "--population", "3"])
+  assert population.trainer(args.population).size == 3
 
 
 def test_member_strategy_builder_agrees_with_the_loop():
