@@ -22,7 +22,8 @@ import jax.numpy as jnp
 from mtrec_jax.registry import STRATEGIES
 from mtrec_jax.weighting.base import Strategy, Weighting
 from mtrec_jax.weighting.loss_weighting import resolve_mode
-from mtrec_jax.weighting.sampling import DoubleSampledStrategy
+from mtrec_jax.weighting.sampling import (DoubleSampledStrategy,
+                                         check_flag)
 from mtrec_jax.weighting.solvers import project_simplex
 
 
@@ -73,6 +74,7 @@ def modo(gamma: float = 0.1, rho: float = 0.1, mode: Optional[str] = None,
       above); False: the one batch's Gramian.
   """
   name = "modo"
+  check_flag(name, "independent_batches", independent_batches)
   if not gamma > 0:
     raise ValueError(f"strategy {name!r}: gamma must be > 0, got {gamma}")
   if not rho >= 0:

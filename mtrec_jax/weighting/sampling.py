@@ -43,6 +43,15 @@ class DoubleSampledStrategy(Strategy):
   sample_prefixes: tuple = SAMPLE_PREFIXES
 
 
+def check_flag(strategy: str, name: str, value) -> None:
+  """A boolean hyper-parameter must be a bool: the string "false" (e.g.
+  ``--set strategy.hparams.x=false``) would silently count as true."""
+  if not isinstance(value, bool):
+    raise ValueError(f"strategy {strategy!r}: {name} must be True or False, "
+                     f"got {value!r} ({type(value).__name__}); on the "
+                     f"command line write strategy.hparams.{name}=False")
+
+
 def double_sampled(strategy: Strategy, mode: str) -> bool:
   """Whether the train step forms the cross Gramian of two extra batches
   for `strategy` in gradient mode `mode` (params mode only: the per-example

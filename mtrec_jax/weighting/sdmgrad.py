@@ -20,7 +20,8 @@ import jax.numpy as jnp
 from mtrec_jax.registry import STRATEGIES
 from mtrec_jax.weighting.base import Strategy, Weighting
 from mtrec_jax.weighting.loss_weighting import resolve_mode
-from mtrec_jax.weighting.sampling import DoubleSampledStrategy
+from mtrec_jax.weighting.sampling import (DoubleSampledStrategy,
+                                         check_flag)
 from mtrec_jax.weighting.solvers import project_simplex
 
 
@@ -106,6 +107,7 @@ def sdmgrad(lambda_: float = 0.3, lr: float = 10.0, momentum: float = 0.5,
       above); False: the one batch's Gramian.
   """
   name = "sdmgrad"
+  check_flag(name, "independent_batches", independent_batches)
   if not lambda_ >= 0:
     raise ValueError(f"strategy {name!r}: lambda_ must be >= 0, got "
                      f"{lambda_}")

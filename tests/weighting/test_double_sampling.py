@@ -224,3 +224,11 @@ def test_the_loop_feeds_the_samples(tmp_path, monkeypatch, name="modo"):
       assert set(got) == set(want)
       for k in want:
         np.testing.assert_array_equal(got[k], want[k])
+
+
+@pytest.mark.parametrize("name", ["modo", "sdmgrad"])
+def test_independent_batches_must_be_a_bool(name):
+  """``--set strategy.hparams.independent_batches=false`` gives the string
+  'false', which would count as true."""
+  with pytest.raises(ValueError, match="must be True or False"):
+    W.build(name, independent_batches="false")
