@@ -426,6 +426,8 @@ def run_sweep(experiment: experiment_lib.Experiment | str, *,
           say("  " + reason)
           outcomes[i] = RunOutcome(run, SKIPPED, detail=reason)
         else:
+          if resume and hosts.primary and not getattr(hosts, "_many", False):
+            _adopt_legacy_folder(root, run, say)
           claimed.append((i, Claimed(run, run_id if hosts.primary else None,
                                      root / run.dir_name, prepared[i])))
       if claimed:
@@ -439,6 +441,26 @@ def run_sweep(experiment: experiment_lib.Experiment | str, *,
                else ())
   return SweepOutcome(exp, tuple(runs), shard, ordered, tuple(results),
                       root, getattr(db, "path", None), hosts.primary)
+
+
+def _adopt_legacy_folder(root: pathlib.Path, run, log: Log) -> None:
+  """Moves an unfinished run's folder of the layout before issue 16
+  (root/<run name>, no config hash) to root/<run name>@<config hash>, so
+  --resume continues it; only when its config.json has this run's hash and
+  it holds no params/ (a finished run's, which init_from may name, stays)."""
+  old, new = root / run.name, root / run.dir_name
+  if new.exists() or not (old / "config.json").is_file() or (
+      old / "params").exists():
+    return
+  try:
+    same = store_lib.stored_config_hash(run_files.read_json(
+        old / "config.json")) == config_lib.config_hash(run.config)
+  except (OSError, ValueError, TypeError, KeyError):
+    return
+  if same:
+    old.rename(new)
+    log(f"  moved the unfinished run folder {old} to {new.name} (run "
+        f"folders now carry the config hash)")
 
 
 _DATA_IDS: dict[str, dict | None] = {}

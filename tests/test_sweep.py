@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from mtrec_jax import config as config_lib
 from mtrec_jax import experiment as experiment_lib
 from mtrec_jax import sweep
 from mtrec_jax.results import run_files
@@ -351,3 +352,26 @@ def test_multi_host_follower_trains_what_process_zero_claims(exp, tmp_path):
       "done", "done", "skipped", "done"]
   assert not (tmp_path / "follower").exists()  # it never opened a store
   assert len(_attempts(tmp_path / "m.db")) == 4  # one writer, once each
+
+
+def test_resume_adopts_an_unfinished_run_folder_of_the_old_layout(exp,
+                                                                  tmp_path):
+  """Before issue 16 a run's folder was root/<run name>; --resume moves an
+  unfinished one (config.json of this config, no params/) to
+  <run name>@<config hash> and continues there; a finished one stays (an
+  init_from may name it), and so does another config's."""
+  runs = SEEDS.runs(exp)
+  root = tmp_path / "runs" / "quickstart"
+  config = config_lib.to_dict(runs[0].config)
+  run_files.write_json(root / runs[0].name / "config.json", config)
+  run_files.write_json(root / runs[0].name / "checkpoints" / "x.json", {})
+  run_files.write_json(root / runs[1].name / "config.json",
+                       config_lib.to_dict(runs[1].config))
+  (root / runs[1].name / "params").mkdir()
+  run_files.write_json(root / runs[2].name / "config.json", config)
+  _sweep(exp, tmp_path, FakeTrainer(), resume=True)
+  assert not (root / runs[0].name).exists()
+  assert (root / runs[0].dir_name / "checkpoints" / "x.json").exists()
+  assert (root / runs[0].dir_name / "metrics.jsonl").exists()  # trained there
+  assert (root / runs[1].name / "params").is_dir()
+  assert (root / runs[2].name / "config.json").exists()

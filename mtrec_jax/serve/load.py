@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import pathlib
 from typing import Any, Mapping, Sequence
 
@@ -120,6 +121,9 @@ def find_run_dir(run: str | pathlib.Path, *, where=None, seed: int = 0,
   path = pathlib.Path(run).expanduser()
   if path.name == "params" and (path.parent / CONFIG_FILE).exists():
     path = path.parent
+  if not path.exists() and any(path.parent.glob(f"{glob.escape(path.name)}@*")):
+    from mtrec_jax.train import checkpoints  # a grid point's one run folder
+    path = checkpoints.params_dir(path).parent
   if (path / CONFIG_FILE).is_file():
     return path.resolve()
   if path.exists():

@@ -16,8 +16,14 @@ def _run(tmp_path, *extra):
                    "--store", str(tmp_path / "mtrec.db"), *TINY, *extra])
 
 
+def _folder(root, run):
+  """The run folder of grid point `run`: <run>@<config hash> (one config)."""
+  (folder,) = (root / "quickstart").glob(f"{run}@*")
+  return folder
+
+
 def _result(tmp_path, run):
-  return json.loads((tmp_path / "quickstart" / run / "result.json").read_text())
+  return json.loads((_folder(tmp_path, run) / "result.json").read_text())
 
 
 def test_list_shows_experiments(capsys):
@@ -41,17 +47,17 @@ def test_run_writes_outputs_and_is_deterministic(tmp_path, capsys):
     assert isinstance(res["metrics"][key], float)
   for key in ("config_hash", "wall_time_s", "git", "packages", "devices"):
     assert key in res
-  lines = (tmp_path / "quickstart" / run / "metrics.jsonl").read_text().splitlines()
+  lines = (_folder(tmp_path, run) / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(l)["step"] for l in lines] == [10, 20, 30]
-  config = json.loads((tmp_path / "quickstart" / run / "config.json").read_text())
+  config = json.loads((_folder(tmp_path, run) / "config.json").read_text())
   assert config["train"]["num_steps"] == 30
   # Same seed, same numbers; another seed, other numbers.
   again = tmp_path / "again"
   assert cli.main(["run", "quickstart", "--workdir", str(again),
                    "--store", str(again / "mtrec.db"), *TINY,
                    "--only", "model=mmoe", "--seeds", "0,1"]) == 0
-  same = json.loads((again / "quickstart" / run / "result.json").read_text())
-  other = json.loads((again / "quickstart" / "model=mmoe,seed=1" / "result.json").read_text())
+  same = _result(again, run)
+  other = _result(again, "model=mmoe,seed=1")
   assert same["metrics"] == res["metrics"]
   assert other["metrics"] != res["metrics"]
 

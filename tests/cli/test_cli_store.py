@@ -139,8 +139,9 @@ def test_export_csv_and_jsonl(sharded, monkeypatch):
   results = [json.loads(l) for l in lines.splitlines()]
   assert sorted(r["run_name"] for r in results) == sorted(RUNS)
   for r in results:
-    on_disk = json.loads((sharded["work"] / "quickstart" / r["run_name"] /
-                          "result.json").read_text())
+    folder = sharded["work"] / "quickstart" / (
+        f"{r['run_name']}@{r['config_hash']}")  # one folder per config
+    on_disk = json.loads((folder / "result.json").read_text())
     assert r["metrics"] == on_disk["metrics"]
     assert r["config_hash"] == on_disk["config_hash"]
   code, msg = _main("export", "quickstart", "--format", "csv",

@@ -78,8 +78,8 @@ def runs(tmp_path_factory):
 
 def test_two_processes_store_the_one_process_numbers(runs):
   multi, single = runs
-  a = json.loads((multi / RUN / "result.json").read_text())
-  b = json.loads((single / RUN / "result.json").read_text())
+  (a,), (b,) = ([json.loads((p / "result.json").read_text())
+                 for p in root.glob(f"{RUN}@*")] for root in (multi, single))
   assert a["devices"]["process_count"] == 2 and a["devices"]["count"] == 2
   assert b["devices"]["process_count"] == 1 and b["devices"]["count"] == 2
   assert a["metrics"].keys() == b["metrics"].keys()
@@ -92,8 +92,9 @@ def test_process_zero_alone_claims_and_stores(runs):
   with Store(multi / "store.db") as store:
     rows = store.results("quickstart")
   assert [r["status"] for r in rows] == ["done"]
+  (folder,) = multi.glob(f"{RUN}@*")  # <run name>@<config hash>
   assert rows[0]["metrics"] == json.loads(
-      (multi / RUN / "result.json").read_text())["metrics"]
+      (folder / "result.json").read_text())["metrics"]
   # Process 1 reports nothing: process 0 speaks for the job.
   assert "results in runs/quickstart" in (multi / "p0.log").read_text()
   assert "results in" not in (multi / "p1.log").read_text()

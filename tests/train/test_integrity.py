@@ -142,3 +142,34 @@ def test_nan_selected_params_are_failed_not_done(tmp_path):
   assert again["status"] == "failed"
   assert "non-finite final metrics" in again["error"]
   assert "params_dir" not in again  # nothing for init_from to read
+
+
+def test_init_from_finds_the_run_folder_of_a_grid_point(tmp_path):
+  """Run folders are <run name>@<config hash> (defect 1), so a fine-tuning
+  config naming WORKDIR/<experiment>/<run name> (as ml100k-finetune does)
+  reads that grid point's one run; two configs there are an error naming
+  both; a folder of the older layout is read as it is."""
+  params = {"w": np.ones(2)}
+  exp = tmp_path / "runs" / "pretrain"
+  checkpoints.save_params(exp / "seed=0@aaaa", params)
+  assert checkpoints.params_dir(exp / "seed=0") == exp / "seed=0@aaaa" / (
+      "params")
+  checkpoints.save_params(exp / "seed=0@bbbb", params)
+  with pytest.raises(FileNotFoundError, match="seed=0@aaaa, seed=0@bbbb"):
+    checkpoints.params_dir(exp / "seed=0")
+  assert checkpoints.params_dir(exp / "seed=0@bbbb") == exp / (
+      "seed=0@bbbb") / "params"
+  checkpoints.save_params(exp / "seed=1", params)  # the old layout
+  assert checkpoints.params_dir(exp / "seed=1") == exp / "seed=1" / "params"
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    checkpoints.params_dir(exp / "seed=2")
+
+
+def test_serve_finds_the_run_folder_of_a_grid_point(tmp_path):
+  """`mtrec recommend runs/<experiment>/<run name>` (README) still finds
+  the run now that its folder is <run name>@<config hash>."""
+  from mtrec_jax.serve import load
+  folder = tmp_path / "exp" / "seed=0@abcd"
+  checkpoints.save_params(folder, {"w": np.ones(2)})
+  (folder / "config.json").write_text("{}")
+  assert load.find_run_dir(tmp_path / "exp" / "seed=0") == folder.resolve()

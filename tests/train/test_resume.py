@@ -54,7 +54,9 @@ def _start(tmp: pathlib.Path, name: str, *extra) -> subprocess.Popen:
 
 
 def _run_dir(tmp: pathlib.Path, name: str) -> pathlib.Path:
-  return tmp / name / "runs" / "quickstart" / RUN
+  """The run's folder, <RUN>@<config hash> (not there yet: a missing path)."""
+  found = sorted((tmp / name / "runs" / "quickstart").glob(f"{RUN}@*"))
+  return found[0] if found else tmp / name / "runs" / "quickstart" / RUN
 
 
 def _log(tmp: pathlib.Path, name: str) -> str:
