@@ -55,3 +55,67 @@ def test_experiment_docstrings_point_at_the_paper_instead_of_copying():
         assert token in blocks, (name, token)
         pointers += 1
   assert pointers >= 10
+
+
+# A measured quantity: a time (ms, µs, ns; "N s a step"), a rate (examples/s,
+# steps/s), FLOPs, or a speed ratio ("3x faster").  Defaults and paper
+# constants ("default 300 s", "1e-3", "β2 = 0.98") do not match.
+TIMING = re.compile(
+    r"\d(?:[\d.,]*\d)?\s?(?:ms|µs|us|ns|[GMT]FLOPs?)\b"
+    r"|\d(?:[\d.,]*\d)?\s?s (?:a|per|to) (?:step|row|example|load|hash|call)"
+    r"|\d(?:[\d.]*\d)?k? ?(?:examples|steps|rows|items|tokens|it)/s\b"
+    r"|\d(?:\.\d+)?\s?(?:x|×)\s+(?:faster|slower|speed|as fast)"
+    r"|\d(?:\.\d+)?\s?times (?:faster|slower)", re.I)
+# What makes such a number legitimate: the generated file it comes from.
+POINTER = re.compile(r"\b(?:benchmarks|references)/results/[\w./-]+\b")
+
+
+def _doc_texts(path: pathlib.Path):
+  """(line, text) of every string literal and comment of a module: the
+  docstrings and the comments that explain a design choice."""
+  import io
+  import tokenize
+  src = path.read_text()
+  for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+    if tok.type in (tokenize.STRING, tokenize.COMMENT):
+      yield tok.start[0], tok.string
+
+
+def measured_numbers_without_pointer(text: str) -> list[str]:
+  """Timings in `text` whose paragraph names no generated results file."""
+  bad = []
+  for para in re.split(r"\n\s*\n", text):
+    if POINTER.search(para):
+      continue
+    bad += [m.group() for m in TIMING.finditer(para)]
+  return bad
+
+
+def test_timing_regex_catches_hand_copied_numbers():
+  assert measured_numbers_without_pointer("costs 8 ms a step for K = 4")
+  assert measured_numbers_without_pointer("(~15 µs an example, 60k examples/s)")
+  assert measured_numbers_without_pointer("unrolled is 2.5x faster on CPU")
+  assert measured_numbers_without_pointer("36 s to load Census-Income")
+  assert not measured_numbers_without_pointer(
+      "8 ms a step (`benchmarks/results/strategies_cpu_k4.md`, row mgda)")
+  for ok in ("lr 1e-3, β2 = 0.98", "default 300 s; beats every 60 s",
+             "rows scaled 0.1/1/10, one row x100", "norms differ by 10-100x"):
+    assert not measured_numbers_without_pointer(ok), ok
+
+
+def test_package_docs_point_to_generated_numbers_instead_of_copying():
+  """No measured time, rate or speed ratio copied by hand into the package's
+  docstrings or comments: numbers live in generated files (benchmarks/
+  results/, references/results/), prose names the file; every file so named
+  exists."""
+  bad, missing = [], []
+  for f in sorted((ROOT / "mtrec_jax").rglob("*.py")):
+    for line, text in _doc_texts(f):
+      where = f"{f.relative_to(ROOT)}:{line}"
+      bad += [f"{where}: {n!r}" for n in measured_numbers_without_pointer(text)]
+      missing += [f"{where}: {p}" for p in POINTER.findall(text)
+                  if not (ROOT / p).exists()]
+  assert not bad, ("measured numbers without a pointer to the generated "
+                   "file (replace them by 'see benchmarks/results/...'):\n"
+                   + "\n".join(bad))
+  assert not missing, "\n".join(missing)

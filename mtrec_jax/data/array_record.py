@@ -7,14 +7,15 @@ later runs without parsing again (no TensorFlow needed: TFDS's NumPy path).
 
 Storage layout: one ArrayRecord record holds a *block* of `BLOCK_ROWS`
 consecutive rows, column by column.  Row-per-record storage decodes each row
-in Python (~0.4 ms a row with 30 columns: 36 s to load Census-Income); blocks
-make loading a split a few dozen decodes, and shuffling happens later, over
-rows in memory (`mtrec_jax.data.pipeline`).  Every column is declared with a
-leading row dimension and free trailing dimensions of a fixed rank, so
-per-split widths (e.g. the history-exclusion list of an evaluation split) need
-no fixed schema; a column of lower rank is stored with trailing unit dims.
-The exact row shape and dtype of every column of every split is kept in the
-metadata and checked on load, so a damaged or stale copy fails loudly.
+in Python, which made loading Census-Income slow; blocks make loading a split
+a few dozen decodes (the load time: `benchmarks/results/input_pipeline.md`,
+column "load s"), and shuffling happens later, over rows in memory
+(`mtrec_jax.data.pipeline`).  Every column is declared with a leading row
+dimension and free trailing dimensions of a fixed rank, so per-split widths
+(e.g. the history-exclusion list of an evaluation split) need no fixed
+schema; a column of lower rank is stored with trailing unit dims.  The exact
+row shape and dtype of every column of every split is kept in the metadata and
+checked on load, so a damaged or stale copy fails loudly.
 
 A subclass sets `VERSION` (bump it when the parsed output changes, so stale
 copies are rebuilt), `COLUMNS` (column -> (dtype, per-row rank)) or

@@ -7,8 +7,8 @@ batches an uninterrupted one would, with no iterator state to checkpoint
 beyond the step.
 
 Why batches and not examples as grain elements: grain's per-example index
-shuffle costs ~15 µs an example in Python (60k examples/s on one core, below
-the train step's rate).  Here grain orders the steps, runs the batch assembly
+shuffle runs in Python once per example, slower than the train step consumes
+examples.  Here grain orders the steps, runs the batch assembly
 on a prefetch thread (overlapping the jitted step), and the batch itself is
 one vectorised gather per column from a cached per-epoch permutation
 (`numpy.random.default_rng([seed, epoch])`; each epoch's remainder dropped).

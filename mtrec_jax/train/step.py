@@ -142,8 +142,9 @@ def split_jacobian(represent, heads, params, engine: str = "vmap"):
 
   The Jacobian passes an optimization barrier: without it XLA fuses the
   backward matmuls into each of their consumers (the Gramian, the weighted
-  combination) and computes them twice (+8 ms a step for K = 4 on 2 CPU
-  cores, 40% of the engine's own time).
+  combination) and computes them twice, a large share of the engine's own
+  time on CPU (the engine's cost: `benchmarks/results/strategies_cpu_k4.md`,
+  rows engine_*).
 
   Returns (losses [K], tower gradients (a params tree; each tower holds its
   own task's gradient), shared per-task gradients with a leading K axis).

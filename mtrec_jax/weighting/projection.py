@@ -242,13 +242,13 @@ def graddrop_combine(jacobian: jax.Array, noise: jax.Array,
   sum_p g_kp^2`` is the fraction of task k's squared norm that survived
   (1 for a zero row).  `with_kept` (a bool or a traced bool) computes the
   fractions; when False they are NaN and skipped at run time: their K
-  reductions cost more than the update itself on XLA:CPU (1.2-1.9 ms
-  against 0.15 ms for K = 4, P = 131072).
+  reductions cost several times more than the update itself on XLA:CPU.
 
   Written as K unrolled element-wise rows so XLA fuses the whole mask into
-  one pass over P and never materialises the [K, P] multipliers: 0.9 ms
-  against 2.3 ms for K = 4, P = 131072 on 2 CPU cores (a short leading axis
-  reduced by XLA:CPU is slow; see `benchmarks/strategies.py`).
+  one pass over P and never materialises the [K, P] multipliers, markedly
+  faster than the batched form on CPU (a short leading axis reduced by
+  XLA:CPU is slow; GradDrop's step time:
+  `benchmarks/results/strategies_cpu_k4.md`, rows graddrop).
   """
   j = _float(jacobian)
   rows = [j[i] for i in range(j.shape[0])]
@@ -274,8 +274,8 @@ def graddrop_combine(jacobian: jax.Array, noise: jax.Array,
 def uniform_16bit(key: jax.Array, size: int) -> jax.Array:
   """``size`` uniforms on (0, 1) at 16-bit resolution, ``(b + 1/2) / 2^16``,
   two from each 32-bit draw: half the random bits of
-  `jax.random.uniform`, whose threefry draw was GradDrop's largest cost
-  (1.3 ms of 2.4 ms for 131072 values on 2 CPU cores).  A comparison
+  `jax.random.uniform`, whose threefry draw was GradDrop's largest cost on
+  CPU.  A comparison
   ``P > U`` is then off by at most 2^-16 in probability."""
   bits = jax.random.bits(key, ((size + 1) // 2,), jnp.uint32)
   halves = jnp.concatenate([bits & 0xFFFF, bits >> 16])[:size]
