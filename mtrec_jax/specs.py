@@ -8,7 +8,8 @@ without importing the models, and the models and tasks import it from here.
 The task side of the vocabulary, `mtrec_jax.tasks.spec.TaskSpec`, stays with
 the task logic (its loss and predictions); data may import `tasks.spec`.
 
-Batch layout (a `dict[str, array]`; extra keys such as labels are ignored):
+Batch layout (a `dict[str, array]`; extra keys such as labels are ignored)::
+
   numeric      [B, dim] float32 (a [B] array is accepted when dim == 1)
   categorical  [B] int32, ids in [0, vocab_size); 0 = padding / missing
   sequence     [B, max_len] int32, LEFT-padded with 0, so the most recent item

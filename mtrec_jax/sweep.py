@@ -1,5 +1,5 @@
 """The sweep: an experiment's grid, claimed run by run from the results store,
-trained, and recorded. The library behind `mtrec run`.
+trained, and recorded. The library behind `mtrec run`::
 
     from mtrec_jax import sweep
     outcome = sweep.run_sweep("quickstart", selection=sweep.Selection(

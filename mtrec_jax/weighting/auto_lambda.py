@@ -3,7 +3,7 @@ Task Relationships", TMLR 2022; official code lorenmt/auto-lambda).
 
 The task weights lambda are meta-parameters, trained so that one SGD step of
 the lambda-weighted training loss lowers the loss of the *primary* tasks on
-another batch (the meta batch):
+another batch (the meta batch)::
 
   theta'(lambda) = theta - alpha * grad_theta sum_k lambda_k L_k(theta; train)
   meta loss      = sum_{k primary} L_k(theta'(lambda); meta batch)
@@ -103,10 +103,11 @@ class MetaStrategy(Strategy):
   """A loss strategy that also updates its state from a meta batch before
   the training step (`mtrec_jax.train.step` calls `meta_update`).
 
-  meta_update: ``(state, *, losses_fn, params, batch, meta_batch, step, rng,
-    names) -> (state, metrics)``, where ``losses_fn(params, batch, rng)``
-    gives the K training losses of the model.
-  meta_split: the split the loop draws the meta batches from.
+  Attributes:
+    meta_update: ``(state, *, losses_fn, params, batch, meta_batch, step, rng,
+      names) -> (state, metrics)``, where ``losses_fn(params, batch, rng)``
+      gives the K training losses of the model.
+    meta_split: the split the loop draws the meta batches from.
   """
   meta_update: Optional[Callable] = None
   meta_split: str = "train"

@@ -60,6 +60,7 @@ class Weighting(NamedTuple):
 
   weights: [K] task weights actually applied (for "jacobian" strategies, the
     weights reported for logging, e.g. the mean, since the update is not linear).
+
   state: the new strategy state.
   metrics: extra scalars to log (a flat dict name -> scalar array); may be {}.
   """

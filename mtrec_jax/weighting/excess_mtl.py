@@ -83,7 +83,7 @@ def excess_mtl(robust_step_size: float = 1e-2, eps: float = 1e-7,
   back-propagates ``sum_k w_k L_k`` through the whole model).
 
   Rep mode (``mode="rep"``) follows LibMTL's ``rep_grad=True``: the
-  representation gradients [K, B, *F] are summed over the batch into [K, F]
+  representation gradients ``[K, B, *F]`` are summed over the batch into [K, F]
   rows for the estimates (so the state is [K, F], F = one example's
   representation size), and the weights multiply each task's
   representation gradient.  (LibMTL's ``rep_grad`` path back-propagates

@@ -79,7 +79,7 @@ def moco(beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1,
   """MoCo (Fernando et al., ICLR 2023), as in LibMTL.
 
   At step ``t = 1, 2, ...`` (counted in the state, so `aggregate`'s fresh
-  state is step 1), with ``g_k`` the task gradients (rows of the Jacobian):
+  state is step 1), with ``g_k`` the task gradients (rows of the Jacobian)::
 
     g_k    <- L_k g_k / (||g_k|| + eps)                 (if `normalize`)
     y      <- y - beta_t (y - g),         beta_t  = beta / t^beta_sigma

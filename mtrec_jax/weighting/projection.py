@@ -290,8 +290,8 @@ def graddrop_rep_combine(rep_grads: jax.Array, rep: jax.Array,
                          ) -> tuple[jax.Array, jax.Array]:
   """GradDrop on representation gradients with the batch-reduced purity.
 
-  rep_grads, rep: [K, B, *F], task k's gradient w.r.t. its representation
-  slot and the slot's activations; noise: [*F], one uniform per feature.
+  rep_grads, rep: ``[K, B, *F]``, task k's gradient w.r.t. its representation
+  slot and the slot's activations; noise: ``[*F]``, one uniform per feature.
   Per task and feature, ``G_kf = sum_b sign(A_kbf) dL_k/dA_kbf`` (the batch
   is reduced first, so the sign choice is one per feature, shared by the
   batch); ``P_f = (1 + sum_k G_kf / sum_k |G_kf|) / 2`` (1/2 where every G is
