@@ -25,7 +25,10 @@ in training; a mode the strategy's factory refuses (rep for MoCo and
 DB-MTL) is listed as skipped; the extra batches a strategy reads per step
 (Auto-Lambda's meta batch; MoDo's and SDMGrad's two more training batches,
 params mode) are copies of the training batch; `alternating` gets a
-per-group optimizer.  Writes JSON
+per-group optimizer.  Variants (`VARIANTS`) get rows of their own next to
+their strategy's: `modo_single_batch` and `sdmgrad_single_batch` are MoDo and
+SDMGrad with `independent_batches=False` (one Jacobian of the step's own
+batch, params modes; rep mode is single-batch already).  Writes JSON
 {"device", "note", "rows": [{"strategy", "k", "mode", "step_ms",
 "compile_ms"}], "skipped": [{"strategy", "mode", "why"}]} and a Markdown
 summary (with a per-strategy table of the ratios at K=4).
@@ -58,6 +61,14 @@ from mtrec_jax.weighting.alternating import freezes_groups
 from mtrec_jax.weighting import sampling
 
 INPUT_DIM = 256
+# Row name -> (registered strategy, its hyperparameters, modes benchmarked):
+# settings that change what a step computes, benchmarked beside the default.
+VARIANTS = {
+    "modo_single_batch": ("modo", {"independent_batches": False},
+                          ("params", "params_unrolled")),
+    "sdmgrad_single_batch": ("sdmgrad", {"independent_batches": False},
+                             ("params", "params_unrolled")),
+}
 
 
 def setup(k: int, batch_size: int):
@@ -134,11 +145,21 @@ def rep_row(model, params, batch) -> int:
   return math.prod(rep.shape[2:])
 
 
+def with_variants(names) -> list[str]:
+  """`names` with each selected strategy's `VARIANTS` right after it."""
+  return [row for name in names for row in
+          (name, *(v for v, (base, _, _) in VARIANTS.items() if base == name))]
+
+
 def build(name: str, **hparams):
-  """The strategy as benchmarked.  DWA's epoch length and `alternating`'s
-  per-group optimizer state (the base config's Adam, = optax.adam(1e-3))
-  decide what a step does, not what it costs; Auto-Lambda's look-ahead uses
-  the benchmark's Adam learning rate."""
+  """The strategy as benchmarked (`name` a registered strategy or a row of
+  `VARIANTS`).  DWA's epoch length and `alternating`'s per-group optimizer
+  state (the base config's Adam, = optax.adam(1e-3)) decide what a step
+  does, not what it costs; Auto-Lambda's look-ahead uses the benchmark's
+  Adam learning rate."""
+  if name in VARIANTS:
+    base, variant, _ = VARIANTS[name]
+    return build(base, **variant, **hparams)
   extra = ({"steps_per_epoch": 100} if name == "dwa" else
            {"virtual_lr": 1e-3} if name == "auto_lambda" else {})
   return weighting.build(name, **extra, **hparams)
@@ -150,6 +171,8 @@ def modes_of(name: str, strategy) -> tuple[tuple[str, ...], dict[str, str]]:
   rep where the factory refuses it (MoCo, DB-MTL: they mix gradients of
   earlier steps per parameter, which has no per-example representation
   form)."""
+  if name in VARIANTS:
+    return VARIANTS[name][2], {}
   if strategy.kind == "loss":
     return ("loss",), {}
   try:
@@ -217,7 +240,8 @@ def main(argv=None) -> None:
   p.add_argument("--partial", help="rewrite this file with the rows so far "
                  "after every K")
   p.add_argument("--strategies", default="",
-                 help="comma-separated subset (default: all registered)")
+                 help="comma-separated subset, VARIANTS rows allowed "
+                 "(default: all registered, each with its variants)")
   p.add_argument("--note", default="",
                  help="a line for the summary, e.g. what else was running")
   args = p.parse_args(argv)
@@ -225,7 +249,8 @@ def main(argv=None) -> None:
   if args.ks:
     ks = tuple(int(k) for k in args.ks.split(","))
   rounds, iters = (2, 3) if args.quick else (args.rounds, args.iters)
-  names = args.strategies.split(",") if args.strategies else STRATEGIES.names()
+  names = (args.strategies.split(",") if args.strategies else
+           with_variants(STRATEGIES.names()))
   optimizer = optax.adam(1e-3)
   rows, skipped = [], {}
   for k in ks:
