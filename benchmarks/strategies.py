@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import pathlib
 
 import jax
@@ -253,6 +254,7 @@ def main(argv=None) -> None:
            with_variants(STRATEGIES.names()))
   optimizer = optax.adam(1e-3)
   rows, skipped = [], {}
+  load = {"start": os.getloadavg()}
   for k in ks:
     model, tasks, batch, params = setup(k, args.batch_size)
     entries = (engine_entries(model, tasks, params, k) +
@@ -265,25 +267,32 @@ def main(argv=None) -> None:
       print(rows[-1], flush=True)
     if args.partial:  # keep what was measured if the run is cut short
       pathlib.Path(args.partial).write_text(json.dumps(rows) + "\n")
+  load["end"] = os.getloadavg()
   device = describe_device()
   skips = [{"strategy": n, "mode": m, "why": why}
            for (n, m), why in skipped.items()]
   write_outputs("strategies", {"device": device, "batch_size": args.batch_size,
                                "rounds": rounds, "iters": iters,
                                "note": args.note, "rows": rows,
-                               "skipped": skips}, args.json,
-                summary(rows, device, skips, args.note))
+                               "skipped": skips, "load_average": load},
+                args.json, summary(rows, device, skips, args.note, load))
 
 
-def summary(rows, device: str, skipped=(), note: str = "") -> str:
+def summary(rows, device: str, skipped=(), note: str = "",
+            load=None) -> str:
   """Markdown: step ms per strategy/mode (rows) and K (columns), the modes
   skipped and why, the two ratios the design promises (over all strategies
-  and per strategy)."""
+  and per strategy); `load`: the machine's load averages (1, 5, 15 min) at
+  the start and end of the measurement."""
   ks = sorted({r["k"] for r in rows})
   keyed = {(r["strategy"], r["mode"], r["k"]): r["step_ms"] for r in rows}
   lines = [f"# Strategy step time (ms, median) on {device}", ""]
   if note:
     lines += [note, ""]
+  if load:
+    lines += ["Load average (1, 5, 15 min): " + "; ".join(
+        f"at the {when} " + " / ".join(f"{x:.2f}" for x in load[when])
+        for when in ("start", "end") if when in load) + ".", ""]
   lines += [
            "| strategy | mode | " + " | ".join(f"K={k}" for k in ks) + " |",
            "|---|---|" + "---|" * len(ks)]
