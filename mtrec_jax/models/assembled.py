@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from mtrec_jax.models.aux_heads import AuxHeads
-from mtrec_jax.tasks.auxiliary import AuxTask
+from mtrec_jax.tasks.auxiliary import AuxTask, task_encoders
 from mtrec_jax.models.embeddings import Batch, FeatureEncoder
 from mtrec_jax.models.encoder import EncoderConfig
 from mtrec_jax.models.towers import MLP
@@ -183,10 +183,10 @@ class MultiTaskModel(nn.Module):
                  ) -> jax.Array:
     """[A] losses of the auxiliary tasks, in `aux_tasks` order; `key` draws
     their masks, augmentations and knowledge-graph queries."""
-    encoder = self.shared.feature_encoder
+    encoders = task_encoders(self.aux_tasks, self.shared.feature_encoder)
     keys = jax.random.split(key, max(len(self.aux_tasks), 1))
-    losses = [t.loss(encoder, self._aux_head(t.name), batch, keys[i], train)
-              for i, t in enumerate(self.aux_tasks)]
+    losses = [t.loss(encoders[i], self._aux_head(t.name), batch, keys[i],
+                     train) for i, t in enumerate(self.aux_tasks)]
     return jnp.stack(losses).astype(jnp.float32)
 
   def aux_scores(self, batch: Batch) -> dict[str, jax.Array]:

@@ -100,6 +100,9 @@ ADDED_KEYS: dict[str, Any] = {
     "aux.next_all.softmax_impl": "full",
     # Issue 13: rep mode's Gramian (rows is what rep mode computed before).
     "strategy.rep_gramian": "rows",
+    # Issue 15: one encoder pass for the unmasked-sequence aux tasks
+    # (needs a `_rekey()` migration with the next schema version).
+    "aux.next_all.shared_pass": False,
 }
 
 

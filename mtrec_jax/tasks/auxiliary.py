@@ -27,6 +27,20 @@ Tasks (config ``aux.tasks``; builders in `AUX_TASKS`):
   ``cl``  sequence contrastive learning (CL4SRec, Xie et al. 2022),
   ``kg``  item-attribute knowledge-graph completion (MKR, Wang et al. 2019).
 
+With ``aux.next_all.shared_pass`` (off by default: what every stored run
+computed) the tasks that read the unmasked sequence
+(`reads_unmasked_sequence`: next_all and the `NextInteractionTask`s) share
+ONE encoder pass per step (`task_encoders`) instead of each encoding the
+sequence again.  Without
+dropout (evaluation, or dropout rates 0) the losses and every task's
+gradient are those of separate passes up to float rounding; in training
+with dropout the sharing tasks see the same dropout masks (the first
+sharing task's, drawn as its own pass drew them before), where separate
+passes drew independent masks: each task's loss has the same distribution,
+the tasks' noise is now correlated, as in a multi-task model whose towers
+read one shared forward pass.  A different random stream, so a different
+run: opt-in.
+
 This module is the task logic (specs, targets, losses, evaluation scores,
 builders, the ``aux`` config section) and imports no Flax: the heads are
 modules of `mtrec_jax.models.aux_heads`, which the losses receive bound.
@@ -92,6 +106,12 @@ class AuxTask(abc.ABC):
   def needs_causal_encoder(self) -> bool:
     """Whether the task is only sound with causal attention (each position
     must not see the item it predicts)."""
+    return False
+
+  @property
+  def reads_unmasked_sequence(self) -> bool:
+    """Whether `loss` encodes only ``batch[feature]`` as it is (no mask, no
+    augmentation): such tasks may share one encoder pass (`task_encoders`)."""
     return False
 
   @property
@@ -197,6 +217,9 @@ class NextItemSequenceTask(AuxTask):
   seen_items: np.ndarray | None = None
   user_feature: str = "user"
   softmax_impl: str = "full"
+  # Share one encoder pass with the other unmasked-sequence tasks
+  # (`aux.next_all.shared_pass`, `task_encoders`).
+  shared_pass: bool = False
 
   def __post_init__(self):
     if self.softmax_impl not in NEXT_ALL_SOFTMAX_IMPLS:
@@ -232,6 +255,10 @@ class NextItemSequenceTask(AuxTask):
 
   @property
   def needs_causal_encoder(self) -> bool:
+    return True
+
+  @property
+  def reads_unmasked_sequence(self) -> bool:
     return True
 
   @property
@@ -398,6 +425,7 @@ class NextInteractionTask(AuxTask):
   item_genres: np.ndarray | None = None  # [V, G] 0/1, for 'genre'
   hidden: tuple[int, ...] = ()
   dropout_rate: float = 0.0
+  shared_pass: bool = False  # as NextItemSequenceTask's
 
   def __post_init__(self):
     if self.label_kind not in NEXT_INTERACTION_LABELS:
@@ -412,6 +440,10 @@ class NextInteractionTask(AuxTask):
 
   @property
   def needs_causal_encoder(self) -> bool:
+    return True
+
+  @property
+  def reads_unmasked_sequence(self) -> bool:
     return True
 
   @property
@@ -527,6 +559,48 @@ class KnowledgeTask(AuxTask):
     rows = jnp.asarray(self.graph.item_entities)[item_ids]
     return knowledge.kg_loss(logits, rows, rel_ids,
                              jnp.asarray(self.graph.entity_relation))
+
+
+class SharedEncoding:
+  """The bound `FeatureEncoder` as the sharing tasks see it: the first
+  unmasked ``encode_positions(feature, ids, train=...)`` request runs the
+  encoder (drawing its dropout masks as that task's own pass did), later
+  requests for the same feature and mode get the same outputs; masked or
+  augmented requests, and every other method, go to the encoder.  Handed
+  only to tasks whose `reads_unmasked_sequence` is True, which encode
+  exactly ``batch[feature]``."""
+
+  def __init__(self, encoder):
+    self._encoder = encoder
+    self._cache: dict[tuple[str, bool], tuple[jax.Array, jax.Array]] = {}
+
+  def encode_positions(self, name: str, ids: jax.Array, *,
+                       train: bool = False, masked: jax.Array | None = None):
+    if masked is not None:
+      return self._encoder.encode_positions(name, ids, train=train,
+                                            masked=masked)
+    key = (name, bool(train))
+    if key not in self._cache:
+      self._cache[key] = self._encoder.encode_positions(name, ids,
+                                                        train=train)
+    h, real = self._cache[key]
+    if real.shape[0] != jnp.shape(ids)[0]:
+      raise ValueError(f"shared encoder pass of {name!r}: encoded a batch "
+                       f"of {real.shape[0]} rows, asked for "
+                       f"{jnp.shape(ids)[0]}")
+    return h, real
+
+  def __getattr__(self, attr):
+    return getattr(self._encoder, attr)
+
+
+def task_encoders(tasks, encoder) -> list:
+  """The encoder each task's `loss` gets, in task order: one
+  `SharedEncoding` for every task with ``shared_pass`` set (one pass per
+  step and feature), the plain `encoder` for the others."""
+  shared = SharedEncoding(encoder)
+  return [shared if getattr(t, "shared_pass", False) else encoder
+          for t in tasks]
 
 
 # ----------------------------------------------------------------------------
@@ -707,11 +781,14 @@ def default_aux_config() -> dict[str, Any]:
       # head: mlp (BERT4Rec's) | dot (SASRec's); negatives (bce): uniform |
       # unseen (SASRec's sampler: items the user has not trained on);
       # softmax_impl (softmax): full ([B, L, V] logits) | fused (chunked,
-      # same loss up to float rounding, faster).
+      # same loss up to float rounding, faster); shared_pass: rating_all,
+      # like_all and genre_all read next_all's encoder pass instead of
+      # encoding the sequence again (`task_encoders`; the same math
+      # without dropout, with dropout they share its masks).
       "next_all": {"feature": "hist_items", "targets": "seq_targets",
                    "loss": "softmax", "num_negatives": SAMPLED_NEGATIVES,
                    "head": "mlp", "negatives": "uniform",
-                   "softmax_impl": "full"},
+                   "softmax_impl": "full", "shared_pass": False},
       "cl": {"feature": "hist_items", "eta": sequence_ssl.CROP_ETA,
              "gamma": sequence_ssl.MASK_GAMMA,
              "beta": sequence_ssl.REORDER_BETA,
@@ -749,4 +826,12 @@ def build_aux_tasks(aux_cfg: Mapping[str, Any], dataset,
       raise ValueError(f"auxiliary task {name!r} has the name of a dataset "
                        f"task")
     out.append(builder(aux_cfg.get(name, {}), dataset, model_cfg or {}))
+  if "next_all" in names:
+    shared = aux_cfg.get("next_all", {}).get("shared_pass", False)
+    if not isinstance(shared, (bool, np.bool_)):
+      raise ValueError(f"aux.next_all.shared_pass must be a bool, got "
+                       f"{shared!r} (--set aux.next_all.shared_pass=true)")
+    if shared:
+      out = [dataclasses.replace(t, shared_pass=True)
+             if t.reads_unmasked_sequence else t for t in out]
   return tuple(out)

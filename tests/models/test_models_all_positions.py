@@ -270,3 +270,115 @@ def test_next_all_rejects_bad_settings(movielens):
     aux["next_all"] = {**aux["next_all"], **change}
     with pytest.raises(ValueError, match=match):
       auxiliary.build_aux_tasks(aux, ds)
+
+
+def build_shared(ds, names, shared, dropout=0.0, softmax_impl="full"):
+  """`build` with aux.next_all.shared_pass = `shared` and encoder dropout
+  `dropout` (the towers' dropout stays 0: only the encoder draws masks)."""
+  cfg = model_cfg()
+  cfg.encoder.dropout = dropout
+  cfg.encoder.attention_dropout = dropout
+  aux = aux_cfg(*names)
+  aux["next_all"] = {**aux["next_all"], "softmax_impl": softmax_impl,
+                    "shared_pass": shared}
+  tasks = auxiliary.build_aux_tasks(aux, ds, cfg.to_dict())
+  model = build_model(cfg, ds.features, (), tasks)
+  batch = {k: jnp.asarray(v) for k, v in ds.splits["train"].items()}
+  params = model.init(jax.random.PRNGKey(0), batch, jax.random.PRNGKey(1),
+                      method="init_all")["params"]
+  return model, params, batch
+
+
+def aux_losses_fn(model, batch, train, seed=2):
+  def losses(p):
+    return model.apply({"params": p}, batch, jax.random.PRNGKey(seed),
+                       train=train, rngs={"dropout": jax.random.PRNGKey(7)},
+                       method="aux_losses")
+  return losses
+
+
+@pytest.mark.parametrize("softmax_impl", ["full", "fused"])
+def test_shared_pass_equals_separate_passes_without_dropout(movielens,
+                                                            softmax_impl):
+  """One shared encoder pass gives every task the loss and the gradient
+  (each row of the [A, params] Jacobian, what params-mode strategies read)
+  of its own pass, up to float rounding; mim (masked input) keeps its own."""
+  ds, _, _ = movielens
+  names = ALL_TASKS[:2] + ("mim",) + ALL_TASKS[2:]
+  sep, params, batch = build_shared(ds, names, False,
+                                    softmax_impl=softmax_impl)
+  one, params_one, _ = build_shared(ds, names, True,
+                                    softmax_impl=softmax_impl)
+  assert jax.tree_util.tree_structure(params) == \
+      jax.tree_util.tree_structure(params_one)
+  for train in (False, True):  # train=True: dropout rates are 0
+    a = aux_losses_fn(sep, batch, train)
+    b = aux_losses_fn(one, batch, train)
+    np.testing.assert_allclose(b(params), a(params), rtol=1e-6, atol=1e-7)
+    ja, jb = jax.jacrev(a)(params), jax.jacrev(b)(params)
+    for x, y in zip(jax.tree_util.tree_leaves(ja),
+                    jax.tree_util.tree_leaves(jb)):
+      np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
+    enc = jb["shared"]["feature_encoder"]
+    assert any(float(jnp.abs(g[i]).max()) > 0
+               for g in jax.tree_util.tree_leaves(enc) for i in range(4))
+
+
+def _encoder_passes(model, params, batch):
+  """Encoder passes in one training step's aux losses: the `random_bits`
+  draws of the encoder's input dropout (one [B, L, hidden] draw a pass)."""
+  width = model.encoder.hidden_dim
+  shape = tuple(np.shape(batch["hist_items"])) + (width,)
+  count = 0
+
+  def visit(jx):
+    nonlocal count
+    jx = getattr(jx, "jaxpr", jx)
+    for eqn in jx.eqns:
+      if eqn.primitive.name == "random_bits" and tuple(
+          eqn.outvars[0].aval.shape) == shape:
+        count += 1
+      for v in eqn.params.values():
+        for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+          if hasattr(sub, "eqns") or hasattr(sub, "jaxpr"):
+            visit(sub)
+  visit(jax.make_jaxpr(aux_losses_fn(model, batch, True))(params))
+  return count
+
+
+def test_shared_pass_with_dropout_shares_the_first_pass_masks(movielens):
+  """With dropout, the sharing tasks read the first sharing task's pass:
+  next_all's loss is the one of its own pass (it draws first, as before),
+  rating_all's is the one it gets when IT encodes first; 4 separate passes
+  become 1 (the per-layer residual dropouts draw 2 more [B, L, hidden]
+  arrays a layer, so count those too)."""
+  ds, _, _ = movielens
+  pair = ("next_all", "rating_all")
+  one, params, batch = build_shared(ds, pair, True, dropout=0.3)
+  sep, _, _ = build_shared(ds, pair, False, dropout=0.3)
+  rev, _, _ = build_shared(ds, pair[::-1], False, dropout=0.3)
+  shared = np.asarray(aux_losses_fn(one, batch, True)(params))
+  alone = np.asarray(aux_losses_fn(sep, batch, True)(params))
+  first = np.asarray(aux_losses_fn(rev, batch, True)(params))
+  np.testing.assert_allclose(shared[0], alone[0], rtol=1e-6)
+  np.testing.assert_allclose(shared[1], first[0], rtol=1e-6)
+  assert abs(shared[1] - alone[1]) > 1e-6  # its own masks differed
+  four_one, p4, b4 = build_shared(ds, ALL_TASKS, True, dropout=0.3)
+  four_sep, _, _ = build_shared(ds, ALL_TASKS, False, dropout=0.3)
+  per_pass = _encoder_passes(sep, params, batch) // 2
+  assert per_pass >= 1
+  assert _encoder_passes(four_one, p4, b4) == per_pass
+  assert _encoder_passes(four_sep, p4, b4) == 4 * per_pass
+
+
+def test_shared_pass_must_be_a_bool(movielens):
+  ds, _, _ = movielens
+  aux = aux_cfg("next_all", "rating_all")
+  aux["next_all"] = {**aux["next_all"], "shared_pass": "false"}
+  with pytest.raises(ValueError, match="shared_pass must be a bool"):
+    auxiliary.build_aux_tasks(aux, ds)
+  aux["next_all"]["shared_pass"] = True
+  assert all(t.shared_pass for t in auxiliary.build_aux_tasks(aux, ds))
+  aux["tasks"] = ("rating_all", "mim")  # no next_all: nothing to share
+  assert not any(getattr(t, "shared_pass", False)
+                 for t in auxiliary.build_aux_tasks(aux, ds))
