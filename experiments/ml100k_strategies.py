@@ -30,10 +30,15 @@ from mtrec_jax.experiment import Axis, Experiment
 from mtrec_jax.registry import EXPERIMENTS
 
 # The same strategies as census-strategies (that list says why `static`,
-# `alternating` and `sum` are left out), each over the four tasks.
+# `alternating` and `sum` are left out), each over the four tasks.  The
+# all-positions tasks read the encoder's output per position, not one shared
+# representation, so the two strategies whose default mode is `rep`
+# (GradNorm, GradDrop) run in `params` mode, LibMTL's default (rep_grad=False).
+PARAMS_MODE = ("gradnorm", "graddrop")
 STRATEGY_ROWS = {
     "single_task": {**TASK_SETS["next_item"], "strategy.name": "mean"},
-    **{name: {**TASK_SETS["all"], "strategy.name": name}
+    **{name: {**TASK_SETS["all"], "strategy.name": name,
+              **({"strategy.mode": "params"} if name in PARAMS_MODE else {})}
        for name in CENSUS_STRATEGIES},
 }
 
