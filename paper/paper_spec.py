@@ -99,6 +99,32 @@ BLOCKS = [
     Figure("census-strategies-pareto", "census-strategies", "pareto",
            caption="Census-Income, MMoE: income AUC against never-married "
                    "AUC, one point per strategy (mean ± std over seeds)."),
+    # A grid still running (several sessions): partial=True renders what
+    # is done, says how much, and "no results yet" without a results file.
+    Table("ml100k-strategies-metrics", "ml100k-strategies",
+          baseline=({"strategy": "mean"}, {"strategy": "single_task"}),
+          cost=True, partial=True,
+          caption="MovieLens-100K, the all-positions Transformer on next "
+                  "item + rating + like + genre: test metrics per weighting "
+                  "strategy, and next item alone (single_task). Δm% vs "
+                  "mean: over all five columns against equal weights; Δm% "
+                  "vs single_task: over the three next-item columns, "
+                  "against the model trained for next item alone. s/step: "
+                  "as the runs measured it on the shared CPU under the "
+                  "load of the other work there (not a benchmark; section "
+                  "7.4 has one); the seeds of a strategy that trained as "
+                  "one population share one program and its time."),
+    Figure("ml100k-strategies-pareto", "ml100k-strategies", "pareto",
+           options={"x": "test/next_all/ndcg@10",
+                    "y": "test/rating_all/rmse",
+                    "highlight": ("mean", "single_task"), "annotate": True},
+           partial=True,
+           caption="MovieLens-100K: next-item NDCG@10 against rating RMSE "
+                   "(lower is better), one point per strategy (mean ± std "
+                   "over seeds), the Pareto front dashed; equal weights "
+                   "(mean) highlighted, and next item alone (single_task, "
+                   "which predicts no rating) as a vertical line with its "
+                   "± std band."),
     BenchTable("perf-throughput", "throughput_cpu",
                columns=("model", "strategy", "mode", "engine",
                         ("step_ms", "step ms"),

@@ -34,10 +34,13 @@ class Table:
   """A results table: `tables.build_table` options plus an id.
 
   metrics: default the experiment's `table_metrics`, else each task's
-  primary test metric. baseline: 'auto', None or {axis: value}. where:
-  {axis: value or [values]}. caption: an italic line above the table.
-  directions: {metric: 'max' or 'min'} for columns whose name is not a
-  registered metric (e.g. report values).
+  primary test metric. baseline: 'auto', None, {axis: value} or a tuple of
+  up to three {axis: value} (one Δm% column and t-test mark each, the
+  first primary). where: {axis: value or [values]}. caption: an italic
+  line above the table. directions: {metric: 'max' or 'min'} for columns
+  whose name is not a registered metric (e.g. report values). cost: add
+  the seconds per step the runs measured (`tables.step_seconds`).
+  partial: the experiment's grid may be incomplete (see `Figure.partial`).
   """
   id: str
   experiment: str
@@ -48,9 +51,13 @@ class Table:
   digits: int = 4
   caption: str = ""
   directions: Mapping[str, str] | None = None
+  cost: bool = False
+  partial: bool = False
 
   def __post_init__(self):
     _check_id(self.id)
+    if isinstance(self.baseline, list):
+      object.__setattr__(self, "baseline", tuple(self.baseline))
     if isinstance(self.metrics, str) or isinstance(self.rows, str):
       raise ValueError(f"table {self.id!r}: metrics and rows are tuples of "
                        f"names, e.g. metrics=('test/income/auc',)")
@@ -59,12 +66,21 @@ class Table:
 @dataclasses.dataclass(frozen=True)
 class Figure:
   """A figure: `figures.KINDS[kind](results, ..., **options)`, an id and a
-  caption; written to paper/figures/<id>.png and .pdf."""
+  caption; written to paper/figures/<id>.png and .pdf.
+
+  partial: the experiment's grid may be incomplete in the paper (a grid
+  still running): without its results file the region says "no results
+  yet" instead of failing, `mtrec paper --export` skips it while the store
+  has none of its runs, and otherwise the region states how many runs of
+  the grid are done and leaves out rows with none. Every block of one
+  experiment must agree.
+  """
   id: str
   experiment: str
   kind: str
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   caption: str = ""
+  partial: bool = False
 
   def __post_init__(self):
     from mtrec_jax.results import figures
@@ -204,7 +220,25 @@ def load_spec(paper_dir: str | os.PathLike) -> list[Block]:
       raise ValueError(f"{path}: block id {b.id!r} is used twice; ids must "
                        f"be unique")
     seen.add(b.id)
+  partial_experiments(blocks, str(path))
   return list(blocks)
+
+
+def partial_experiments(blocks: Iterable[Block], where: str = "the spec"
+                        ) -> set[str]:
+  """The experiments whose blocks say partial=True; raises when blocks of
+  one experiment disagree (its results file is then either optional or
+  not, for all of them)."""
+  flags: dict[str, set[bool]] = {}
+  for b in blocks:
+    if not isinstance(b, BenchTable):
+      flags.setdefault(b.experiment, set()).add(bool(b.partial))
+  mixed = sorted(e for e, f in flags.items() if len(f) > 1)
+  if mixed:
+    raise ValueError(f"{where}: the blocks of experiment {mixed[0]!r} "
+                     f"disagree on partial=; give all of them partial=True "
+                     f"(its grid may be incomplete) or none")
+  return {e for e, f in flags.items() if True in f}
 
 
 def experiments_of(blocks: Iterable[Block]) -> list[str]:

@@ -332,16 +332,35 @@ def _direction_word(column: str) -> str:
           else "lower is better")
 
 
-def pareto(results: Sequence[dict], base: str | pathlib.Path, *,
-           x: str | None = None, y: str | None = None,
-           by: Sequence[str] | None = None,
-           where: Mapping[str, Any] | None = None,
-           title: str = "") -> list[pathlib.Path]:
-  """Two metrics, one point per group (seed means, ±1 std bars); the points
-  no other point beats on both metrics are joined as the Pareto front.
+def pareto_front(points: Sequence[tuple[float, float]],
+                 directions: tuple[str, str] = ("max", "max")) -> list[int]:
+  """Indices (ascending) of the points no other point beats: q dominates p
+  when q is at least as good on both coordinates and differs from p
+  (equal points do not dominate each other).  directions: 'max' or 'min'
+  per coordinate.  One sort and a sweep, O(n log n)."""
+  for d in directions:
+    if d not in ("max", "min"):
+      raise ValueError(f"pareto_front: direction {d!r} must be 'max' or "
+                       f"'min'")
+  sx, sy = (1.0 if d == "max" else -1.0 for d in directions)
+  keyed = sorted(((sx * x, sy * y, i) for i, (x, y) in enumerate(points)),
+                 reverse=True)
+  front, best_y, k = [], -math.inf, 0
+  while k < len(keyed):  # groups of equal x, best x first
+    j = k
+    while j < len(keyed) and keyed[j][0] == keyed[k][0]:
+      j += 1
+    top = keyed[k][1]  # the group's best y
+    if top > best_y:  # no better-x point reaches it
+      front += [i for _, y, i in keyed[k:j] if y == top]
+      best_y = top
+    k = j
+  return sorted(front)
 
-  Default x and y: the primary test metrics of the first two tasks.
-  """
+
+def _pareto_points(results, x, y, by, where):
+  """(x key, y key, [(label, mx, sx, my, sy)] of groups with both,
+  {label: (mx, sx, my, sy)} of every group, NaN where it has none)."""
   what = "pareto figure"
   runs = _select(results, where, what)
   if x is None or y is None:
@@ -354,29 +373,73 @@ def pareto(results: Sequence[dict], base: str | pathlib.Path, *,
     x, y = x or default[0], y or default[1]
   x, y = _resolve_metric(x, runs, what), _resolve_metric(y, runs, what)
   groups = _groups(runs, by, what)
-  points = []
+  every, points = {}, []
   for label, grp in groups.items():
     mx, sx, nx = _seed_means(grp, x)
     my, sy, ny = _seed_means(grp, y)
+    every[label] = (mx, sx, my, sy)
     if nx and ny:
       points.append((label, mx, sx, my, sy))
+  return x, y, points, every
+
+
+def pareto(results: Sequence[dict], base: str | pathlib.Path, *,
+           x: str | None = None, y: str | None = None,
+           by: Sequence[str] | None = None,
+           where: Mapping[str, Any] | None = None,
+           highlight: Sequence[str] = (), annotate: bool = False,
+           title: str = "") -> list[pathlib.Path]:
+  """Two metrics, one point per group (seed means, ±1 std bars); the points
+  no other point beats on both metrics (`pareto_front`) are joined as the
+  Pareto front.
+
+  Default x and y: the primary test metrics of the first two tasks.
+  highlight: group labels drawn apart and named in the legend; a
+  highlighted group with only one of the two metrics (e.g. a single-task
+  run) is a line at its mean, with its ±1 std band.  annotate: name every
+  point next to it instead of a legend entry per point (for many groups).
+  """
+  what = "pareto figure"
+  x, y, points, every = _pareto_points(results, x, y, by, where)
+  if isinstance(highlight, str):
+    highlight = (highlight,)
+  for h in highlight:
+    if h not in every:
+      raise UnknownNameError(f"{what}: " + unknown_name_message(
+          "highlight group", h, every))
   if not points:
     raise ValueError(f"{what}: no done run has both {x} and {y}")
-  sign_x = 1.0 if tables.column_direction(x, {}) == "max" else -1.0
-  sign_y = 1.0 if tables.column_direction(y, {}) == "max" else -1.0
-
-  def dominated(p) -> bool:
-    return any(sign_x * q[1] >= sign_x * p[1] and sign_y * q[3] >= sign_y * p[3]
-               and (q[1], q[3]) != (p[1], p[3]) for q in points)
-
-  front = sorted((p for p in points if not dominated(p)), key=lambda p: p[1])
+  dirs = tuple(tables.column_direction(k, {}) for k in (x, y))
+  on_front = pareto_front([(p[1], p[3]) for p in points], dirs)
+  front = sorted((points[i] for i in on_front), key=lambda p: p[1])
 
   def draw():
     fig, (ax,) = _new_figure(1)
+    if annotate:  # room for the names
+      fig.set_size_inches(2 * PANEL_W, 2 * PANEL_H)
     colors = _colors(len(points))
+    marked = {h: c for h, c in zip(highlight, _colors(len(highlight) + 3)[3:])}
     for (label, mx, sx, my, sy), color in zip(points, colors):
-      ax.errorbar(mx, my, xerr=sx or None, yerr=sy or None, fmt="o",
-                  color=color, label=label, capsize=2, markersize=4)
+      if label in marked:
+        color = marked[label]
+      elif annotate or highlight:
+        color = "0.35"
+      ax.errorbar(mx, my, xerr=sx or None, yerr=sy or None,
+                  fmt="s" if label in marked else "o", color=color,
+                  label=label if label in marked or not annotate else None,
+                  capsize=2, markersize=5 if label in marked else 4)
+      if annotate:
+        ax.annotate(label, (mx, my), textcoords="offset points",
+                    xytext=(3, 3), fontsize=5, color=color)
+    for h, color in marked.items():  # one metric only: a line and a band
+      mx, sx, my, sy = every[h]
+      for m, s, line, span in ((mx, sx, ax.axvline, ax.axvspan),
+                               (my, sy, ax.axhline, ax.axhspan)):
+        if math.isfinite(m) and not (math.isfinite(mx)
+                                     and math.isfinite(my)):
+          line(m, color=color, linestyle=":", linewidth=1.0, label=h)
+          if s:
+            span(m - s, m + s, color=color, alpha=0.12, linewidth=0)
     if len(front) > 1:
       ax.plot([p[1] for p in front], [p[3] for p in front], color="0.4",
               linestyle="--", linewidth=0.8, label="Pareto front")
@@ -388,6 +451,25 @@ def pareto(results: Sequence[dict], base: str | pathlib.Path, *,
     return fig
 
   return _render(draw, base)
+
+
+def nothing_to_plot(kind: str, results: Sequence[dict],
+                    **options) -> str | None:
+  """Why the figure `kind` would have nothing to draw from `results` (no
+  done run; for a Pareto figure, no group with both metrics), else None.
+  A partial grid's figure region says this instead of drawing."""
+  if not any(r.get("status") == DONE for r in results):
+    return "no run is done yet"
+  if kind == "pareto":
+    x, y = options.get("x"), options.get("y")
+    try:
+      x, y, points, _ = _pareto_points(results, x, y, options.get("by"),
+                                       options.get("where"))
+    except UnknownNameError:  # no run has one of the metrics yet
+      points = []
+    if not points:
+      return f"no done run has both {x} and {y} yet"
+  return None
 
 
 def metric_vs_axis(results: Sequence[dict], base: str | pathlib.Path, *,

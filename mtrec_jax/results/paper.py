@@ -7,6 +7,7 @@ each other job has its own module, whose names are re-exported here:
     regions.py       the marker regions of paper.md, found and rewritten
     records.py       result records: from the store, the export, read back
     bench_tables.py  benchmark tables from benchmarks/results/<file>.json
+    partial.py       blocks of a grid still running (partial=True)
 
 ``paper/paper.md`` is hand-written prose with generated regions::
 
@@ -48,11 +49,12 @@ import difflib
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 from typing import Sequence
 
 from mtrec_jax.registry import UnknownNameError
-from mtrec_jax.results import tables
+from mtrec_jax.results import partial, tables
 # Re-exported: `mtrec_jax.results.paper` stays the one import of paper_spec.py
 # files and of callers (`from mtrec_jax.results.paper import Table, ...`).
 from mtrec_jax.results.bench_tables import (  # noqa: F401
@@ -60,7 +62,7 @@ from mtrec_jax.results.bench_tables import (  # noqa: F401
     read_bench, render_bench)
 from mtrec_jax.results.blocks import (  # noqa: F401
     BENCH_DIR, SPEC_FILE, BenchTable, Block, Column, Figure, Table,
-    experiments_of, load_spec)
+    experiments_of, load_spec, partial_experiments)
 from mtrec_jax.results.records import (  # noqa: F401
     EXPORT_KEYS, dumps_records, export, missing_record, no_results_message,
     read_results, record, store_results, write_atomic)
@@ -87,12 +89,14 @@ def default_metrics(experiment: str) -> tuple[str, ...]:
   return tuple(experiment_lib.get_experiment(experiment).table_metrics)
 
 
-def build(block: Table, results: Sequence[dict]) -> tables.Table:
+def build(block: Table, results: Sequence[dict], baseline="block",
+          seeds=None) -> tables.Table:
   return tables.build_table(
       results, rows=block.rows,
       metrics=block.metrics or default_metrics(block.experiment),
-      baseline=block.baseline, where=block.where,
-      directions=dict(block.directions or {}))
+      baseline=block.baseline if baseline == "block" else baseline,
+      where=block.where, directions=dict(block.directions or {}),
+      cost=block.cost, seeds=seeds)
 
 
 def source_line(experiment: str, results: Sequence[dict]) -> str:
@@ -121,24 +125,63 @@ def source_line(experiment: str, results: Sequence[dict]) -> str:
   return "*" + "; ".join(parts) + ".*\n"
 
 
-def render_table(block: Table, results: Sequence[dict]) -> str:
-  """A table region's body: caption, the Markdown table, its source."""
+def render_table(block: Table, results: Sequence[dict] | None) -> str:
+  """A table region's body: caption, the Markdown table, its source; for a
+  partial block also how much of the grid is done (`partial`), or a
+  sentence saying there are no results yet."""
+  head = f"*{block.caption}*\n\n" if block.caption else ""
   try:
-    md = tables.to_markdown(build(block, results), digits=block.digits)
+    if not block.partial:
+      md = tables.to_markdown(build(block, results), digits=block.digits)
+      return head + md + "\n" + source_line(block.experiment, results)
+    prog = partial.progress(block.experiment, results)
+    if results is None or prog.done == 0:
+      return head + partial.no_results(prog, results is not None) + (
+          "" if results is None else
+          "\n" + source_line(block.experiment, results))
+    table = build(block, partial.drop_empty_rows(results, prog),
+                  partial.live_baselines(block.baseline, prog), prog.seeds)
+    md = tables.to_markdown(table, digits=block.digits, list_missing=False)
   except (ValueError, UnknownNameError) as e:
     raise type(e)(f"table {block.id!r} ({block.experiment}): {e}") from None
-  head = f"*{block.caption}*\n\n" if block.caption else ""
-  return head + md + "\n" + source_line(block.experiment, results)
+  return (head + partial.status_line(prog) + md + "\n"
+          + source_line(block.experiment, results))
 
 
-def render_figure_region(block: Figure, results: Sequence[dict]) -> str:
-  """A figure region's body: the image, its caption, PDF link and source."""
+def _nothing_to_plot(block: Figure, results) -> str | None:
+  """Why a partial figure is not drawn ('' : no results file), else None."""
+  if not block.partial:
+    return None
+  if results is None:
+    return ""
+  try:
+    from mtrec_jax.results import figures
+    return figures.nothing_to_plot(block.kind, results, **dict(block.options))
+  except (ValueError, UnknownNameError) as e:
+    raise type(e)(f"figure {block.id!r} ({block.experiment}): {e}") from None
+
+
+def render_figure_region(block: Figure, results: Sequence[dict] | None
+                         ) -> str:
+  """A figure region's body: the image, its caption, PDF link and source;
+  for a partial block also how much of the grid is done, or a sentence
+  saying why there is no figure yet."""
   png = f"{FIGURES_DIR}/{block.id}.png"
   pdf = f"{FIGURES_DIR}/{block.id}.pdf"
   alt = block.caption or block.id
   caption = (block.caption + " " if block.caption else "")
-  return (f"![{alt}]({png})\n\n{caption}([PDF]({pdf}))\n"
-          + source_line(block.experiment, results))
+  why = _nothing_to_plot(block, results)
+  if why is not None:
+    prog = partial.progress(block.experiment, results)
+    return (f"*{block.caption}*\n\n" if block.caption else "") + (
+        partial.no_results(prog, results is not None, why) + (
+            "" if results is None else
+            "\n" + source_line(block.experiment, results)))
+  body = f"![{alt}]({png})\n\n{caption}([PDF]({pdf}))\n"
+  if block.partial:
+    status = partial.status_line(partial.progress(block.experiment, results))
+    body += "\n" + status if status else ""
+  return body + source_line(block.experiment, results)
 
 
 def draw_figure(block: Figure, results: Sequence[dict],
@@ -163,7 +206,8 @@ class Generated:
   bodies: dict[str, str]  # block id -> region body
   changed: list[str]  # block ids whose body differs from paper.md's
   blocks: list[Block]
-  results: dict[str, list[dict]]  # experiment -> records
+  results: dict[str, list[dict] | None]  # experiment -> records (None:
+  # a partial experiment without its results file)
 
 
 def _paper_paths(paper_dir, results_dir):
@@ -185,9 +229,18 @@ def validate(paper_dir: str | os.PathLike = "paper") -> list[Block]:
   return blocks
 
 
-def _load_all(blocks, results_dir) -> dict[str, list[dict]]:
-  return {name: read_results(results_dir, name)
-          for name in experiments_of(blocks)}
+def _load_all(blocks, results_dir) -> dict[str, list[dict] | None]:
+  """experiment -> records; None for a partial experiment without a
+  results file (its blocks say so; any other missing file is an error)."""
+  optional = partial_experiments(blocks)
+  out = {}
+  for name in experiments_of(blocks):
+    if name in optional and not (pathlib.Path(results_dir)
+                                 / f"{name}.jsonl").exists():
+      out[name] = None
+    else:
+      out[name] = read_results(results_dir, name)
+  return out
 
 
 def generate(paper_dir: str | os.PathLike = "paper",
@@ -219,7 +272,8 @@ def write(paper_dir: str | os.PathLike = "paper",
   figures are drawn to a temporary folder, and only when every block has
   succeeded do they and paper.md replace the old files."""
   gen = generate(paper_dir, results_dir)
-  blocks = [b for b in gen.blocks if isinstance(b, Figure)]
+  blocks = [b for b in gen.blocks if isinstance(b, Figure)
+            and _nothing_to_plot(b, gen.results[b.experiment]) is None]
   fig_dir = gen.path.parent / FIGURES_DIR
   fig_dir.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(dir=fig_dir, prefix=".draw-"))
@@ -259,14 +313,27 @@ def check(paper_dir: str | os.PathLike = "paper",
 
 
 def export_from_store(paper_dir: str | os.PathLike = "paper",
-                      store_path: str | os.PathLike | None = None
+                      store_path: str | os.PathLike | None = None,
+                      only: str | Sequence[str] | None = None
                       ) -> list[pathlib.Path]:
-  """`mtrec paper --export`: writes PAPER/results/<experiment>.jsonl for
-  every experiment the paper uses, from the store at `store_path` (default
-  $MTREC_STORE or ./results/mtrec.db)."""
+  """`mtrec paper --export [NAMES]`: writes PAPER/results/<experiment>.jsonl
+  for every experiment the paper uses (or those of `only`, names or one
+  comma-separated string), from the store at `store_path` (default
+  $MTREC_STORE or ./results/mtrec.db). A partial experiment (`Table.partial`)
+  with no run in the store yet is skipped; any other is an error."""
   from mtrec_jax.results import store as store_lib
   paper_dir = pathlib.Path(paper_dir)
-  names = experiments_of(validate(paper_dir))
+  blocks = validate(paper_dir)
+  names = experiments_of(blocks)
+  if only:
+    wanted = ([n.strip() for n in only.split(",") if n.strip()]
+              if isinstance(only, str) else list(only))
+    for n in wanted:
+      if n not in names:
+        raise UnknownNameError(
+            f"--export {n}: the paper uses no experiment {n!r}; it uses "
+            f"{', '.join(names)}")
+    names = [n for n in names if n in wanted]
   path = pathlib.Path(store_path or store_lib.default_store_path())
   if not path.exists():
     raise FileNotFoundError(
@@ -274,4 +341,11 @@ def export_from_store(paper_dir: str | os.PathLike = "paper",
         f"({', '.join(names)}) with `mtrec run NAME`, or pass --store PATH "
         f"(or set $MTREC_STORE)")
   with store_lib.Store(path, create=False) as store:
-    return export(store, names, paper_dir / RESULTS_DIR)
+    written = export(store, names, paper_dir / RESULTS_DIR,
+                     partial=sorted(partial_experiments(blocks)))
+  for n in names:
+    if paper_dir / RESULTS_DIR / f"{n}.jsonl" not in written:
+      print(f"not exported {n}: the store has none of the runs of its "
+            f"current grid yet (a partial experiment: its blocks say so)",
+            file=sys.stderr)
+  return written

@@ -5,8 +5,9 @@ small frozen export of the results store (`export`, ``mtrec paper
 --export``): each run of the experiment's current grid, in grid order (a run
 not in the store is a ``missing`` record, so a missing seed stays visible),
 with what tables and figures need (grid, status, metrics, report, train log,
-eval history) and the provenance a reviewer needs (config and its hash,
-seed, attempt, git commit, package versions, device); times, run ids and
+eval history, the run's measured durations and population for the cost
+column) and the provenance a reviewer needs (config and its hash, seed,
+attempt, git commit, package versions, device); clock times, run ids and
 paths are left out, so exporting the same store twice gives the same bytes.
 """
 from __future__ import annotations
@@ -22,13 +23,15 @@ from mtrec_jax.results.run_files import file_mode, plain
 from mtrec_jax.results.status import MISSING
 
 # The keys of a result that the export keeps (see the module docstring);
-# anything else (times, run ids, params_dir, ...) is left out.
+# anything else (clock times, run ids, params_dir, ...) is left out. The
+# durations a run measured (wall_time_s, compile_time_s) and its population
+# are kept: `tables.step_seconds` is the cost column of a table.
 EXPORT_KEYS = (
     "experiment", "run_name", "grid", "seed", "config_hash", "data", "status",
     "error", "attempt", "git", "packages", "devices", "tasks", "aux_tasks",
     "model", "strategy", "steps", "best_step", "diverged_step", "selection",
     "metrics", "report", "initial_val_losses", "strategy_state", "train_log",
-    "evals", "config")
+    "evals", "config", "wall_time_s", "compile_time_s", "population")
 
 
 def run_key(run) -> tuple[str, int]:
@@ -169,17 +172,20 @@ def write_atomic(files: Mapping[pathlib.Path, bytes]) -> None:
       pathlib.Path(tmp).unlink(missing_ok=True)
 
 
-def export(store, experiments: Sequence[str],
-           out_dir: str | os.PathLike) -> list[pathlib.Path]:
+def export(store, experiments: Sequence[str], out_dir: str | os.PathLike,
+           partial: Sequence[str] = ()) -> list[pathlib.Path]:
   """Writes out_dir/<experiment>.jsonl for each experiment, from the store;
   all files or none. Raises when an experiment has no run of its current
-  grid in the store."""
+  grid in the store, unless it is in `partial` (a grid still running,
+  `Table.partial`): that one is skipped, its file left as it is."""
   from mtrec_jax import experiment as experiment_lib
   out_dir = pathlib.Path(out_dir)
   files = {}
   for name in experiments:
     exp = experiment_lib.get_experiment(name)
     records = store_results(store, name, exp.runs(), evals=True)
+    if all(r["status"] == MISSING for r in records) and name in partial:
+      continue
     if all(r["status"] == MISSING for r in records):
       other = len(store.results(name))
       raise ValueError(no_results_message(

@@ -8,13 +8,18 @@ column per metric, plus:
 * Δm% (Maninis et al., CVPR 2019, "Attentive single-tasking of multiple
   tasks"; the form used by CAGrad, Liu et al., NeurIPS 2021, and Nash-MTL,
   Navon et al., ICML 2022): the average relative change against a baseline
-  row, signed so that positive is better.  See `delta_m`.
+  row, signed so that positive is better, over the columns the baseline row
+  has a value for (a single-task row has its own task's only).  See
+  `delta_m`.  Up to three baselines, each with its own Δm% column and
+  t-test mark (†, ‡, §), e.g. equal weights and single-task.
 * mean rank over the metric columns (1 = best; ties share the average rank).
 * the best value per column, bold.
 * † when a paired two-sided t-test against the baseline row, across seeds,
   gives p < 0.05.  One test per cell, with no multiple-comparison
   correction: a screen for seed noise, not a claim.
 * ``done/seeds`` run counts, so a missing, failed or diverged seed shows.
+* optionally (``cost=True``) the seconds per training step each run
+  measured (`step_seconds`): not a metric, so not in Δm%, ranks or bold.
 
 Everything is deterministic, so a paper can regenerate its tables byte for
 byte: rows keep the order in which they first appear in `results`, columns
@@ -36,6 +41,9 @@ Direction = Literal["max", "min"]
 ALPHA = 0.05
 # `baseline="auto"` looks for a row with one of these axis values, in order.
 BASELINE_CANDIDATES = ("single_task", "mean")
+# The t-test mark of each baseline, in the order they are given.
+MARKS = ("†", "‡", "§")
+TEX_MARKS = (r"$^\dagger$", r"$^\ddagger$", r"$^\S$")
 SPLITS = ("test", "val")
 
 
@@ -53,6 +61,8 @@ class Cell:
   # at least two rows with a value)
   p_value: float = math.nan  # paired t-test against the baseline row
   significant: bool = False  # p_value < table.alpha
+  # The same test against each further baseline (Table.more_baselines).
+  more_significant: tuple[bool, ...] = ()
 
   @property
   def n(self) -> int:
@@ -69,6 +79,19 @@ class Row:
   delta_m: float = math.nan  # Δm% against the baseline row; NaN if undefined
   mean_rank: float = math.nan  # NaN when a column has no value for this row
   is_baseline: bool = False
+  more_delta_m: tuple[float, ...] = ()  # Δm% against each further baseline
+  cost: "Cost | None" = None  # measured seconds per step (cost=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+  """A row's measured seconds per training step, over its programs: the
+  runs of one population share one program (and one time); any other run
+  is a program of its own."""
+  mean: float
+  std: float  # sample std over programs; NaN with one
+  programs: int
+  members: int  # the most runs one program trained (1: each run alone)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +104,11 @@ class Table:
   seeds: tuple[int, ...]
   baseline: int | None = None  # index into rows
   alpha: float = ALPHA
+  more_baselines: tuple[int, ...] = ()  # further baseline rows, in order
+  # The columns each Δm% averages (those its baseline has a value for):
+  # the primary baseline's first, then one per further baseline.
+  delta_columns: tuple[tuple[int, ...], ...] = ()
+  cost: bool = False
 
   def row(self, *key) -> Row:
     """The row with these axis values (compared as text)."""
@@ -124,7 +152,7 @@ def delta_m(means: Sequence[float], baseline: Sequence[float],
   Δm > 0 means better than the baseline on average).  Every column counts
   once: with several metrics per task, tasks with more columns weigh more,
   as in Navon et al. (2022) on NYUv2.  The denominator is B_t itself (not
-  |B_t|), so the metrics should be positive.  NaN when any mean is missing
+  ``|B_t|``), so the metrics should be positive.  NaN when any mean is missing
   or a baseline mean is 0.
   """
   terms = []
@@ -174,9 +202,10 @@ def paired_t_test(a: Sequence[float],
   """(t, two-sided p) of the paired t-test of a − b (as scipy's ttest_rel).
 
   The p-value is the Student-t tail with n − 1 degrees of freedom,
-  P(|T| >= |t|) = I_{df/(df+t²)}(df/2, 1/2), from the regularized incomplete
-  beta function in plain float64.  NaN with fewer than 2 pairs or when every
-  difference is 0; p = 0 when the differences are equal but not 0.
+  ``P(|T| >= |t|) = I_{df/(df+t²)}(df/2, 1/2)``, from the regularized
+  incomplete beta function in plain float64.  NaN with fewer than 2 pairs
+  or when every difference is 0; p = 0 when the differences are equal but
+  not 0.
   """
   a, b = list(map(float, a)), list(map(float, b))
   if len(a) != len(b):
@@ -381,7 +410,7 @@ def build_table(results: Sequence[dict], *,
                 directions: Mapping[str, str] | None = None,
                 where: Mapping[str, Any] | None = None,
                 seeds: Sequence[int] | None = None,
-                alpha: float = ALPHA) -> Table:
+                alpha: float = ALPHA, cost: bool = False) -> Table:
   """A `Table` of `results` (run result dicts), one row per grid point.
 
   rows: the grid axes that form the rows (default: every axis but 'seed');
@@ -393,13 +422,17 @@ def build_table(results: Sequence[dict], *,
   baseline: the row Δm% and the t-tests compare against: axis values such as
     {'model': 'single_task'} that match exactly one row; 'auto' for the row
     whose value is 'single_task', else 'mean', if there is one; None for no
-    Δm% and no tests.
+    Δm% and no tests; or a list of up to three such dicts, each with its own
+    Δm% column and t-test mark, the first the primary one (the `baseline`
+    of the Table; e.g. [{'strategy': 'mean'}, {'strategy': 'single_task'}]).
+    Each Δm% averages the columns its baseline row has a value for.
   directions: 'max'/'min' per column, for columns that are not registered
     metrics (e.g. 'report/...') or to override.
   where: keep runs whose axis value (as text) is the one given, or one of a
     list, e.g. {'model': 'mmoe'}.
   seeds: the expected seeds (runs of other seeds are left out); default:
     every seed of any kept run.  A row lacking one shows it in `done/total`.
+  cost: add each row's measured seconds per step (`step_seconds`).
 
   Only runs with status 'done' give numbers; diverged and failed ones count
   in the row's total, and are listed in `Row.not_done`.
@@ -411,8 +444,16 @@ def build_table(results: Sequence[dict], *,
   for r in results:
     axes_seen += [a for a in r.get("grid", {})
                   if a != "seed" and a not in axes_seen]
+  baselines = (list(baseline) if isinstance(baseline, (list, tuple))
+               else [baseline])
+  if not 1 <= len(baselines) <= len(MARKS) or (
+      len(baselines) > 1 and not all(isinstance(b, Mapping)
+                                     for b in baselines)):
+    raise ValueError(f"baseline must be 'auto', None, {{axis: value}} or a "
+                     f"list of 1 to {len(MARKS)} {{axis: value}} dicts, got "
+                     f"{baseline!r}")
   named = [*(where or {}), *_as_tuple(rows or ()),
-           *(baseline if isinstance(baseline, Mapping) else ())]
+           *(a for b in baselines if isinstance(b, Mapping) for a in b)]
   for a in named:
     if a not in axes_seen and a != "seed":
       near = closest(a, axes_seen)
@@ -447,7 +488,10 @@ def build_table(results: Sequence[dict], *,
   dirs = [column_direction(c, dict(directions or {})) for c in columns]
   cells = [[_cell(by_seed, c) for c in columns] for by_seed in groups.values()]
   keys = list(groups)
-  base = _find_baseline(baseline, axes, keys)
+  bases = [_find_baseline(b, axes, keys) for b in baselines]
+  base, more = bases[0], tuple(bases[1:])
+  if len(set(bases)) < len(bases):
+    raise ValueError(f"baselines {baselines} name the same row twice")
 
   # Best (exact ties all best) and ranks, per column.
   ranks = []
@@ -461,19 +505,32 @@ def build_table(results: Sequence[dict], *,
       if best is not None and row[j].mean == best:
         row[j] = dataclasses.replace(row[j], best=True)
 
-  # Δm% and paired t-tests against the baseline (seeds shared by both).
-  delta = [math.nan] * len(keys)
-  if base is not None:
-    base_means = [c.mean for c in cells[base]]
+  # Δm% and paired t-tests against each baseline (seeds shared by both).
+  delta = [[math.nan] * len(keys) for _ in bases if _ is not None]
+  delta_columns = []
+  for k, bi in enumerate(x for x in bases if x is not None):
+    have = tuple(j for j, c in enumerate(cells[bi]) if math.isfinite(c.mean))
+    delta_columns.append(have)
     for i, row in enumerate(cells):
-      delta[i] = delta_m([c.mean for c in row], base_means, dirs) + 0.0
-      for j, (c, bc) in enumerate(zip(row, cells[base])):
+      delta[k][i] = delta_m([row[j].mean for j in have],
+                            [cells[bi][j].mean for j in have],
+                            [dirs[j] for j in have]) + 0.0
+      for j, (c, bc) in enumerate(zip(row, cells[bi])):
         theirs = dict(bc.by_seed)
         shared = [(v, theirs[s]) for s, v in c.by_seed if s in theirs]
-        if i != base and len(shared) >= 2:
-          _, p = paired_t_test([a for a, _ in shared], [b for _, b in shared])
-          row[j] = dataclasses.replace(c, p_value=p,
-                                       significant=bool(p < alpha))
+        significant = False
+        if i != bi and len(shared) >= 2:
+          _, p = paired_t_test([x for x, _ in shared], [y for _, y in shared])
+          significant = bool(p < alpha)
+          if k == 0:
+            row[j] = dataclasses.replace(c, p_value=p,
+                                         significant=significant)
+        if k > 0:
+          row[j] = dataclasses.replace(
+              row[j], more_significant=row[j].more_significant + (
+                  significant,))
+  if base is None:
+    delta.insert(0, [math.nan] * len(keys))
 
   out = []
   for i, (key, by_seed) in enumerate(groups.items()):
@@ -487,9 +544,50 @@ def build_table(results: Sequence[dict], *,
         done=sum(1 for r in by_seed.values() if r.get("status") == DONE),
         total=len(all_seeds),
         not_done=tuple((s, st) for s, st in status.items() if st != DONE),
-        delta_m=delta[i], mean_rank=mean_rank, is_baseline=i == base))
+        delta_m=delta[0][i], mean_rank=mean_rank, is_baseline=i == base,
+        more_delta_m=tuple(d[i] for d in delta[1:]),
+        cost=row_cost(by_seed.values()) if cost else None))
   return Table(axes, tuple(columns), tuple(dirs), tuple(out), all_seeds,
-               base, alpha)
+               base, alpha, more, tuple(delta_columns), cost)
+
+
+def step_seconds(result: Mapping) -> float:
+  """A done run's measured seconds per training step after the first:
+  (wall_time_s - compile_time_s) / (steps - 1), from its result (the time
+  to the first step, compile included, is compile_time_s).  The wall time
+  also holds the periodic and final evaluation and whatever else the
+  machine ran meanwhile, so it is the run's cost as measured under its
+  load, not a benchmark.  NaN when a field is missing or steps < 2."""
+  if result.get("status") != DONE:
+    return math.nan
+  try:
+    wall = float(result["wall_time_s"])
+    first = float(result["compile_time_s"])
+    steps = int(result["steps"])
+  except (KeyError, TypeError, ValueError):
+    return math.nan
+  if steps < 2 or not (math.isfinite(wall) and math.isfinite(first)):
+    return math.nan
+  return (wall - first) / (steps - 1)
+
+
+def row_cost(runs) -> Cost | None:
+  """`Cost` of a row's runs: one value per training program (the members
+  of a population share theirs: `result['population']['members']`)."""
+  programs: dict[tuple, tuple[float, int]] = {}
+  for r in runs:
+    v = step_seconds(r)
+    if math.isnan(v):
+      continue
+    pop = r.get("population") or {}
+    members = tuple(sorted(map(str, pop.get("members") or ())))
+    key = ("population",) + members if members else ("run", _seed(r))
+    programs.setdefault(key, (v, max(len(members), 1)))
+  if not programs:
+    return None
+  mean, std = mean_std([v for v, _ in programs.values()])
+  return Cost(mean, std, len(programs),
+              max(n for _, n in programs.values()))
 
 
 def select(results: Sequence[dict], where: Mapping[str, Any] | None = None,
@@ -666,22 +764,35 @@ def _display_best(strings: list[str], values: list[float],
   return [math.isfinite(v) and s == best_s for s, v in zip(strings, values)]
 
 
-def _render(table: Table, digits: int, tex: bool) -> tuple[list, list[str]]:
+def _base_rows(table: Table) -> list[int]:
+  """The baseline rows, the primary one first ([] without one)."""
+  return ([] if table.baseline is None
+          else [table.baseline, *table.more_baselines])
+
+
+def _render(table: Table, digits: int, tex: bool,
+            list_missing: bool = True) -> tuple[list, list[str]]:
   """Header and body cells (strings), and the footnote lines."""
   up, down = (r"$\uparrow$", r"$\downarrow$") if tex else ("↑", "↓")
   pm = r" $\pm$ " if tex else " ± "
-  dagger = r"$^\dagger$" if tex else "†"
+  marks = TEX_MARKS if tex else MARKS
   esc = _tex_escape if tex else _md_escape
   bold = (lambda s: r"\textbf{" + s + "}") if tex else (lambda s: f"**{s}**")
   num = (lambda s: s.replace("-", "$-$")) if tex else (lambda s: s)
-  has_base = table.baseline is not None
+  bases = _base_rows(table)
+  names = [",".join(table.rows[b].key) or "all" for b in bases]
+  dm = r"$\Delta_m$\%" if tex else "Δm%"
 
   header = [esc(a) for a in table.axes] or ["grid point"]
   header += [f"{esc(column_label(c))} {up if d == 'max' else down}"
              for c, d in zip(table.columns, table.directions)]
-  if has_base:
-    header.append((r"$\Delta_m$\%" if tex else "Δm%") + f" {up}")
-  header += [f"mean rank {down}", "runs"]
+  if len(bases) == 1:
+    header.append(f"{dm} {up}")
+  else:
+    header += [f"{dm} vs {esc(n)} {up}" for n in names]
+  header.append(f"mean rank {down}")
+  header += ["s/step"] if table.cost else []
+  header.append("runs")
 
   body = [[esc(k) for k in r.key] or ["all"] for r in table.rows]
   partial = False
@@ -696,14 +807,16 @@ def _render(table: Table, digits: int, tex: bool) -> tuple[list, list[str]]:
         continue
       s = num(mean_s[i]) + (pm + _num(c.std, digits) if c.n >= 2 else "")
       s = bold(s) if marked[i] else s
-      s += dagger if c.significant else ""
+      s += "".join(m for m, sig in zip(marks, (c.significant,
+                                               *c.more_significant)) if sig)
       if c.n < r.done:
         s += f" (n={c.n})"
         partial = True
       body[i].append(s)
   extra = []
-  if has_base:
-    extra.append(([r.delta_m for r in table.rows], "max", _signed))
+  for k in range(len(bases)):
+    extra.append(([(r.delta_m, *r.more_delta_m)[k] for r in table.rows],
+                  "max", _signed))
   extra.append(([r.mean_rank for r in table.rows], "min",
                 lambda x: _num(x, 2)))
   for values, d, fmt in extra:
@@ -713,6 +826,11 @@ def _render(table: Table, digits: int, tex: bool) -> tuple[list, list[str]]:
       s = num(s) if s else "-"
       body[i].append(bold(s) if marked[i] else s)
   for i, r in enumerate(table.rows):
+    if table.cost:
+      c = r.cost
+      body[i].append("-" if c is None else num(
+          f"{c.mean:.3f}" + (pm + f"{c.std:.3f}" if c.programs >= 2 else "")
+          + (f" (pop. {c.members})" if c.members > 1 else "")))
     body[i].append(f"{r.done}/{r.total}")
 
   notes = [f"Mean ± sample std (ddof=1) over seeds {_seed_list(table.seeds)}; "
@@ -720,19 +838,43 @@ def _render(table: Table, digits: int, tex: bool) -> tuple[list, list[str]]:
            f"column."]
   if partial:
     notes.append("(n=k): only k done runs have a finite value.")
-  if has_base:
-    base = f"[{row_label(table.axes, table.rows[table.baseline].key)}]"
+  for k, b in enumerate(bases):
+    base = f"[{row_label(table.axes, table.rows[b].key)}]"
+    cols = (table.delta_columns[k] if k < len(table.delta_columns)
+            else tuple(range(len(table.columns))))
+    n = len(cols)
+    which = ("" if n == len(table.columns) else
+             " it has (" + ", ".join(column_label(table.columns[j])
+                                     for j in cols) + ")")
+    label = "Δm%" if len(bases) == 1 else f"Δm% vs {names[k]}"
     notes.append(
-        f"Δm%: mean over the {len(table.columns)} metric column"
-        f"{'' if len(table.columns) == 1 else 's'} of the "
+        f"{label}: mean over the {n} metric column"
+        f"{'' if n == 1 else 's'}{which} of the "
         f"relative change against the baseline {base}, sign-flipped where "
         f"lower is better (Maninis et al., 2019); higher is better.")
+  if bases:
+    against = "; ".join(
+        f"{MARKS[k]}: against [{row_label(table.axes, table.rows[b].key)}]"
+        for k, b in enumerate(bases)) if len(bases) > 1 else (
+        f"†: paired two-sided t-test against "
+        f"[{row_label(table.axes, table.rows[bases[0]].key)}]")
     notes.append(
-        f"†: paired two-sided t-test against {base} across shared seeds, "
-        f"p < {table.alpha:g}.")
+        (f"Paired two-sided t-tests across shared seeds, p < "
+         f"{table.alpha:g}, {against}." if len(bases) > 1 else
+         f"{against} across shared seeds, p < {table.alpha:g}."))
+  if table.cost:
+    notes.append(
+        "s/step: seconds per training step after the first, (wall time - "
+        "time to the first step) / (steps - 1), as each run measured it on "
+        "its machine under that machine's load (with the periodic and "
+        "final evaluation); mean ± std over the row's training programs. "
+        "(pop. k): k runs trained as one population program, whose time "
+        "each member reports (not divided by k).")
   missing = [f"{row_label(table.axes, r.key)}: " + ", ".join(
-      f"seed {s} {why}" for s, why in r.not_done)
-             for r in table.rows if r.not_done]
+      f"seed {s} {why}" for s, why in r.not_done
+      if list_missing or why != MISSING)
+             for r in table.rows
+             if any(list_missing or why != MISSING for _, why in r.not_done)]
   if missing:
     notes.append("Not done: " + "; ".join(missing) + ".")
   return [header] + body, notes
@@ -755,11 +897,14 @@ def _tex_escape(s: str) -> str:
   return "".join(_TEX.get(ch, ch) for ch in s)
 
 
-def to_markdown(table: Table, *, digits: int = 4) -> str:
+def to_markdown(table: Table, *, digits: int = 4,
+                list_missing: bool = True) -> str:
   """A GitHub-flavoured Markdown table, padded to align in a terminal, then
-  its footnotes.  Means and stds get `digits` decimals, Δm% and mean rank 2;
-  a value is bold when it prints like the column's best."""
-  lines, notes = _render(table, digits, tex=False)
+  its footnotes.  Means and stds get `digits` decimals, Δm% and mean rank 2,
+  s/step 3; a value is bold when it prints like the column's best.
+  list_missing=False leaves `missing` runs out of the "Not done" note (a
+  partial grid says how many runs are done elsewhere)."""
+  lines, notes = _render(table, digits, tex=False, list_missing=list_missing)
   n_label = max(len(table.axes), 1)
   widths = [max(len(row[j]) for row in lines) for j in range(len(lines[0]))]
   widths = [max(w, 3) for w in widths]
@@ -776,11 +921,12 @@ def to_markdown(table: Table, *, digits: int = 4) -> str:
   return "\n".join(out + [""] + notes) + "\n"
 
 
-def to_latex(table: Table, *, digits: int = 4) -> str:
+def to_latex(table: Table, *, digits: int = 4,
+             list_missing: bool = True) -> str:
   """A booktabs `tabular` (needs \\usepackage{booktabs}).  The footnotes come
   first as % comments, to copy into the caption: notes inside the tabular
   would set the table's width."""
-  lines, notes = _render(table, digits, tex=True)
+  lines, notes = _render(table, digits, tex=True, list_missing=list_missing)
   n_label = max(len(table.axes), 1)
   spec = "l" * n_label + "r" * (len(lines[0]) - n_label)
   out = ["% " + n for n in notes]

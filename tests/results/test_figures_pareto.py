@@ -1,0 +1,105 @@
+"""The Pareto front against a brute-force check, and the Pareto figure's
+highlight / annotate options (a single-task group with one metric)."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from mtrec_jax.registry import UnknownNameError
+from mtrec_jax.results import figures
+
+
+def _brute(points, directions):
+  """Every pair compared: p is on the front unless some q is at least as
+  good on both coordinates and better on one."""
+  s = np.array([1.0 if d == "max" else -1.0 for d in directions])
+  pts = np.asarray(points, dtype=float).reshape(-1, 2) * s
+  out = []
+  for i, p in enumerate(pts):
+    beaten = any(np.all(q >= p) and np.any(q > p)
+                 for j, q in enumerate(pts) if j != i)
+    if not beaten:
+      out.append(i)
+  return out
+
+
+@pytest.mark.parametrize("directions", list(itertools.product(
+    ("max", "min"), repeat=2)))
+def test_front_matches_brute_force_on_random_points(directions):
+  rng = np.random.default_rng(0)
+  for n in (1, 2, 5, 30, 200):
+    for grid in (None, 4):  # continuous, and few distinct values (ties)
+      pts = rng.random((n, 2))
+      if grid:
+        pts = np.round(pts * grid) / grid
+      pts = [tuple(map(float, p)) for p in pts]
+      assert figures.pareto_front(pts, directions) == _brute(
+          pts, directions), (n, grid)
+
+
+@pytest.mark.parametrize("points", [
+    [],  # nothing
+    [(1.0, 1.0)] * 4,  # identical points: none beats another
+    [(0.0, 0.0), (1.0, 1.0), (2.0, 2.0)],  # a chain: the best alone
+    [(0.0, 3.0), (1.0, 2.0), (2.0, 1.0), (3.0, 0.0)],  # all on the front
+    [(1.0, 5.0), (1.0, 4.0), (1.0, 5.0), (0.5, 6.0)],  # equal x groups
+    [(0.0, 0.0), (0.0, 0.0), (0.0, 1.0)],  # a duplicate beaten
+])
+def test_front_degenerate_cases(points):
+  for d in itertools.product(("max", "min"), repeat=2):
+    assert figures.pareto_front(points, d) == _brute(points, d)
+
+
+def test_front_rejects_a_bad_direction():
+  with pytest.raises(ValueError, match="'max' or 'min'"):
+    figures.pareto_front([(1.0, 2.0)], ("max", "up"))
+
+
+def _runs():
+  out = []
+  rows = {"single_task": (0.08, None), "mean": (0.07, 1.0),
+          "pcgrad": (0.075, 0.97), "mgda": (0.06, 0.9), "bad": (0.05, 1.2)}
+  for name, (ndcg, rmse) in rows.items():
+    for seed in range(2):
+      metrics = {"test/next/ndcg@10": ndcg + seed * 1e-3}
+      if rmse is not None:
+        metrics["test/rating/rmse"] = rmse + seed * 1e-2
+      out.append({"grid": {"strategy": name, "seed": seed}, "seed": seed,
+                  "status": "done", "tasks": ["next", "rating"],
+                  "metrics": metrics})
+  out.append({"grid": {"strategy": "gradnorm", "seed": 0}, "seed": 0,
+              "status": "failed", "metrics": {}})
+  return out
+
+
+OPTIONS = {"x": "test/next/ndcg@10", "y": "test/rating/rmse"}
+
+
+def test_highlight_and_annotate_draw(tmp_path):
+  paths = figures.pareto(_runs(), tmp_path / "p", **OPTIONS,
+                         highlight=("mean", "single_task"), annotate=True)
+  for path in paths:
+    assert path.stat().st_size > 1000
+  # The same figure twice gives the same bytes (one machine).
+  again = figures.pareto(_runs(), tmp_path / "q", **OPTIONS,
+                         highlight=("mean", "single_task"), annotate=True)
+  assert [p.read_bytes() for p in paths] == [p.read_bytes() for p in again]
+
+
+def test_highlight_names_an_unknown_group(tmp_path):
+  with pytest.raises(UnknownNameError, match="'pcgard'.*pcgrad"):
+    figures.pareto(_runs(), tmp_path / "p", **OPTIONS, highlight=("pcgard",))
+
+
+def test_nothing_to_plot():
+  assert figures.nothing_to_plot("pareto", _runs(), **OPTIONS) is None
+  only_single = [r for r in _runs() if r["grid"]["strategy"] in
+                 ("single_task", "gradnorm")]
+  why = figures.nothing_to_plot("pareto", only_single, **OPTIONS)
+  assert "no done run has both" in why
+  failed = [r for r in _runs() if r["status"] != "done"]
+  assert figures.nothing_to_plot("pareto", failed, **OPTIONS) == (
+      "no run is done yet")
+  assert figures.nothing_to_plot("validation", failed) == "no run is done yet"
