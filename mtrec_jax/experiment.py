@@ -21,8 +21,9 @@ import itertools
 import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from mtrec_jax import config as config_lib
+from mtrec_jax import config as config_lib, plugins
 from mtrec_jax.registry import EXPERIMENTS, UnknownNameError, closest
+from mtrec_jax.registry import unknown_name_message
 
 ConfigDict = config_lib.ConfigDict
 # Between a run's name and its config hash in its folder's name.
@@ -138,9 +139,41 @@ def load_experiments() -> None:
 
 
 def get_experiment(name: str) -> Experiment:
+  """The registered experiment `name`, or, for ``my_pkg.module:NAME`` and
+  ``path/to/file.py:NAME``, experiment NAME of that module (registered by
+  it on import, else its attribute NAME: an `Experiment` or a function
+  returning one; see `mtrec_jax.plugins`)."""
+  if plugins.is_spec(name):
+    return _from_spec(name)
   factory = EXPERIMENTS.get(name)
   exp = factory()
   doc = (factory.__doc__ or "").strip()
+  return dataclasses.replace(exp, name=name, description=doc)
+
+
+def _from_spec(spec: str) -> Experiment:
+  module = plugins.import_spec_module(spec)
+  name = spec.rpartition(":")[2]
+  if name in EXPERIMENTS:
+    return get_experiment(name)
+  obj = getattr(module, name, None)
+  exp = obj
+  if callable(obj) and not isinstance(obj, Experiment):
+    try:
+      exp = obj()
+    except Exception as e:  # the user's code: say where it failed
+      raise plugins.PluginError(f"experiment {spec!r}: calling {name}() "
+                                f"raised {plugins.describe(e)}") from None
+    if not isinstance(exp, Experiment):
+      raise TypeError(f"experiment {spec!r}: {name}() returned "
+                      f"{type(exp).__name__}, not an Experiment")
+  if not isinstance(exp, Experiment):
+    defined = [k for k, v in vars(module).items() if isinstance(v, Experiment)]
+    raise UnknownNameError(
+        f"experiment {spec!r}: module {module.__name__} neither registers nor "
+        f"defines {name!r}. " + unknown_name_message(
+            "experiment", name, [*EXPERIMENTS.names(), *defined]))
+  doc = (obj.__doc__ or "").strip() if callable(obj) else exp.description
   return dataclasses.replace(exp, name=name, description=doc)
 
 

@@ -14,7 +14,10 @@ hand elsewhere.
 A registry knows the package whose modules fill it and imports it on the
 first lookup (the way plug-in entry points load), so this module and the
 config code need not import the models, datasets or experiments themselves:
-`mtrec list` imports only the experiments, and never flax.
+`mtrec list` imports only the experiments, and never flax.  The first
+lookup in any registry also loads the installed plug-ins
+(`mtrec_jax.plugins`: entry points of group ``mtrec_jax.plugins``), so
+their entries join the bundled ones.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ import difflib
 import importlib
 import sys
 from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from mtrec_jax.plugins import involved, load_plugins
 
 T = TypeVar("T")
 
@@ -64,16 +69,19 @@ class Registry(Generic[T]):
     self._loaded = not self._packages
 
   def _load(self) -> None:
-    if self._loaded:
-      return
-    self._loaded = True  # first: a package that looks itself up is not re-run
-    for package in self._packages:
-      importlib.import_module(package)
+    if not self._loaded:
+      self._loaded = True  # first: a package that looks itself up is not re-run
+      for package in self._packages:
+        importlib.import_module(package)
+    load_plugins()  # once per process; raises for a broken one
 
   def is_loaded(self) -> bool:
-    """Whether the registry is filled: its packages were looked up here or
-    imported elsewhere (their registrations then ran)."""
-    return self._loaded or any(p in sys.modules for p in self._packages)
+    """Whether the registry must be read live: its packages were looked up
+    here or imported elsewhere (their registrations then ran), or code
+    outside this package may register entries (`plugins.involved`), which
+    the config-section snapshot does not cover."""
+    return (self._loaded or any(p in sys.modules for p in self._packages)
+            or involved())
 
   def register(self, name: str, **info: Any) -> Callable[[T], T]:
     """Decorator: `@MODELS.register("mmoe")`; keyword flags go to `info`."""

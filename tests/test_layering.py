@@ -34,6 +34,7 @@ FORBIDDEN = {
 LIGHT = {
     "specs.py": ("mtrec_jax", "jax", "flax", "optax", "numpy"),
     "registry.py": ("mtrec_jax", "jax", "flax", "optax"),
+    "plugins.py": ("mtrec_jax", "jax", "flax", "optax"),
     "config.py": ("mtrec_jax.models", "mtrec_jax.data", "mtrec_jax.tasks",
                   "mtrec_jax.train", "mtrec_jax.weighting", "jax", "flax",
                   "optax"),
@@ -41,9 +42,10 @@ LIGHT = {
                       "mtrec_jax.train", "mtrec_jax.weighting", "jax", "flax",
                       "optax"),
 }
-ALLOWED_IN_LIGHT = {"specs.py": (), "registry.py": (),
+ALLOWED_IN_LIGHT = {"specs.py": (), "registry.py": ("mtrec_jax.plugins",),
+                    "plugins.py": (),
                     "config.py": ("mtrec_jax.registry",),
-                    "experiment.py": ("mtrec_jax.config",
+                    "experiment.py": ("mtrec_jax.config", "mtrec_jax.plugins",
                                       "mtrec_jax.registry")}
 
 
