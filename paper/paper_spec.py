@@ -96,7 +96,9 @@ BLOCKS = [
     Table("census-strategies-auc", "census-strategies",
           baseline={"strategy": "mean"},
           caption="Census-Income, MMoE: test AUC per weighting strategy."),
+    # annotate: 30 strategies would need a legend larger than the axes.
     Figure("census-strategies-pareto", "census-strategies", "pareto",
+           options={"annotate": True},
            caption="Census-Income, MMoE: income AUC against never-married "
                    "AUC, one point per strategy (mean ± std over seeds)."),
     # A grid still running (several sessions): partial=True renders what
@@ -110,8 +112,8 @@ BLOCKS = [
                   "mean: over all five columns against equal weights; Δm% "
                   "vs single_task: over the three next-item columns, "
                   "against the model trained for next item alone. s/step: "
-                  "as the runs measured it on the shared CPU under the "
-                  "load of the other work there (not a benchmark; section "
+                  "as the runs measured it on the machine that ran them, "
+                  "under its load at the time (not a benchmark; section "
                   "7.4 has one); the seeds of a strategy that trained as "
                   "one population share one program and its time."),
     Figure("ml100k-strategies-pareto", "ml100k-strategies", "pareto",

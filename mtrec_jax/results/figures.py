@@ -424,10 +424,13 @@ def pareto(results: Sequence[dict], base: str | pathlib.Path, *,
         color = marked[label]
       elif annotate or highlight:
         color = "0.35"
+      plain = (annotate or highlight) and label not in marked
       ax.errorbar(mx, my, xerr=sx or None, yerr=sy or None,
                   fmt="s" if label in marked else "o", color=color,
+                  ecolor="0.8" if plain else None,  # bars behind points
                   label=label if label in marked or not annotate else None,
-                  capsize=2, markersize=5 if label in marked else 4)
+                  capsize=2, markersize=5 if label in marked else 4,
+                  zorder=3 if label in marked else 2)
       if annotate:
         ax.annotate(label, (mx, my), textcoords="offset points",
                     xytext=(3, 3), fontsize=5, color=color)

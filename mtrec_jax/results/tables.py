@@ -557,8 +557,10 @@ def step_seconds(result: Mapping) -> float:
   to the first step, compile included, is compile_time_s).  The wall time
   also holds the periodic and final evaluation and whatever else the
   machine ran meanwhile, so it is the run's cost as measured under its
-  load, not a benchmark.  NaN when a field is missing or steps < 2."""
-  if result.get("status") != DONE:
+  load, not a benchmark.  NaN when a field is missing or steps < 2, and for
+  a later attempt (`attempt` > 1): it may have resumed from a checkpoint,
+  and then its wall time covers only the steps after it."""
+  if result.get("status") != DONE or int(result.get("attempt") or 1) > 1:
     return math.nan
   try:
     wall = float(result["wall_time_s"])
@@ -867,7 +869,9 @@ def _render(table: Table, digits: int, tex: bool,
         "s/step: seconds per training step after the first, (wall time - "
         "time to the first step) / (steps - 1), as each run measured it on "
         "its machine under that machine's load (with the periodic and "
-        "final evaluation); mean ± std over the row's training programs. "
+        "final evaluation); mean ± std over the row's training programs; "
+        "first attempts only (a later one may have resumed from a "
+        "checkpoint, its wall time covering only the steps after it). "
         "(pop. k): k runs trained as one population program, whose time "
         "each member reports (not divided by k).")
   missing = [f"{row_label(table.axes, r.key)}: " + ", ".join(

@@ -141,10 +141,12 @@ def test_step_seconds_edge_cases():
   good = {"status": "done", "wall_time_s": 12.0, "compile_time_s": 2.0,
           "steps": 11}
   assert tables.step_seconds(good) == 1.0
+  assert tables.step_seconds({**good, "attempt": 1}) == 1.0
   for bad in ({**good, "status": "failed"}, {**good, "steps": 1},
               {k: v for k, v in good.items() if k != "wall_time_s"},
               {**good, "compile_time_s": None},
-              {**good, "wall_time_s": float("nan")}):
+              {**good, "wall_time_s": float("nan")},
+              {**good, "attempt": 2}):  # may have resumed: a part only
     assert math.isnan(tables.step_seconds(bad))
   assert tables.row_cost([{**good, "status": "failed"}]) is None
 
