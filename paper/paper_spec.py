@@ -11,10 +11,19 @@ then `mtrec run census-mtl` (if its runs are not stored yet) and
 store and regenerates paper.md and paper/figures/. Commit all three.
 
 Table(id, experiment, metrics=(), rows=None, baseline="auto", where=None,
-      digits=4, caption="")
-Figure(id, experiment, kind, options={}, caption="")
+      digits=4, caption="", cost=False, partial=False)
+  baseline: 'auto', None, {axis: value}, or a tuple of up to three such
+  dicts (one Δm% column and t-test mark †, ‡, § each, over the columns that
+  baseline row has). cost: a s/step column, what the runs measured.
+Figure(id, experiment, kind, options={}, caption="", partial=False)
   kinds (mtrec_jax/results/figures.py): weights, cosines, validation,
   pareto, metric-vs-axis; options are the keyword arguments of each.
+partial=True (every block of the experiment): the grid may be incomplete
+  (mtrec_jax/results/partial.py). Without results/<experiment>.jsonl the
+  region says "no results yet"; otherwise it states "N of M runs done" (M:
+  the registered grid) and leaves out rows with no done run, naming them.
+  `mtrec paper --export NAME` exports one experiment (`--export` alone:
+  all; a partial one with no stored run is skipped).
 BenchTable(id, file, columns, where=None, sort=(), pivot=None, digits=2,
            caption="")
   the rows of benchmarks/results/<file>.json (what `python -m
