@@ -42,6 +42,7 @@ from mtrec_jax.results import run_files
 from mtrec_jax.tasks.metrics import direction
 from mtrec_jax.train import checkpoints
 from mtrec_jax.train import parallel
+from mtrec_jax.train import faults  # test-only (tests/faults/)
 from mtrec_jax.train import preemption
 from mtrec_jax.train import state as state_lib
 from mtrec_jax.train.evaluate import evaluate, make_predict_fn
@@ -490,6 +491,7 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
       state, metrics = step_fn(state, parallel.shard_batch(
           parallel.process_slice(batch), mesh))
       step += 1
+      faults.hit(step, "step")
       if compile_s is None:
         jax.block_until_ready(state)
         compile_s = time.time() - compile_start
@@ -523,6 +525,7 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
       if saver.due(step, ending) or (stop and not ending and saver.keep and
                                      saver.store is not None):
         saver.save(step, state, ls, value)
+        faults.hit(step, "save")
       if stop and not ending:  # SIGTERM/SIGINT: saver.close() waits for it
         raise preemption.Preempted(stop.signum, step, saver.keep > 0 and
                                    saver.store is not None)
@@ -532,6 +535,7 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
   if status == "diverged":
     out["diverged_step"] = diverged_at
     out["error"] = f"non-finite loss at step {diverged_at}"
+  faults.hit(step, "final")
   final = {}
   for split in ("val", "test"):
     final.update(evaluate(predict, ls.best_params, splits[split], c.tasks,
