@@ -557,6 +557,10 @@ def _record(store, claimed: Claimed, res: dict, log: Log) -> bool:
   data = data_identity(claimed.run)
   if data is not None:  # part of the result's provenance
     res.setdefault("data", data)
+    path = claimed.workdir / "result.json"  # the run folder's copy too
+    if path.is_file():  # (only process 0 records, and wrote it)
+      run_files.write_json(path, {**run_files.read_json(path),
+                                  "data": res["data"]})
   try:
     store.finish(claimed.run_id, res, evals=evals)
     return True

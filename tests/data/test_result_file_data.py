@@ -1,0 +1,73 @@
+"""Issue 16: a run folder's result.json carries the data identity its
+stored result has (``result["data"]``), so the folder alone says which data
+the run trained on."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import mtrec_jax.data  # noqa: F401  (registers the datasets)
+from mtrec_jax import experiment as experiment_lib
+from mtrec_jax import sweep
+from mtrec_jax.config import base_config
+from mtrec_jax.data import identity
+from mtrec_jax.results import run_files
+from mtrec_jax.results.store import Store
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_movielens import write_100k  # noqa: E402  (tiny 100K-format files)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+  monkeypatch.setenv("MTREC_CACHE_DIR", str(tmp_path / "cache"))
+
+
+class _FileTrainer:
+  """Trains nothing; writes result.json into the run folder and returns
+  it, as the training loop does."""
+
+  def prepare(self, run):
+    return None
+
+  def batches(self, runs):
+    return [[i] for i in range(len(runs))]
+
+  def train(self, claimed, **kw):
+    out = []
+    for c in claimed:
+      config_hash, seed = sweep.run_key(c.run)
+      res = {"status": "done", "config_hash": config_hash, "seed": seed,
+             "metrics": {"val/loss": 1.0}, "error": None}
+      c.workdir.mkdir(parents=True, exist_ok=True)
+      run_files.write_json(c.workdir / "result.json", res)
+      out.append(res)
+    return out
+
+
+class _OneHost:
+  primary = True
+
+  def agree(self, run_id):
+    return run_id
+
+
+def test_result_json_names_the_data_it_trained_on(tmp_path):
+  source = write_100k(tmp_path / "ml-100k")
+  c = base_config()
+  c.data = {"name": "movielens", "data_dir": str(source),
+            "strict_counts": False, "storage": "memory"}
+  exp = experiment_lib.Experiment(c, name="toy")
+  sweep.run_sweep(exp, store=tmp_path / "m.db", workdir=tmp_path / "runs",
+                  trainer=_FileTrainer(), hosts=_OneHost(), provenance={})
+  (folder,) = (tmp_path / "runs" / "toy").iterdir()
+  written = run_files.read_json(folder / "result.json")
+  want = identity.source_hash(source)["hash"]
+  assert written["data"]["hash"] == want
+  assert written["data"]["dataset"] == "movielens"
+  assert written["metrics"] == {"val/loss": 1.0}  # the rest as written
+  with Store(tmp_path / "m.db") as s:
+    (row,) = s.results("toy")
+  assert row["data"] == written["data"]
