@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import pathlib
 import re
 import sqlite3
@@ -136,15 +137,48 @@ def _check_overrides(exp: experiment_lib.Experiment,
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
-  """'2/8' -> (2, 8): this process runs grid entries j with j % 8 == 2."""
+  """'2/8' -> (2, 8): this process runs grid entries j with j % 8 == 2;
+  None: the SLURM array task's shard (`array_job_shard`), else (0, 1)."""
   if text is None:
-    return 0, 1
+    return array_job_shard() or (0, 1)
   m = re.fullmatch(r"\s*([+-]?\d+)\s*/\s*([+-]?\d+)\s*", text)
   if not m:
     raise ValueError(f"--shard {text!r}: write I/N, this job's shard index "
                      f"and the number of shards, e.g. --shard 0/4 ... "
                      f"--shard 3/4")
   return check_shard((int(m.group(1)), int(m.group(2))), f"--shard {text!r}")
+
+
+def array_job_shard(env: Mapping[str, str] | None = None
+                    ) -> tuple[int, int] | None:
+  """This SLURM array task's shard (I, N); None outside an array job.
+
+  `mtrec run` without --shard reads it: the tasks of ``--array=MIN-MAX``
+  (ids MIN, MIN+STEP, ...: SLURM_ARRAY_TASK_MIN/_MAX/_STEP) are shards
+  0..N-1, N = SLURM_ARRAY_TASK_COUNT, so ``--array=0-7`` and ``1-8`` both
+  give 8 shards.  An array that is no such range (``--array=1,4,9``) is an
+  error naming --shard.
+  """
+  env = os.environ if env is None else env
+  if not env.get("SLURM_ARRAY_TASK_ID"):
+    return None
+  what = (f"SLURM array task {env['SLURM_ARRAY_TASK_ID']} (of "
+          f"{env.get('SLURM_ARRAY_TASK_COUNT')})")
+  try:
+    task, n = (int(env[k]) for k in ("SLURM_ARRAY_TASK_ID",
+                                     "SLURM_ARRAY_TASK_COUNT"))
+    low = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+    step = int(env.get("SLURM_ARRAY_TASK_STEP", 1)) or 1
+    high = int(env.get("SLURM_ARRAY_TASK_MAX", low + step * (n - 1)))
+  except (KeyError, ValueError) as e:
+    raise ValueError(f"{what}: cannot read its task id and count ({e}); "
+                     f"pass --shard I/N") from None
+  i, off = divmod(task - low, step)
+  if off or high != low + step * (n - 1) or not low <= task <= high:
+    raise ValueError(f"{what}: the array is not a range MIN-MAX[:STEP] "
+                     f"holding this task id, so its task ids are no shard "
+                     f"indexes; pass --shard I/N")
+  return check_shard((i, n), what)
 
 
 def check_shard(shard: tuple[int, int], what: str = "shard") -> tuple[int, int]:

@@ -39,8 +39,8 @@ def env(tmp: pathlib.Path) -> dict:
            JAX_COMPILATION_CACHE_DIR=str(tmp / "jax-cache"),
            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  e.pop("MTREC_FAULT", None)
-  e.pop("MTREC_STORE", None)
+  for key in ("MTREC_FAULT", "MTREC_STORE", "SLURM_ARRAY_TASK_ID"):
+    e.pop(key, None)  # (an array task's id would shard the grid)
   e["PYTHONPATH"] = os.pathsep.join(
       p for p in (str(ROOT), e.get("PYTHONPATH")) if p)
   return e
