@@ -432,6 +432,7 @@ def build_table(results: Sequence[dict], *,
     list, e.g. {'model': 'mmoe'}.
   seeds: the expected seeds (runs of other seeds are left out); default:
     every seed of any kept run.  A row lacking one shows it in `done/total`.
+
   cost: add each row's measured seconds per step (`step_seconds`).
 
   Only runs with status 'done' give numbers; diverged and failed ones count

@@ -210,7 +210,7 @@ def init_state(c: Components):
 def strategy_row(c: Components, params):
   """One Jacobian row's shape for strategies with per-parameter state: None
   (the shared parameters) in params mode; in rep mode, one example's
-  flattened representation size (rows [K, B, *F] -> F)."""
+  flattened representation size (rows ``[K, B, *F] -> F``)."""
   mode = c.config.strategy.mode or c.strategy.default_mode
   if not c.strategy.row_state or mode != "rep":
     return None
