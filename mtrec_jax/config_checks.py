@@ -21,6 +21,8 @@ _BOUNDS: dict[str, tuple[float, bool, str]] = {
     "optimizer.weight_decay": (0.0, False, "0 = none"),
     "optimizer.momentum": (0.0, False, "0 = none"),
     "optimizer.grad_clip_norm": (0.0, False, "0 = no clipping"),
+    "optimizer.text_lr_scale": (0.0, False, "0 = the fine-tuned text "
+                                "encoder does not learn"),
     "train.num_steps": (1, False, "training steps of the run"),
     "train.batch_size": (1, False, "rows per training step"),
     "train.eval_batch_size": (1, False, "rows per evaluation batch"),

@@ -42,10 +42,12 @@ class SharedTrunk(nn.Module):
   task_inputs: tuple[tuple[str, ...], ...] = ()
   excluded: tuple[str, ...] = ()
   mask_tokens: tuple[str, ...] = ()
+  item_text: Any = None
 
   def setup(self):
     self.feature_encoder = FeatureEncoder(self.features, self.encoder,
-                                          self.dtype, self.mask_tokens)
+                                          self.dtype, self.mask_tokens,
+                                          self.item_text)
 
   def _shared_names(self) -> tuple[str, ...] | None:
     private = {n for names in self.task_inputs for n in names}
@@ -112,6 +114,8 @@ class MultiTaskModel(nn.Module):
       `models.aux_heads`); their losses come from `aux_losses`, their
       private parameters sit under params['aux'].  With
       auxiliary tasks, `task_dims` may be empty (pre-training).
+    item_text: item text in the item table (`models.item_text.TextItems`),
+      None for id embeddings only.
   """
   features: tuple[FeatureSpec, ...]
   task_dims: tuple[tuple[str, int], ...]
@@ -123,6 +127,7 @@ class MultiTaskModel(nn.Module):
   task_inputs: tuple[tuple[str, ...], ...] = ()
   excluded: tuple[str, ...] = ()
   aux_tasks: tuple[AuxTask, ...] = ()
+  item_text: Any = None
 
   def __post_init__(self):
     validate_features(self.features)  # Fail at build time, not in init.
@@ -169,7 +174,7 @@ class MultiTaskModel(nn.Module):
                           if t.needs_mask_token}))
     self.shared = SharedTrunk(self.features, self.connection.clone(),
                               self.encoder, self.dtype, self.task_inputs,
-                              self.excluded, masks)
+                              self.excluded, masks, self.item_text)
     self.towers = TaskTowers(self.task_dims, self.tower_hidden,
                              self.dropout_rate, self.dtype)
     if self.aux_tasks:

@@ -23,6 +23,8 @@ from mtrec_jax import config as config_lib
 from mtrec_jax.models import sharing  # noqa: F401  (registers the connections)
 from mtrec_jax.models.assembled import MultiTaskModel, task_dims_tuple
 from mtrec_jax.models.encoder import EncoderConfig
+from mtrec_jax.models.item_text import (ITEM_REPRS, TEXT_DEFAULTS, TextItems,
+                                        check_choice, text_items)
 from mtrec_jax.registry import CONFIG_SECTIONS, MODELS, closest
 from mtrec_jax.specs import FeatureSpec
 
@@ -34,6 +36,11 @@ _SET_BY_BUILD = frozenset({"num_tasks", "dtype", "dropout_rate", "parent",
 # Model-level keys, with their defaults.
 _MODEL_KEYS = {"name": "shared_bottom", "tower_hidden": (32,), "dropout": 0.0,
                "dtype": "float32", "task_inputs": {}, "features": ()}
+# Optional model-level keys (issue 18, models/item_text.py): not in the
+# default config, so the hash of every run without them is what it was
+# (no store migration); a config that holds them (experiments/ml100k_text.py
+# `with_text_keys`) is hashed with them.
+_OPTIONAL_KEYS = {"item_repr": "id", "text": dict(TEXT_DEFAULTS)}
 # Config key -> EncoderConfig field.
 _ENCODER_KEYS = {"num_layers": "num_layers", "num_heads": "num_heads",
                  "hidden_dim": "hidden_dim", "mlp_dim": "mlp_dim",
@@ -90,7 +97,7 @@ def model_keep() -> config_lib.Keep:
   """The model keys that can change a run: the model-level ones, the
   encoder's and the chosen model's own fields (not other models')."""
   return config_lib.Keep(
-      always=(*_MODEL_KEYS, "encoder"), chooser="name",
+      always=(*_MODEL_KEYS, *_OPTIONAL_KEYS, "encoder"), chooser="name",
       default_choice=_MODEL_KEYS["name"], kind="model",
       owned={name: tuple(connection_fields(MODELS.get(name)))
              for name in MODELS.names()})
@@ -137,7 +144,7 @@ def encoder_config(cfg: Mapping[str, Any]) -> EncoderConfig:
 def build_model(model_cfg: Mapping[str, Any] | ml_collections.ConfigDict,
                 features: Iterable[FeatureSpec],
                 task_dims: Mapping[str, int] | Iterable[tuple[str, int]],
-                aux_tasks: tuple = ()) -> MultiTaskModel:
+                aux_tasks: tuple = (), item_text=None) -> MultiTaskModel:
   """Builds the `MultiTaskModel` that `model_cfg` describes.
 
   Args:
@@ -146,11 +153,15 @@ def build_model(model_cfg: Mapping[str, Any] | ml_collections.ConfigDict,
     features: the dataset's feature specs.
     task_dims: {task: output width} or (task, width) pairs, in task order.
     aux_tasks: auxiliary tasks (`tasks.auxiliary.build_aux_tasks`).
+    item_text: for ``model.item_repr`` 'text' or 'id+text', the dataset's
+      `data.item_text.ItemText` (`models.item_text.for_run` builds it) or a
+      ready `models.item_text.TextItems`; ignored for 'id'.
   """
   cfg = _as_dict(model_cfg)
   _check_keys("model config", cfg,
-              set(_MODEL_KEYS) | {"encoder"} | set(connection_defaults()))
-  cfg = {**_MODEL_KEYS, **cfg}
+              set(_MODEL_KEYS) | set(_OPTIONAL_KEYS) | {"encoder"}
+              | set(connection_defaults()))
+  cfg = {**_MODEL_KEYS, **_OPTIONAL_KEYS, **cfg}
   cls = MODELS.get(cfg["name"])  # Unknown names list the closest ones.
   if cfg["dtype"] not in DTYPES:
     raise ValueError(f"model dtype must be one of {sorted(DTYPES)}, got "
@@ -164,6 +175,18 @@ def build_model(model_cfg: Mapping[str, Any] | ml_collections.ConfigDict,
   # With no tasks (pre-training on auxiliary tasks) the connection is
   # never called; it is built for one task only to exist.
   connection = cls(num_tasks=max(len(tasks), 1), dtype=dtype, **kwargs)
+  items = None
+  text_items(None, {"item_repr": "id", "text": cfg["text"]})  # checks keys
+  check_choice("model.item_repr", cfg["item_repr"], ITEM_REPRS)
+  if cfg["item_repr"] != "id" and item_text is None:
+    raise ValueError(f"model.item_repr={cfg['item_repr']!r} needs the item "
+                     "texts: build the model with item_text="
+                     "models.item_text.for_run(config, dataset) (the trainer "
+                     "does), or set model.item_repr='id'")
+  if isinstance(item_text, TextItems):
+    items = item_text if cfg["item_repr"] != "id" else None
+  elif item_text is not None:
+    items = text_items(item_text, cfg)
   task_inputs, excluded = _task_inputs(cfg["task_inputs"], tasks)
   features = tuple(features)
   excluded = _unread_features(_plain(cfg["features"]), features, excluded)
@@ -172,7 +195,8 @@ def build_model(model_cfg: Mapping[str, Any] | ml_collections.ConfigDict,
       tower_hidden=_plain(cfg["tower_hidden"]),
       dropout_rate=float(cfg["dropout"]),
       encoder=encoder_config(cfg.get("encoder", {})), dtype=dtype,
-      task_inputs=task_inputs, excluded=excluded, aux_tasks=tuple(aux_tasks))
+      task_inputs=task_inputs, excluded=excluded, aux_tasks=tuple(aux_tasks),
+      item_text=items)
 
 
 def _unread_features(read, features, excluded) -> tuple[str, ...]:

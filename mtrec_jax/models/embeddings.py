@@ -38,11 +38,15 @@ class FeatureEncoder(nn.Module):
   (only when embed_dim != encoder.hidden_dim), the encoder `seq_<name>`,
   and `mask_<name>` [embed_dim] for the sequences named in `mask_tokens`
   (the learned [mask] input of masked-item and contrastive tasks).
+  `item_text` (`models.item_text.TextItems`) adds item text to one feature's
+  table (`text_<name>`; with item_repr 'text' that feature owns no id
+  table).
   """
   features: tuple[FeatureSpec, ...]
   encoder: EncoderConfig = EncoderConfig()
   dtype: Dtype = jnp.float32
   mask_tokens: tuple[str, ...] = ()
+  item_text: Any = None
 
   def setup(self):
     features = validate_features(self.features)
@@ -61,7 +65,10 @@ class FeatureEncoder(nn.Module):
     for spec in features:
       if spec.kind == "numeric":
         continue
-      if not spec.share_with:
+      text_only = (self.item_text is not None
+                   and self.item_text.feature == spec.name
+                   and self.item_text.item_repr == "text")
+      if not spec.share_with and not text_only:
         tables[spec.name] = self.param(
             f"embed_{spec.name}", cfg.table_init(spec.embed_dim),
             (spec.num_rows, spec.embed_dim), jnp.float32)
@@ -85,6 +92,21 @@ class FeatureEncoder(nn.Module):
     self.projections = projections
     self.seq_encoders = encoders
     self.mask_vectors = masks
+    if self.item_text is not None:
+      from mtrec_jax.models.item_text import ItemTextTable
+      spec = next((f for f in features if f.name == self.item_text.feature),
+                  None)
+      if spec is None or spec.kind == "numeric" or spec.share_with:
+        raise ValueError(f"item text joins feature "
+                         f"{self.item_text.feature!r}, which is not a "
+                         "table-owning categorical or sequence feature")
+      if self.item_text.text.vectors.shape[0] != spec.num_rows:
+        raise ValueError(f"{self.item_text.text.vectors.shape[0]} item texts "
+                         f"for the {spec.num_rows} rows of "
+                         f"{spec.name!r}'s table")
+      self.text_table = ItemTextTable(self.item_text, spec.embed_dim,
+                                      self.dtype,
+                                      name=f"text_{spec.name}")
 
   @property
   def output_dim(self) -> int:
@@ -114,7 +136,12 @@ class FeatureEncoder(nn.Module):
     if spec.kind == "numeric":
       raise ValueError(f"feature {name!r} is numeric and has no table")
     by_name = {s.name: s for s in self.features}
-    return self.tables[table_owner(spec, by_name).name]
+    owner = table_owner(spec, by_name).name
+    if self.item_text is None or owner != self.item_text.feature:
+      return self.tables[owner]
+    text = self.text_table()
+    return text if self.item_text.item_repr == "text" else (
+        self.tables[owner] + text)
 
   def embed_ids(self, name: str, ids) -> jax.Array:
     """Embeds ids of feature `name` (any shape) -> [..., embed_dim]; id 0

@@ -42,11 +42,11 @@ from mtrec_jax.results import run_files
 from mtrec_jax.tasks.metrics import direction
 from mtrec_jax.train import checkpoints
 from mtrec_jax.train import parallel
-from mtrec_jax.train import faults  # test-only (tests/faults/)
 from mtrec_jax.train import preemption
 from mtrec_jax.train import state as state_lib
 from mtrec_jax.train.evaluate import evaluate, make_predict_fn
 from mtrec_jax.train.optim import learning_rate_schedule, make_optimizer
+from mtrec_jax.models import item_text
 from mtrec_jax.train.step import check_rep_gramian, make_train_step
 from mtrec_jax.weighting.alternating import freezes_groups
 from mtrec_jax.weighting import sampling
@@ -144,7 +144,8 @@ class Components:
         t.name for t in self.aux_tasks)
     self.model = build_model(config.model, self.dataset.features,
                              tuple((t.name, t.out_dim) for t in self.tasks),
-                             self.aux_tasks)
+                             self.aux_tasks,
+                             item_text.for_run(config, self.dataset))
     rows = num_rows(self.dataset.splits["train"])
     self.steps_per_epoch = rows // config.train.batch_size
     if self.steps_per_epoch < 1:
@@ -210,7 +211,7 @@ def init_state(c: Components):
 def strategy_row(c: Components, params):
   """One Jacobian row's shape for strategies with per-parameter state: None
   (the shared parameters) in params mode; in rep mode, one example's
-  flattened representation size (rows ``[K, B, *F] -> F``)."""
+  flattened representation size (rows [K, B, *F] -> F)."""
   mode = c.config.strategy.mode or c.strategy.default_mode
   if not c.strategy.row_state or mode != "rep":
     return None
@@ -491,7 +492,6 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
       state, metrics = step_fn(state, parallel.shard_batch(
           parallel.process_slice(batch), mesh))
       step += 1
-      faults.hit(step, "step")
       if compile_s is None:
         jax.block_until_ready(state)
         compile_s = time.time() - compile_start
@@ -525,7 +525,6 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
       if saver.due(step, ending) or (stop and not ending and saver.keep and
                                      saver.store is not None):
         saver.save(step, state, ls, value)
-        faults.hit(step, "save")
       if stop and not ending:  # SIGTERM/SIGINT: saver.close() waits for it
         raise preemption.Preempted(stop.signum, step, saver.keep > 0 and
                                    saver.store is not None)
@@ -535,7 +534,6 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
   if status == "diverged":
     out["diverged_step"] = diverged_at
     out["error"] = f"non-finite loss at step {diverged_at}"
-  faults.hit(step, "final")
   final = {}
   for split in ("val", "test"):
     final.update(evaluate(predict, ls.best_params, splits[split], c.tasks,

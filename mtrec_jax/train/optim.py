@@ -16,6 +16,15 @@ count, the bias correction of a group that was frozen used the other group's
 step count (the connection's first Adam step after 3 frozen steps was 0.58 lr
 instead of lr).  The gradient clip and the learning-rate schedule stay global
 (the schedule follows the run's step, not a group's count).
+
+``optimizer.text_lr_scale`` (issue 18, default 1.0 = off): the updates of a
+fine-tuned text encoder (every parameter under a ``bert`` key, see
+`models.item_text`) are multiplied by it through ``optax.multi_transform``,
+after the optimizer, i.e. their learning rate is ``learning_rate *
+text_lr_scale`` (exactly, for the optimizers here, whose update is linear in
+the learning rate: adam, adamw with its decoupled decay, sgd, lion, ...);
+their moments are the optimizer's own.  At 1.0 nothing is added, so the
+optimizer state of every other run is unchanged.
 """
 from __future__ import annotations
 
@@ -136,6 +145,17 @@ def _statistics(cfg) -> optax.GradientTransformation:
   raise ValueError(unknown_name_message("optimizer", cfg.name, OPTIMIZERS))
 
 
+TEXT = "text"
+
+
+def text_labels(params):
+  """'text' for leaves under a ``bert`` key of ``shared``, else 'rest'."""
+  def label(path, _):
+    names = key_names(path)
+    return TEXT if names[:1] == ["shared"] and "bert" in names else REST
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
 def make_optimizer(cfg, num_steps: int,
                    groups: Optional[Sequence[str]] = None
                    ) -> optax.GradientTransformation:
@@ -155,6 +175,13 @@ def make_optimizer(cfg, num_steps: int,
       parts.append(optax.add_decayed_weights(cfg.weight_decay))
     parts.append(optax.scale_by_learning_rate(lr))
     opt = optax.chain(*parts)
+  scale = float(cfg.get("text_lr_scale", 1.0))
+  if scale < 0:
+    raise ValueError(f"optimizer.text_lr_scale must be >= 0 (0 = the text "
+                     f"encoder does not learn), got {scale}")
+  if scale != 1.0:
+    opt = optax.chain(opt, optax.multi_transform(
+        {TEXT: optax.scale(scale), REST: optax.identity()}, text_labels))
   if cfg.grad_clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), opt)
   return opt

