@@ -42,6 +42,7 @@ from mtrec_jax.results import run_files
 from mtrec_jax.tasks.metrics import direction
 from mtrec_jax.train import checkpoints
 from mtrec_jax.train import parallel
+from mtrec_jax.train import faults  # test-only (tests/faults/)
 from mtrec_jax.train import preemption
 from mtrec_jax.train import state as state_lib
 from mtrec_jax.train.evaluate import evaluate, make_predict_fn
@@ -211,7 +212,7 @@ def init_state(c: Components):
 def strategy_row(c: Components, params):
   """One Jacobian row's shape for strategies with per-parameter state: None
   (the shared parameters) in params mode; in rep mode, one example's
-  flattened representation size (rows [K, B, *F] -> F)."""
+  flattened representation size (rows ``[K, B, *F] -> F``)."""
   mode = c.config.strategy.mode or c.strategy.default_mode
   if not c.strategy.row_state or mode != "rep":
     return None
@@ -492,6 +493,7 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
       state, metrics = step_fn(state, parallel.shard_batch(
           parallel.process_slice(batch), mesh))
       step += 1
+      faults.hit(step, "step")
       if compile_s is None:
         jax.block_until_ready(state)
         compile_s = time.time() - compile_start
@@ -525,6 +527,7 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
       if saver.due(step, ending) or (stop and not ending and saver.keep and
                                      saver.store is not None):
         saver.save(step, state, ls, value)
+        faults.hit(step, "save")
       if stop and not ending:  # SIGTERM/SIGINT: saver.close() waits for it
         raise preemption.Preempted(stop.signum, step, saver.keep > 0 and
                                    saver.store is not None)
@@ -534,6 +537,7 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
   if status == "diverged":
     out["diverged_step"] = diverged_at
     out["error"] = f"non-finite loss at step {diverged_at}"
+  faults.hit(step, "final")
   final = {}
   for split in ("val", "test"):
     final.update(evaluate(predict, ls.best_params, splits[split], c.tasks,
