@@ -520,6 +520,25 @@ def _claim(store, exp_name: str, run, provenance, force: bool) -> int | None:
                      data_hash=data and data["hash"])
 
 
+def with_data_changes(store, exp_name: str, runs, rows) -> list:
+  """`Store.status` rows of `runs`, each done or diverged run whose final
+  attempt trained on other data than the run's data now (`data_identity`)
+  saying so in its detail: `mtrec run` trains it again (`Store.claim`;
+  an unknown hash on either side counts as the same data)."""
+  _DATA_IDS.clear()  # as run_sweep: the data now
+  ran_on = {r["run_id"]: (r.get("data") or {}).get("hash")
+            for r in store.results(exp_name)}
+  out = []
+  for run, row in zip(runs, rows):
+    was = ran_on.get(row.run_id)
+    now = (data_identity(run) or {}).get("hash") if was else None
+    if row.status in FINAL and was and now and was != now:
+      row = row._replace(detail=f"trained on other data ({was}; now "
+                         f"{now}): the next mtrec run trains it again")
+    out.append(row)
+  return out
+
+
 def _skip_reason(store, exp_name: str, run) -> str:
   """Why `claim` returned None for a run, in words."""
   st = store.status(exp_name, [(run.name, *run_key(run))])[0]

@@ -1,6 +1,7 @@
 """Issue 16: a run folder's result.json carries the data identity its
 stored result has (``result["data"]``), so the folder alone says which data
-the run trained on."""
+the run trained on; `mtrec status` says when a done run's data changed
+since (the next `mtrec run` trains it again)."""
 from __future__ import annotations
 
 import sys
@@ -18,6 +19,7 @@ from mtrec_jax.results.store import Store
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_movielens import write_100k  # noqa: E402  (tiny 100K-format files)
+from test_data_identity import _same_size_edit  # noqa: E402  (a cp -p edit)
 
 
 @pytest.fixture(autouse=True)
@@ -71,3 +73,39 @@ def test_result_json_names_the_data_it_trained_on(tmp_path):
   with Store(tmp_path / "m.db") as s:
     (row,) = s.results("toy")
   assert row["data"] == written["data"]
+
+
+def test_status_says_when_a_done_run_trained_on_other_data(tmp_path):
+  source = write_100k(tmp_path / "ml-100k")
+  c = base_config()
+  c.data = {"name": "movielens", "data_dir": str(source),
+            "strict_counts": False, "storage": "memory"}
+  exp = experiment_lib.Experiment(c, name="toy")
+  runs = sweep.Selection().runs(exp)
+
+  def status():
+    with Store(tmp_path / "m.db") as s:
+      return sweep.with_data_changes(
+          s, "toy", runs, s.status("toy", [(r.name, *sweep.run_key(r))
+                                           for r in runs]))
+
+  def run():
+    return sweep.run_sweep(exp, store=tmp_path / "m.db",
+                           workdir=tmp_path / "runs", trainer=_FileTrainer(),
+                           hosts=_OneHost(), provenance={})
+
+  run()
+  before = identity.source_hash(source)["hash"]
+  ((name, _, _, state, _, attempts, detail),) = status()
+  assert (state, attempts, detail) == ("done", 1, "")
+  _same_size_edit(source / "u.data")
+  after = identity.source_hash(source)["hash"]
+  ((_, _, _, state, _, _, detail),) = status()
+  assert state == "done"
+  assert detail == (f"trained on other data ({before}; now {after}): the "
+                    f"next mtrec run trains it again")
+  # As it says: the next run trains it, and then it is plain done.
+  (outcome,) = run().outcomes
+  assert outcome.status == "done"
+  ((_, _, _, state, _, attempts, detail),) = status()
+  assert (state, attempts, detail) == ("done", 2, "")
