@@ -119,9 +119,9 @@ def cmd_run(args) -> int:
 
 def cmd_status(args) -> int:
   exp, runs = _resolve_runs(args)
-  path = pathlib.Path(args.store)
+  path = args.store  # a file path, or a PostgreSQL URL (a str)
   expected = [(r.name, *records.run_key(r)) for r in runs]
-  if path.exists():
+  if store_lib.store_exists(path):
     with store_lib.Store(path, create=False) as store:
       rows = store.status(exp.name, expected)
   else:  # don't create an empty store just to read it
@@ -143,7 +143,7 @@ def cmd_status(args) -> int:
 def cmd_export(args) -> int:
   # Not checked against the registry: a stored experiment stays exportable
   # after its file is gone; an unknown name gets the store's list of names.
-  name, path = args.name, pathlib.Path(args.store)
+  name, path = args.name, args.store
   out = pathlib.Path(args.out or pathlib.Path("results",
                                               f"{name}.{args.format}"))
   with store_lib.Store(path, create=False) as store:  # none: error

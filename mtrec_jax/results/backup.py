@@ -10,6 +10,12 @@ mode (so it is whole in its one file), checked (``PRAGMA integrity_check``)
 and only then renamed to OUT.  `verify` checks a store in place: integrity,
 foreign keys, schema version, and a count of runs by status and of series
 rows, without writing to it.
+
+A PostgreSQL store (``--store postgresql://...``) is backed up to the same
+kind of file: an SQLite store holding all its rows, read from one
+REPEATABLE READ snapshot (`postgres.to_sqlite`), so the copy opens with
+``--store OUT`` anywhere; `verify` of one makes such a copy in a temporary
+folder and checks it.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import sys
 import tempfile
 from typing import Any
 
+from mtrec_jax.results import postgres
 from mtrec_jax.results import run_files
 from mtrec_jax.results import store as store_lib
 
@@ -85,6 +92,9 @@ def _problems(s: dict[str, Any]) -> list[str]:
 def verify(path: str | os.PathLike) -> dict[str, Any]:
   """Checks the store at `path` without writing to it; returns `summary`,
   or raises VerifyError naming each problem."""
+  if isinstance(store_lib.check_store_path(path), str):  # PostgreSQL
+    with tempfile.TemporaryDirectory(prefix="mtrec-verify-") as tmp:
+      return backup(path, pathlib.Path(tmp, "copy.db"))
   path = pathlib.Path(path)
   conn = _open_existing(path, readonly=True)
   try:
@@ -105,23 +115,32 @@ def backup(path: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
   """Copies the (possibly live) store at `path` to the single file `out`
   and returns the copy's `summary`; `out` is replaced only by a copy that
   passed its checks."""
-  path, out = pathlib.Path(path), pathlib.Path(out)
+  url = store_lib.check_store_path(path)
+  url = url if isinstance(url, str) else None  # a PostgreSQL store
+  path, out = (url or pathlib.Path(path)), pathlib.Path(out)
   if out.is_dir():
     raise IsADirectoryError(f"backup output {out} is a directory; give a "
-                            f"file path, e.g. {out / path.name}")
-  if out.exists() and out.resolve() == path.resolve():
+                            f"file path, e.g. {out / 'mtrec.db'}")
+  if not url and out.exists() and out.resolve() == path.resolve():
     raise ValueError(f"backup output {out} is the store itself; give "
                      f"another file path")
-  source = _open_existing(path, readonly=False)
+  source = None if url else _open_existing(path, readonly=False)
   out.parent.mkdir(parents=True, exist_ok=True)
   mode = run_files.file_mode(out)
   fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
   os.fchmod(fd, mode)
   os.close(fd)
   try:
+    if url:  # an empty SQLite store of this schema, then every row
+      os.unlink(tmp)
+      store_lib.Store(tmp).close()
+      os.chmod(tmp, mode)
     dest = sqlite3.connect(tmp, isolation_level=None)
     try:
-      source.backup(dest)  # one consistent snapshot, main file + WAL
+      if url:
+        postgres.to_sqlite(url, dest)
+      else:
+        source.backup(dest)  # one consistent snapshot, main file + WAL
       # The copy inherits WAL mode from the header; DELETE mode makes it
       # self-contained (no -wal/-shm beside it).
       dest.execute("PRAGMA journal_mode = DELETE")
@@ -138,7 +157,8 @@ def backup(path: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
       pathlib.Path(leftover).unlink(missing_ok=True)
     raise
   finally:
-    source.close()
+    if source is not None:
+      source.close()
   return s
 
 

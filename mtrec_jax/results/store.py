@@ -17,6 +17,12 @@ log may hold the latest runs, so copy a store with ``mtrec store backup
 OUT`` (`results/backup.py`: one self-contained file, safe while runs write
 to it), never by copying ``mtrec.db`` alone.
 
+For array jobs on many hosts, where SQLite over a network file system is not
+safe, the same store lives in a PostgreSQL database: ``--store
+postgresql://user@host/db`` (or ``$MTREC_STORE``).  Both backends run this
+module's code and SQL; `results/postgres.py` is the small dialect layer
+(placeholders, write lock, schema creation, ids), `_SQLite` here the other.
+
 Safety rules, kept by every method:
 
 * Every write is one ``BEGIN IMMEDIATE`` transaction: it takes the write lock
@@ -71,6 +77,7 @@ import time
 import warnings
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
+from mtrec_jax.results import postgres
 from mtrec_jax.results import run_files
 # The status words, and FINAL: the outcomes a run keeps (`claim` skips them
 # unless forced); see results/status.py.
@@ -167,20 +174,34 @@ def _rekey(*, keep_column: str = "") -> Callable[[sqlite3.Connection], None]:
       updates.append((new, old, attempts[key], result, r["id"]))
     # Negative attempts first, so renumbering never meets the UNIQUE key.
     conn.execute("UPDATE runs SET attempt = -id")
-    keep = f", {keep_column} = ?2" if keep_column else ""
-    conn.executemany(f"UPDATE runs SET config_hash = ?1{keep}, attempt = ?3, "
-                     f"result = ?4 WHERE id = ?5", updates)
-    conn.execute(
-        "UPDATE runs SET superseded = (id < COALESCE((SELECT max(id) FROM "
-        "runs AS r WHERE r.experiment = runs.experiment AND r.config_hash = "
-        "runs.config_hash AND r.seed = runs.seed AND r.status IN (?, ?)), 0))",
-        (DONE, DIVERGED))
+    keep = f", {keep_column} = ?" if keep_column else ""
+    conn.executemany(
+        f"UPDATE runs SET config_hash = ?{keep}, attempt = ?, result = ? "
+        f"WHERE id = ?", [(new, *((old,) if keep_column else ()), n, res, i)
+                          for new, old, n, res, i in updates])
+    conn.execute(f"UPDATE runs SET superseded = {_SUPERSEDED}", (DONE, DIVERGED))
 
   return migrate
 
 
+# Whether an attempt is older than its run's latest done or diverged one
+# (as 0/1 on both backends); takes (DONE, DIVERGED).
+_SUPERSEDED = (
+    "CAST((id < COALESCE((SELECT max(id) FROM runs AS r WHERE r.experiment = "
+    "runs.experiment AND r.config_hash = runs.config_hash AND r.seed = "
+    "runs.seed AND r.status IN (?, ?)), 0)) AS INTEGER)")
+
+# Stores a series value, replacing the one stored for its (run, source,
+# key, step) (SQLite >= 3.24 and PostgreSQL share this upsert).
+_PUT_SERIES = ("INSERT INTO series (run_id, source, step, key, value) VALUES "
+               "(?, ?, ?, ?, ?) ON CONFLICT (run_id, source, key, step) DO "
+               "UPDATE SET value = excluded.value")
+
 # version -> statements (SQL, or functions of the connection) that bring a
-# store from version - 1 to version.
+# store from version - 1 to version.  A PostgreSQL store starts at
+# `postgres.BASE_VERSION` (3) with its own tables; later migrations run on
+# both backends, so write them in the shared SQL (``?`` placeholders, no
+# PRAGMA, ``INSERT ... ON CONFLICT``).
 _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None],
                              ...]] = {
     1: (
@@ -274,30 +295,50 @@ def stale_after(value: float | None = None) -> float:
   return float(value)
 
 
-def default_store_path() -> pathlib.Path:
-  """``$MTREC_STORE`` when set, else ``./results/mtrec.db``."""
+def default_store_path() -> pathlib.Path | str:
+  """``$MTREC_STORE`` when set (a file path, or a PostgreSQL URL as a str),
+  else ``./results/mtrec.db``."""
   env = os.environ.get("MTREC_STORE", "").strip()
+  if "://" in env:  # a URL stays a str (`Store` refuses all but PostgreSQL)
+    return env
   return pathlib.Path(env).expanduser() if env else pathlib.Path(
       "results", "mtrec.db")
 
 
-def check_store_path(path: str | os.PathLike) -> pathlib.Path:
-  """The store's file path; a URL (``postgresql://host/db``) is refused
-  rather than taken for a relative path (which would create a local folder
-  named ``postgresql:``): only the SQLite backend exists so far."""
+def check_store_path(path: str | os.PathLike) -> pathlib.Path | str:
+  """The store's file path, or its PostgreSQL URL (returned as the str).
+
+  Any other URL is refused rather than taken for a relative path (which
+  would create a local folder named e.g. ``mysql:``), and so is a URL that
+  went through ``pathlib.Path`` (which turns ``//`` into ``/``).
+  """
   text = os.fspath(path)
+  if postgres.is_url(text):
+    return text
   scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):/", text)
   if scheme:
     raise ValueError(
-        f"results store {text!r} is a {scheme.group(1)} URL, but the only "
-        f"backend available is an SQLite file (a PostgreSQL backend for "
-        f"stores shared across hosts is not implemented yet, issue 16); pass "
-        f"a file path on a local disk, e.g. --store results/mtrec.db (or "
-        f"$MTREC_STORE)")
+        f"results store {text!r} is a {scheme.group(1)} URL; a store is an "
+        f"SQLite file path on a local disk (e.g. --store results/mtrec.db) "
+        f"or a PostgreSQL URL, postgresql://user@host/db, passed as a str "
+        f"(--store or $MTREC_STORE)")
   return pathlib.Path(text).expanduser()
 
 
-def store_arg(text: str) -> pathlib.Path:
+def store_exists(path: str | os.PathLike) -> bool:
+  """Whether a store is there to read: the file exists, or (PostgreSQL) the
+  database holds the store's tables (an unreachable server raises)."""
+  target = check_store_path(path)
+  if isinstance(target, pathlib.Path):
+    return target.exists()
+  conn = postgres.Connection(target, 5_000)
+  try:
+    return postgres.Dialect.has_schema(conn)
+  finally:
+    conn.close()
+
+
+def store_arg(text: str) -> pathlib.Path | str:
   """`check_store_path` as an argparse type (its error is argparse's)."""
   import argparse
   try:
@@ -383,11 +424,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _is_busy(e: sqlite3.OperationalError) -> bool:
-  msg = str(e).lower()
-  return "locked" in msg or "busy" in msg
-
-
 def _provenance_columns(p: dict) -> dict[str, Any]:
   """Columns from a provenance dict ({git, packages, devices}), or a result."""
   git = p.get("git") or {}
@@ -452,11 +488,80 @@ def _check_not_empty(path: pathlib.Path, create: bool) -> None:
 # ----------------------------------------------------------------- store
 
 
+class _SQLite:
+  """What `Store` does on its embedded default backend, an SQLite file in
+  WAL mode (see the module doc; `postgres.Dialect` is the other)."""
+
+  name = "sqlite"
+
+  def __init__(self, path: pathlib.Path, *, busy_timeout_ms: int,
+               create: bool, retry: Callable[[Callable[[], Any]], Any]):
+    _check_not_empty(path, create)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    self.path = path
+    self.conn = sqlite3.connect(path, isolation_level=None,
+                                timeout=busy_timeout_ms / 1000)
+    self.conn.row_factory = sqlite3.Row
+    try:
+      self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+      self.conn.execute("PRAGMA foreign_keys = ON")
+      mode = retry(
+          lambda: self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+      if str(mode).lower() != "wal":
+        warnings.warn(f"results store {path}: SQLite could not switch to "
+                      f"WAL mode (got {mode!r}); concurrent writers will be "
+                      f"slow and readers may block. Put the store on a local "
+                      f"disk.", RuntimeWarning, stacklevel=3)
+      # WAL + NORMAL: a crash of the process loses nothing committed; a power
+      # cut may lose the last commits but never corrupts the file.
+      self.conn.execute("PRAGMA synchronous = NORMAL")
+    except BaseException:
+      self.conn.close()
+      raise
+
+  @staticmethod
+  def begin(conn: sqlite3.Connection, write: bool) -> None:
+    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+  @staticmethod
+  def is_busy(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return "locked" in msg or "busy" in msg
+
+  @staticmethod
+  def version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+  @staticmethod
+  def create(conn: sqlite3.Connection, version: int) -> int:
+    return version  # `_MIGRATIONS` from 1 make the tables
+
+  @staticmethod
+  def set_version(conn: sqlite3.Connection, version: int) -> None:
+    conn.execute(f"PRAGMA user_version = {int(version)}")
+
+  @staticmethod
+  def insert_id(conn: sqlite3.Connection, sql: str, params: tuple) -> int:
+    return conn.execute(sql, params).lastrowid
+
+  def close(self) -> None:
+    """Closes the connection, first copying the committed transactions of
+    the write-ahead log into the main file (a passive checkpoint: it never
+    waits), so that a store no process holds open is whole in its one file."""
+    try:
+      self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    except sqlite3.Error:
+      pass  # the next clean close (or SQLite's last-close one) copies it
+    self.conn.close()
+
+
 class Store:
   """A connection to the results store; one per process (and thread).
 
-  `busy_timeout_ms` is how long SQLite itself waits for a lock; on top of it,
-  each transaction is retried with growing, jittered sleeps until
+  `path`: an SQLite file, or a PostgreSQL URL (``postgresql://...``, a str)
+  for a store shared by many hosts; both behave the same.
+  `busy_timeout_ms` is how long the database itself waits for a lock; on top
+  of it, each transaction is retried with growing, jittered sleeps until
   `lock_timeout_s` has passed, then `StoreLockedError` is raised.
   `stale_after_s`: a running attempt whose heartbeat is older counts as
   abandoned even if its host is another machine (call `heartbeat` or
@@ -470,28 +575,18 @@ class Store:
                stale_after_s: float | None = None, create: bool = True):
     self.path = check_store_path(path if path is not None
                                  else default_store_path())
-    _check_not_empty(self.path, create)
-    self.path.parent.mkdir(parents=True, exist_ok=True)
     self.lock_timeout_s = float(lock_timeout_s)
     self.stale_after_s = stale_after(stale_after_s)
     self.busy_retries = 0  # retries after "database is locked", for logs/tests
     self._host = socket.gethostname()
-    self._conn: sqlite3.Connection | None = sqlite3.connect(
-        self.path, isolation_level=None, timeout=busy_timeout_ms / 1000)
-    self._conn.row_factory = sqlite3.Row
+    self._db: _SQLite | postgres.Dialect | None = None
+    if isinstance(self.path, str):
+      self._db = postgres.Dialect(self.path, busy_timeout_ms=busy_timeout_ms,
+                                  create=create)
+    else:
+      self._db = _SQLite(self.path, busy_timeout_ms=busy_timeout_ms,
+                         create=create, retry=self._retry)
     try:
-      self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-      self._conn.execute("PRAGMA foreign_keys = ON")
-      mode = self._retry(
-          lambda: self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
-      if str(mode).lower() != "wal":
-        warnings.warn(f"results store {self.path}: SQLite could not switch to "
-                      f"WAL mode (got {mode!r}); concurrent writers will be "
-                      f"slow and readers may block. Put the store on a local "
-                      f"disk.", RuntimeWarning, stacklevel=2)
-      # WAL + NORMAL: a crash of the process loses nothing committed; a power
-      # cut may lose the last commits but never corrupts the file.
-      self._conn.execute("PRAGMA synchronous = NORMAL")
       self._migrate()
     except BaseException:
       self.close()
@@ -499,17 +594,23 @@ class Store:
 
   # -- plumbing
 
+  @property
+  def backend(self) -> str:
+    """'sqlite' or 'postgresql'."""
+    return self._dialect.name
+
+  @property
+  def _dialect(self) -> _SQLite | postgres.Dialect:
+    if self._db is None:
+      raise ValueError(f"results store {self.path} is closed; open a new "
+                       f"Store(path)")
+    return self._db
+
   def close(self) -> None:
-    """Closes the connection, first copying the committed transactions of
-    the write-ahead log into the main file (a passive checkpoint: it never
-    waits), so that a store no process holds open is whole in its one file."""
-    if self._conn is not None:
-      try:
-        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-      except sqlite3.Error:
-        pass  # the next clean close (or SQLite's last-close one) copies it
-      self._conn.close()
-      self._conn = None
+    """Closes the connection (SQLite: after a passive WAL checkpoint)."""
+    if self._db is not None:
+      self._db.close()
+      self._db = None
 
   def __enter__(self) -> Store:
     return self
@@ -518,22 +619,21 @@ class Store:
     self.close()
 
   @property
-  def conn(self) -> sqlite3.Connection:
-    """The open connection (ad-hoc read queries; writes go through methods)."""
-    if self._conn is None:
-      raise ValueError(f"results store {self.path} is closed; open a new "
-                       f"Store(path)")
-    return self._conn
+  def conn(self):
+    """The open connection (ad-hoc read queries, ``?`` placeholders on both
+    backends; writes go through methods)."""
+    return self._dialect.conn
 
   def _retry(self, fn: Callable[[], Any]) -> Any:
-    """Calls `fn` until it stops failing with 'database is locked'."""
+    """Calls `fn` until it stops failing with 'database is locked' (or on
+    PostgreSQL a lock wait past `busy_timeout_ms`)."""
     deadline = time.monotonic() + self.lock_timeout_s
     delay = 0.005
     while True:
       try:
         return fn()
       except sqlite3.OperationalError as e:
-        if not _is_busy(e):
+        if not (self._db or _SQLite).is_busy(e):
           raise
         if time.monotonic() >= deadline:
           raise StoreLockedError(
@@ -545,19 +645,18 @@ class Store:
         time.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, 0.5)
 
-  def _transaction(self, fn: Callable[[sqlite3.Connection], Any], *,
-                   write: bool) -> Any:
+  def _transaction(self, fn: Callable[[Any], Any], *, write: bool) -> Any:
     """Runs `fn(conn)` in one transaction, retried whole when locked.
 
-    Writes use BEGIN IMMEDIATE (the write lock is taken before the first
-    read, so check-then-insert is atomic across processes); reads use a
-    deferred BEGIN, which gives `fn` one consistent snapshot.
+    Writes take the store's write lock before the first read (SQLite:
+    BEGIN IMMEDIATE; PostgreSQL: an advisory lock), so check-then-insert is
+    atomic across processes; reads get one consistent snapshot.
     """
-    conn = self.conn
+    conn, db = self.conn, self._dialect
 
     def attempt():
-      conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
       try:
+        db.begin(conn, write)  # PostgreSQL: its lock wait may time out
         out = fn(conn)
         conn.execute("COMMIT")
         return out
@@ -569,8 +668,7 @@ class Store:
     return self._retry(attempt)
 
   def _migrate(self) -> None:
-    def version(conn):
-      return conn.execute("PRAGMA user_version").fetchone()[0]
+    db = self._dialect
 
     def check(v):
       if v > SCHEMA_VERSION:
@@ -579,22 +677,23 @@ class Store:
             f"this mtrec-jax understands ({SCHEMA_VERSION}); upgrade mtrec-jax "
             f"or use another store (--store PATH or MTREC_STORE)")
 
-    current = self._retry(lambda: version(self.conn))
+    current = self._retry(lambda: db.version(self.conn))
     check(current)
     if current == SCHEMA_VERSION:
       self._allow_preempted()
       return
 
     def upgrade(conn):
-      v = version(conn)  # again, under the lock: another process may have won
+      v = db.version(conn)  # again, under the lock: another process may have won
       check(v)
+      v = db.create(conn, v)
       for target in range(v + 1, SCHEMA_VERSION + 1):
         for statement in _MIGRATIONS[target]:
           if callable(statement):
             statement(conn)
           else:
             conn.execute(statement)
-      conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+      db.set_version(conn, SCHEMA_VERSION)
 
     self._transaction(upgrade, write=True)
     self._allow_preempted()
@@ -603,7 +702,11 @@ class Store:
     """Adds 'preempted' to the runs table's status CHECK (issue 16), in
     place: a compatible change (code without it reads such an attempt as a
     finished, not final one and claims the run again), so no schema version;
-    SQLite's documented way to change a CHECK (writable_schema)."""
+    SQLite's documented way to change a CHECK (writable_schema).  A
+    PostgreSQL store has it from the start."""
+    if self.backend != "sqlite":
+      return
+
     def sql(conn):
       return conn.execute("SELECT sql FROM sqlite_master WHERE type = "
                           "'table' AND name = 'runs'").fetchone()[0]
@@ -743,10 +846,9 @@ class Store:
                      status=RUNNING, grid=grid_json, config=config_json,
                      hostname=self._host, pid=os.getpid(), started_at=now,
                      heartbeat_at=now, **prov)
-      cur = conn.execute(
-          f"INSERT INTO runs ({', '.join(columns)}) VALUES "
+      return self._dialect.insert_id(
+          conn, f"INSERT INTO runs ({', '.join(columns)}) VALUES "
           f"({', '.join('?' * len(columns))})", tuple(columns.values()))
-      return cur.lastrowid
 
     return self._transaction(fn, write=True)
 
@@ -770,8 +872,7 @@ class Store:
 
     def fn(conn):
       self._row(conn, run_id)
-      conn.executemany("INSERT OR REPLACE INTO series (run_id, source, step, "
-                       "key, value) VALUES (?, ?, ?, ?, ?)", rows)
+      conn.executemany(_PUT_SERIES, rows)
       conn.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?",
                     (time.time(), run_id))
 
@@ -821,8 +922,7 @@ class Store:
                    (run_id,))
       conn.executemany("INSERT INTO final_metrics (run_id, key, value) "
                        "VALUES (?, ?, ?)", [(run_id, k, v) for k, v in metrics])
-      conn.executemany("INSERT OR REPLACE INTO series (run_id, source, step, "
-                       "key, value) VALUES (?, ?, ?, ?, ?)", series)
+      conn.executemany(_PUT_SERIES, series)
       columns = dict(status=status, error=result.get("error"), ended_at=now,
                      heartbeat_at=now, result=result_json,
                      steps=num("steps"), best_step=num("best_step"),
@@ -833,10 +933,8 @@ class Store:
                    f"WHERE id = ?", (*columns.values(), run_id))
       # Older attempts than the latest done/diverged one are superseded.
       conn.execute(
-          "UPDATE runs SET superseded = (id < COALESCE((SELECT max(id) FROM "
-          "runs AS r WHERE r.experiment = runs.experiment AND r.config_hash = "
-          "runs.config_hash AND r.seed = runs.seed AND r.status IN (?, ?)), 0))"
-          " WHERE experiment = ? AND config_hash = ? AND seed = ?",
+          f"UPDATE runs SET superseded = {_SUPERSEDED} WHERE experiment = ? "
+          f"AND config_hash = ? AND seed = ?",
           (DONE, DIVERGED, row["experiment"], row["config_hash"], row["seed"]))
 
     self._transaction(fn, write=True)

@@ -12,12 +12,12 @@ import io
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
+from store_backends import store_target  # noqa: F401  (a fixture)
 
 from mtrec_jax import cli
 from mtrec_jax import sweep
@@ -61,9 +61,10 @@ def _main(*argv) -> tuple[int, str]:
 
 
 def _attempts(path) -> list[tuple]:
-  with sqlite3.connect(path) as conn:
-    return conn.execute("SELECT run_name, attempt, status, pid FROM runs "
-                        "ORDER BY run_name, attempt").fetchall()
+  with Store(path) as s:  # either backend
+    return [tuple(r) for r in s.conn.execute(
+        "SELECT run_name, attempt, status, pid FROM runs ORDER BY run_name, "
+        "attempt")]
 
 
 @pytest.fixture(scope="module")
@@ -207,13 +208,15 @@ def test_killed_run_shows_as_failed(tmp_path):
   assert out.splitlines()[-1] == "quickstart: 1 runs: 1 failed"
 
 
-def test_failed_run_is_stored_and_retried(tmp_path, monkeypatch):
+def test_failed_run_is_stored_and_retried(tmp_path, monkeypatch,
+                                          store_target):
   """Without training: a stand-in for train_and_evaluate fails (writing its
-  failed result.json, as the real one does), then succeeds on the retry."""
+  failed result.json, as the real one does), then succeeds on the retry;
+  on both store backends (the heartbeat thread, status and the retry)."""
   from mtrec_jax import config as config_lib
   from mtrec_jax.results import run_files
   from mtrec_jax.train import loop
-  store, work = tmp_path / "m.db", tmp_path / "runs"
+  store, work = store_target, tmp_path / "runs"
   monkeypatch.setattr(sweep, "HEARTBEAT_EVERY_S", 0.02)
   beats = []
 

@@ -1,10 +1,12 @@
-"""The SQLite results store: round trip, idempotence, concurrency, crashes."""
+"""The results store: round trip, idempotence, concurrency, crashes; each
+on both backends (`store_target`: an SQLite file, a PostgreSQL schema)."""
 from __future__ import annotations
 
 import csv
 import json
 import math
 import os
+import pathlib
 import signal
 import sqlite3
 import subprocess
@@ -13,7 +15,9 @@ import threading
 import time
 
 import pytest
+from store_backends import postgres_target, store_target  # noqa: F401
 
+from mtrec_jax.results import postgres
 from mtrec_jax.results import store as store_lib
 from mtrec_jax.results.store import Store
 
@@ -43,8 +47,22 @@ def _result(h="h1", seed=0, status="done", auc=0.75, **extra):
 
 
 def _count(path, sql, *args):
+  """The first value `sql` returns, read outside the store's methods."""
+  if isinstance(path, str):  # PostgreSQL: through a store's connection
+    with Store(path) as s:
+      return s.conn.execute(sql, args).fetchone()[0]
   with sqlite3.connect(path) as conn:
     return conn.execute(sql, args).fetchone()[0]
+
+
+def _execute(target, sql, *args):
+  """Runs `sql` on the store's database, outside the store's methods."""
+  if isinstance(target, str):
+    with Store(target) as s:
+      s.conn.execute(sql, args)
+    return
+  with sqlite3.connect(target) as conn:
+    conn.execute(sql, args)
 
 
 def test_default_store_path(monkeypatch, tmp_path):
@@ -53,6 +71,12 @@ def test_default_store_path(monkeypatch, tmp_path):
                                                              "mtrec.db")
   monkeypatch.setenv("MTREC_STORE", str(tmp_path / "x.db"))
   assert store_lib.default_store_path() == tmp_path / "x.db"
+  url = "postgresql://me@db.example/mtrec"
+  monkeypatch.setenv("MTREC_STORE", url)
+  assert store_lib.default_store_path() == url  # a str: no "postgresql:/"
+  for bad in ("mysql://h/db", str(pathlib.Path(url))):
+    with pytest.raises(ValueError, match="URL.*postgresql://user@host/db"):
+      store_lib.check_store_path(bad)
 
 
 def test_schema_is_versioned_and_in_wal_mode(tmp_path):
@@ -69,8 +93,37 @@ def test_schema_is_versioned_and_in_wal_mode(tmp_path):
     Store(path)
 
 
-def test_round_trip_and_exports(tmp_path):
-  path = tmp_path / "m.db"
+def test_postgres_schema_is_versioned(postgres_target):
+  store_target = postgres_target
+  with Store(store_target) as s:
+    assert s.backend == "postgresql"
+  assert _count(store_target, "SELECT version FROM mtrec_schema") == \
+      store_lib.SCHEMA_VERSION
+  with Store(store_target):  # reopening migrates nothing
+    pass
+  assert _count(store_target, "SELECT count(*) FROM mtrec_schema") == 1
+  _execute(store_target, "UPDATE mtrec_schema SET version = 99")
+  with pytest.raises(ValueError, match="schema version 99.*upgrade mtrec-jax"):
+    Store(store_target)
+
+
+def test_postgres_reader_of_an_empty_database_and_bad_server(
+    postgres_target):
+  store_target = postgres_target
+  assert not store_lib.store_exists(store_target)
+  with pytest.raises(FileNotFoundError, match="no mtrec tables.*mtrec run"):
+    Store(store_target, create=False)
+  Store(store_target).close()
+  assert store_lib.store_exists(store_target)
+  bad = store_target.replace("/mtrec_test?", "/no_such_db?", 1)
+  if bad != store_target:
+    with pytest.raises(sqlite3.OperationalError, match="cannot connect.*"
+                       "no_such_db.*--store"):
+      Store(bad)
+
+
+def test_round_trip_and_exports(tmp_path, store_target):
+  path = store_target
   with Store(path) as s:
     rid = _claim(s)
     assert isinstance(rid, int)
@@ -128,8 +181,8 @@ def test_round_trip_and_exports(tmp_path):
   assert _count(path, "SELECT git_dirty FROM runs") == 0
 
 
-def test_export_parquet_and_errors(tmp_path, monkeypatch):
-  with Store(tmp_path / "m.db") as s:
+def test_export_parquet_and_errors(tmp_path, store_target, monkeypatch):
+  with Store(store_target) as s:
     with pytest.raises(ValueError, match="no runs of 'exp'.*mtrec run exp"):
       s.export("exp", "csv", tmp_path / "e.csv")
     s.finish(_claim(s), _result())
@@ -148,8 +201,8 @@ def test_export_parquet_and_errors(tmp_path, monkeypatch):
       s.export("exp", "parquet", tmp_path / "f.parquet")
 
 
-def test_done_runs_are_skipped_and_force_adds_an_attempt(tmp_path):
-  with Store(tmp_path / "m.db") as s:
+def test_done_runs_are_skipped_and_force_adds_an_attempt(tmp_path, store_target):
+  with Store(store_target) as s:
     first = _claim(s)
     assert _claim(s) is None  # running, owner (this process) alive
     s.finish(first, _result(auc=0.7))
@@ -174,8 +227,8 @@ def test_done_runs_are_skipped_and_force_adds_an_attempt(tmp_path):
     assert _claim(s) is None
 
 
-def test_failed_runs_are_retried_and_diverged_ones_kept(tmp_path):
-  with Store(tmp_path / "m.db") as s:
+def test_failed_runs_are_retried_and_diverged_ones_kept(tmp_path, store_target):
+  with Store(store_target) as s:
     a = _claim(s, "a", "ha", 0)
     s.fail(a, "ValueError: bad batch")
     b = _claim(s, "b", "hb", 0)
@@ -198,15 +251,22 @@ def test_failed_runs_are_retried_and_diverged_ones_kept(tmp_path):
       s.heartbeat(999)
 
 
-def test_finish_is_all_or_nothing(tmp_path):
-  path = tmp_path / "m.db"
+def test_finish_is_all_or_nothing(store_target):
+  path = store_target
   with Store(path) as s:
     rid = _claim(s)
-    with sqlite3.connect(path) as conn:  # the status update fails last
-      conn.execute("CREATE TRIGGER boom BEFORE UPDATE OF status ON runs "
-                   "WHEN NEW.status = 'done' BEGIN SELECT RAISE(ABORT, "
-                   "'boom'); END")
-    with pytest.raises(sqlite3.IntegrityError, match="boom"):
+    # The status update, the last of finish's writes, fails.
+    if isinstance(path, str):
+      s.conn.execute("CREATE FUNCTION boom() RETURNS trigger AS $$ BEGIN "
+                     "RAISE EXCEPTION 'boom'; END $$ LANGUAGE plpgsql")
+      s.conn.execute("CREATE TRIGGER boom BEFORE UPDATE OF status ON runs "
+                     "FOR EACH ROW WHEN (NEW.status = 'done') EXECUTE "
+                     "FUNCTION boom()")
+    else:
+      _execute(path, "CREATE TRIGGER boom BEFORE UPDATE OF status ON runs "
+               "WHEN NEW.status = 'done' BEGIN SELECT RAISE(ABORT, 'boom'); "
+               "END")
+    with pytest.raises(sqlite3.DatabaseError, match="boom"):
       s.finish(rid, _result())
     assert s.status("exp")[0].status == "running"
     assert _count(path, "SELECT count(*) FROM final_metrics") == 0
@@ -261,8 +321,8 @@ RUNS = [[f"x={i}", f"h{i}", i % 3] for i in range(12)]
 
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["shared", "shards"])
-def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path, sharded):
-  path = tmp_path / "m.db"
+def test_concurrent_writers_lose_and_duplicate_nothing(store_target, sharded):
+  path = store_target
   lists = [RUNS[i::4] for i in range(4)] if sharded else [RUNS] * 4
   outs = _workers(path, lists)
   claimed = [tuple(c) for out in outs for c in out]
@@ -292,8 +352,9 @@ time.sleep(60)
 """
 
 
-def test_killed_process_leaves_a_failed_run_that_can_be_taken_over(tmp_path):
-  path = tmp_path / "m.db"
+def test_killed_process_leaves_a_failed_run_that_can_be_taken_over(
+    store_target):
+  path = store_target
   env = dict(os.environ, PYTHONPATH=ROOT)
   proc = subprocess.Popen([sys.executable, "-c", CRASHER, str(path)],
                           stdout=subprocess.PIPE, text=True, env=env)
@@ -322,34 +383,51 @@ def test_killed_process_leaves_a_failed_run_that_can_be_taken_over(tmp_path):
       proc.wait()
 
 
-def test_other_hosts_are_judged_by_their_heartbeat(tmp_path):
-  path = tmp_path / "m.db"
+def test_other_hosts_are_judged_by_their_heartbeat(store_target):
+  path = store_target
   with Store(path, stale_after_s=600) as s:
     rid = _claim(s)
-    with sqlite3.connect(path) as conn:
-      conn.execute("UPDATE runs SET hostname = 'elsewhere', pid = 1")
+    _execute(path, "UPDATE runs SET hostname = 'elsewhere', pid = 1")
     assert s.status("exp")[0].status == "running"
     assert _claim(s) is None
-    with sqlite3.connect(path) as conn:
-      conn.execute("UPDATE runs SET heartbeat_at = ?", (time.time() - 700,))
+    _execute(path, "UPDATE runs SET heartbeat_at = ?", time.time() - 700)
     [st] = s.status("exp")
     assert st.status == "failed" and "no heartbeat" in st.detail
     s.heartbeat(rid)  # the owner speaks up again
     assert s.status("exp")[0].status == "running"
-    with sqlite3.connect(path) as conn:
-      conn.execute("UPDATE runs SET heartbeat_at = 0")
+    _execute(path, "UPDATE runs SET heartbeat_at = 0")
     assert _claim(s) not in (None, rid)
 
 
-def test_writes_retry_while_another_connection_holds_the_lock(tmp_path):
-  path = tmp_path / "m.db"
+class _Holder:
+  """Another connection that holds the store's write lock: SQLite's BEGIN
+  IMMEDIATE, or the PostgreSQL store's advisory lock (postgres.Dialect)."""
+
+  def __init__(self, target):
+    if isinstance(target, str):
+      self.conn = postgres.Connection(target, 10_000)
+    else:
+      self.conn = sqlite3.connect(target, isolation_level=None,
+                                  check_same_thread=False)
+
+  def execute(self, sql):
+    if sql == "BEGIN IMMEDIATE" and isinstance(self.conn,
+                                               postgres.Connection):
+      postgres.Dialect.begin(None, self.conn, write=True)
+    else:
+      self.conn.execute(sql)
+
+
+def test_writes_retry_while_another_connection_holds_the_lock(store_target):
+  path = store_target
   with Store(path) as s:
     rid = _claim(s)
-  holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+  holder = _Holder(path)
   holder.execute("BEGIN IMMEDIATE")
   holder.execute("UPDATE runs SET heartbeat_at = heartbeat_at")
   timer = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
-  # busy_timeout 0: SQLite gives up at once, so the store's own retries work.
+  # busy_timeout 0 (PostgreSQL: 1 ms): the database gives up at once, so
+  # the store's own retries work.
   with Store(path, busy_timeout_ms=0) as s:
     timer.start()
     start = time.monotonic()
@@ -365,4 +443,4 @@ def test_writes_retry_while_another_connection_holds_the_lock(tmp_path):
         s.heartbeat(rid)
   finally:
     holder.execute("ROLLBACK")
-    holder.close()
+    holder.conn.close()

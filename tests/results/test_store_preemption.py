@@ -9,6 +9,7 @@ import sqlite3
 import time
 
 import pytest
+from store_backends import store_target  # noqa: F401  (a fixture)
 
 from mtrec_jax.results import store as store_lib
 from mtrec_jax.results.store import Store
@@ -26,8 +27,8 @@ def _as_other_host(s: Store, run_id: int, age_s: float) -> None:
                  "WHERE id = ?", (time.time() - age_s, run_id))
 
 
-def test_preempted_is_claimed_again_at_once(tmp_path):
-  with Store(tmp_path / "m.db") as s:
+def test_preempted_is_claimed_again_at_once(store_target):
+  with Store(store_target) as s:
     first = s.claim(*KEY)
     _as_other_host(s, first, 0.0)  # a live claim from another machine
     assert s.claim(*KEY) is None
@@ -43,8 +44,8 @@ def test_preempted_is_claimed_again_at_once(tmp_path):
 
 
 def test_a_dead_hosts_claim_is_taken_over_when_its_heartbeat_lapses(
-    tmp_path, monkeypatch):
-  with Store(tmp_path / "m.db", stale_after_s=5) as s:
+    store_target, monkeypatch):
+  with Store(store_target, stale_after_s=5) as s:
     first = s.claim(*KEY)
     _as_other_host(s, first, 4.0)
     assert s.claim(*KEY) is None  # 4 s silent: still alive
@@ -61,19 +62,19 @@ def test_a_dead_hosts_claim_is_taken_over_when_its_heartbeat_lapses(
       s.finish(first, {"status": "done", "metrics": {}})
   # The window: $MTREC_STALE_AFTER_S, else 300 s (it was 1800 s).
   monkeypatch.setenv("MTREC_STALE_AFTER_S", "45")
-  with Store(tmp_path / "m.db") as s:
+  with Store(store_target) as s:
     assert s.stale_after_s == 45.0
   monkeypatch.delenv("MTREC_STALE_AFTER_S")
-  with Store(tmp_path / "m.db") as s:
+  with Store(store_target) as s:
     assert s.stale_after_s == store_lib.DEFAULT_STALE_AFTER_S == 300.0
   for bad in ("soon", "0", "-3"):
     monkeypatch.setenv("MTREC_STALE_AFTER_S", bad)
     with pytest.raises(ValueError, match="MTREC_STALE_AFTER_S"):
-      Store(tmp_path / "m.db")
+      Store(store_target)
 
 
-def test_force_takes_over_a_live_attempt(tmp_path):
-  with Store(tmp_path / "m.db") as s:
+def test_force_takes_over_a_live_attempt(store_target):
+  with Store(store_target) as s:
     first = s.claim(*KEY)  # held by this live process
     assert s.claim(*KEY) is None
     second = s.claim(*KEY, force=True)
