@@ -26,6 +26,7 @@ import pytest
 import faults_harness as h
 from mtrec_jax.results.store import Store
 from mtrec_jax.train import checkpoints
+from mtrec_jax.train import faults
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,9 @@ def plan(seed: int = 16) -> list[list[tuple[str, int, str]]]:
   steps (a resumed run starts at or before its last kill's step, so it
   reaches the next point)."""
   rng = random.Random(seed)
-  signals = [rng.choice(("SIGKILL", "SIGTERM")) for _ in KINDS]
+  signals = []
+  while len(set(signals)) < 2:  # each chain mixes the two
+    signals = [rng.choice(("SIGKILL", "SIGTERM")) for _ in KINDS]
   chains = []
   for c in range(2):
     while True:
@@ -67,6 +70,22 @@ def plan(seed: int = 16) -> list[list[tuple[str, int, str]]]:
     chains.append(sorted(((sig, s, p) for sig, (s, p) in zip(sigs, points)),
                          key=lambda x: x[1]))
   return chains
+
+
+@pytest.mark.parametrize("plan_text, want", [
+    ("SIGKILL@12:step", (signal.SIGKILL, 12, "step")),
+    (" SIGTERM@0:final ", (signal.SIGTERM, 0, "final")),
+    ("SIGINT@7:save", (signal.SIGINT, 7, "save"))])
+def test_fault_plans_parse(plan_text, want):
+  assert faults.parse(plan_text) == want
+
+
+@pytest.mark.parametrize("plan_text", [
+    "SIGKILL@12", "KILL@12:step", "SIGKILL@-1:step", "SIGKILL@3:eval",
+    "SIGNOPE@3:step", ""])
+def test_a_bad_fault_plan_names_the_format(plan_text):
+  with pytest.raises(ValueError, match="expected SIGNAL@STEP:PHASE"):
+    faults.parse(plan_text)
 
 
 def test_the_plan_covers_every_kind_and_both_signals():
@@ -82,6 +101,7 @@ def test_the_plan_covers_every_kind_and_both_signals():
   for chain in chains:
     steps = [s for _, s, _ in chain]
     assert steps == sorted(set(steps))
+    assert {sig for sig, _, _ in chain} == {"SIGKILL", "SIGTERM"}
 
 
 def _flip(folder, rng: random.Random) -> str:
@@ -89,6 +109,8 @@ def _flip(folder, rng: random.Random) -> str:
   checkpoint's manifest lists, or of the manifest; returns its name."""
   names = sorted(json.loads((folder / checkpoints.MANIFEST).read_text()
                             )["sha256"]) + [checkpoints.MANIFEST]
+  # (A finished checkpoint always has its manifest: Orbax renames the
+  # folder into place after it was written.)
   name = rng.choice(names)
   data = bytearray((folder / name).read_bytes())
   data[rng.randrange(len(data))] ^= 0xFF
