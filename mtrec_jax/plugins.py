@@ -155,6 +155,10 @@ def _import_file(path: pathlib.Path, spec: str):
 
 
 def _import_module(name: str, spec: str):
+  # As `python -m` does: a module in the current folder is found, also when
+  # `mtrec` runs as a console script (which puts only its own folder first).
+  if "" not in sys.path and os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
   try:
     return importlib.import_module(name)
   except ModuleNotFoundError as e:
@@ -162,6 +166,7 @@ def _import_module(name: str, spec: str):
       raise PluginError(
           f"experiment {spec!r}: no module named {e.name!r}; check the "
           f"spelling, install the package, or put its folder on PYTHONPATH "
+          f"(the current folder is searched)"
           f"(a file is given as path/to/file.py:NAME)") from None
     raise PluginError(f"experiment {spec!r}: importing {name!r} raised "
                       f"{describe(e)}") from None

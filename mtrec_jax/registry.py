@@ -54,6 +54,12 @@ def unknown_name_message(kind: str, name: str, choices) -> str:
           f"Valid {kind} names: {', '.join(sorted(map(str, choices)))}.")
 
 
+def _origin(obj: Any) -> str:
+  """Where a registered object was defined: 'module.qualname'."""
+  return ".".join(filter(None, (getattr(obj, "__module__", None),
+                                getattr(obj, "__qualname__", None)))) or repr(obj)
+
+
 class Registry(Generic[T]):
   """A named collection of builders of one kind.
 
@@ -90,7 +96,9 @@ class Registry(Generic[T]):
 
     def decorate(obj: T) -> T:
       if name in self._items and self._items[name] is not obj:
-        raise ValueError(f"{self.kind} {name!r} is registered twice")
+        raise ValueError(f"{self.kind} {name!r} is registered twice (by "
+                         f"{_origin(self._items[name])} and {_origin(obj)}); "
+                         f"rename one")
       self._items[name] = obj
       self._info[name] = dict(info)
       return obj

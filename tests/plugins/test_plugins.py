@@ -100,6 +100,20 @@ def test_file_spec_status_and_table(tmp_path, capsys, monkeypatch):
              for m in sys.modules) == 1
 
 
+def test_module_spec_found_in_the_current_folder(tmp_path, monkeypatch,
+                                                 capsys):
+  """`mtrec` as a console script has no '' on sys.path; a module spec still
+  finds a module of the current folder, as `python -m` would."""
+  monkeypatch.setitem(plugins._state, "user_code", False)
+  write_module(tmp_path / "mtrec_cwd_mod.py", "cwd-")
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(sys, "path", [p for p in sys.path
+                                    if p not in ("", str(tmp_path))])
+  assert cli.main(["show", "mtrec_cwd_mod:cwd-tiny", "--only",
+                   "strategy=cwd-first_task"]) == 0
+  assert "# strategy=cwd-first_task,seed=0" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("spec, message", [
     ("no_such_module_xyz:tiny", "no module named 'no_such_module_xyz'"),
     ("mtrec_user_mod:mod-tinny", "Did you mean 'mod-tiny'"),
