@@ -38,43 +38,21 @@ import pathlib
 import sqlite3
 import sys
 
-from mtrec_jax import config as config_lib
-from mtrec_jax import experiment as experiment_lib, serve
+from mtrec_jax import api, config as config_lib, serve
 from mtrec_jax.registry import UnknownNameError
-from mtrec_jax.results import backup, records
+from mtrec_jax.results import backup
 from mtrec_jax.results import store as store_lib
-from mtrec_jax.results.status import MISSING, ORDER
+from mtrec_jax.results.status import ORDER
 
 
-def _axis_values(items, flag: str) -> dict[str, list[str]]:
-  """['model=mmoe,ple', ...] -> {'model': ['mmoe', 'ple']}."""
-  out: dict[str, list[str]] = {}
-  for item in items or ():
-    if "=" not in item:
-      raise ValueError(f"{flag} {item!r}: write axis=value[,value...] "
-                       f"(e.g. {flag} model=mmoe)")
-    axis, values = item.split("=", 1)
-    out.setdefault(axis.strip(), []).extend(
-        v.strip() for v in values.split(","))
-  return out
-
-
-def _selection(args):
-  from mtrec_jax import sweep
-  seeds = experiment_lib.parse_seeds(args.seeds) if args.seeds else None
-  if args.seed is not None:
-    seeds = (args.seed,)
-  return sweep.Selection(overrides=args.set or (), seeds=seeds,
-                         only=_axis_values(args.only, "--only"))
-
-
-def _resolve_runs(args):
-  exp = experiment_lib.get_experiment(args.name)
-  return exp, _selection(args).runs(exp)
+def _grid(args) -> dict:
+  """The run-selecting options as `api` keywords."""
+  return dict(set=args.set, only=args.only,
+              seeds=args.seed if args.seed is not None else args.seeds)
 
 
 def cmd_list(args) -> int:
-  rows = experiment_lib.list_experiments()
+  rows = api.experiments()
   width = max(len(n) for n, _ in rows)
   for name, line in rows:
     print(f"{name:<{width}}  {line}")
@@ -82,27 +60,19 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-  exp, runs = _resolve_runs(args)
-  print(exp.description)
-  for run in runs:
+  print(api.experiment(args.name).description)
+  for run in api.configs(args.name, **_grid(args)):
     print(f"\n# {run.name}  (config hash {config_lib.config_hash(run.config)})")
     print(json.dumps(config_lib.to_dict(run.config), indent=2, sort_keys=True))
   return 0
 
 
 def cmd_run(args) -> int:
-  from mtrec_jax import sweep
-  from mtrec_jax.train import population
-  shard = sweep.parse_shard(args.shard)
-
-  def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-  exp = experiment_lib.get_experiment(args.name)
-  out = sweep.run_sweep(exp, selection=_selection(args), store=args.store,
-                        workdir=args.workdir, shard=shard, force=args.force,
-                        resume=args.resume, progress=not args.no_progress,
-                        log=log, trainer=population.trainer(args.population))
+  out = api.sweep(args.name, **_grid(args), store=args.store,
+                  workdir=args.workdir, shard=args.shard, force=args.force,
+                  resume=args.resume, progress=not args.no_progress,
+                  population=args.population)
+  exp = out.experiment
   code = 1 if out.failed else 0
   if not out.primary:
     return code
@@ -118,16 +88,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-  exp, runs = _resolve_runs(args)
-  path = args.store  # a file path, or a PostgreSQL URL (a str)
-  expected = [(r.name, *records.run_key(r)) for r in runs]
-  if store_lib.store_exists(path):
-    with store_lib.Store(path, create=False) as store:
-      rows = store.status(exp.name, expected)
-  else:  # don't create an empty store just to read it
-    print(f"(no results store at {path} yet)")
-    rows = [store_lib.RunStatus(n, h, s, MISSING, None, 0, "")
-            for n, h, s in expected]
+  if not store_lib.store_exists(args.store):  # a path or PostgreSQL URL
+    print(f"(no results store at {args.store} yet)")
+  rows = api.status(args.name, **_grid(args), store=args.store)
   width = max(len(r.run_name) for r in rows)
   counts = {s: 0 for s in ORDER}
   for r in rows:
@@ -135,7 +98,7 @@ def cmd_status(args) -> int:
     detail = r.detail.splitlines()[0][:100] if r.detail else ""
     print(f"{r.run_name:<{width}}  seed {r.seed:<3}  {r.status:<8}  "
           f"{detail}".rstrip())
-  print(f"{exp.name}: {len(rows)} runs: " +
+  print(f"{api.stored_name(args.name)}: {len(rows)} runs: " +
         ", ".join(f"{counts[s]} {s}" for s in ORDER if counts[s]))
   return 0
 
@@ -143,48 +106,17 @@ def cmd_status(args) -> int:
 def cmd_export(args) -> int:
   # Not checked against the registry: a stored experiment stays exportable
   # after its file is gone; an unknown name gets the store's list of names.
-  name, path = args.name, args.store
-  out = pathlib.Path(args.out or pathlib.Path("results",
-                                              f"{name}.{args.format}"))
-  with store_lib.Store(path, create=False) as store:  # none: error
-    written = store.export(name, args.format, out)
-    n = len(store.results(name))
-  print(f"wrote {n} runs of {name} to {written}")
+  written, n = api.export(args.name, args.format, out=args.out,
+                          store=args.store)
+  print(f"wrote {n} runs of {api.stored_name(args.name)} to {written}")
   return 0
 
 
-def _table_results(args) -> tuple[list[dict], tuple[str, ...]]:
-  """(results, default metrics) for `mtrec table`: the grid's runs from the
-  store, or the records of --from DIR/NAME.jsonl as they are."""
-  from mtrec_jax.results import paper
-  if args.from_dir is not None:
-    if args.set:
-      raise ValueError("--set selects runs in the store; with --from DIR the "
-                       "file's runs are tabulated as they are (drop --set)")
-    return (records.read_results(args.from_dir, args.name),
-            paper.default_metrics(args.name))
-  exp = experiment_lib.get_experiment(args.name)
-  seeds = experiment_lib.parse_seeds(args.seeds) if args.seeds else None
-  runs = exp.runs(overrides=args.set or (), seeds=seeds)
-  return (records.grid_from_store(args.store, exp.name, runs),
-          tuple(exp.table_metrics))
-
-
 def cmd_table(args) -> int:
-  from mtrec_jax.results import tables
-  results, default_metrics = _table_results(args)
-  rows = None
-  if args.rows is not None:
-    rows = tuple(a.strip() for a in args.rows.split(",") if a.strip())
-  seeds = (experiment_lib.parse_seeds(args.seeds)
-           if args.seeds and args.from_dir is not None else None)
-  where = _axis_values(args.where, "--where")
-  tables.check_where(results, where, "--where")
-  table = tables.build_table(
-      results, rows=rows, metrics=args.metric or default_metrics,
-      baseline=tables.parse_baseline(args.baseline), where=where, seeds=seeds)
-  render = tables.to_latex if args.format == "latex" else tables.to_markdown
-  print(render(table, digits=args.digits), end="")
+  print(api.table(args.name, metrics=args.metric, rows=args.rows,
+                  baseline=args.baseline, where=args.where, seeds=args.seeds,
+                  set=args.set, store=args.store, from_dir=args.from_dir,
+                  format=args.format, digits=args.digits), end="")
   return 0
 
 
