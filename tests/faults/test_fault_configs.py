@@ -101,6 +101,10 @@ def test_two_configs_of_one_grid_point_in_turn_and_at_once(
     assert rows[hash_a]["history"] == ref_rows[hash_a]["history"]
     assert rows[hash_b]["metrics"] != rows[hash_a]["metrics"]
     assert rows[hash_b]["history"] != rows[hash_a]["history"]
+  # "At once" did overlap: each attempt started before the other ended.
+  a, b = sorted(_rows(tmp / "together" / "m.db").values(),
+                key=lambda r: r["config_hash"] != hash_a)
+  assert a["started_at"] < b["ended_at"] and b["started_at"] < a["ended_at"]
   # Trained in turn, A's folder was not touched by B.
   assert _tree(a_turn) == before
   # B alone and B beside A: one result.
