@@ -30,8 +30,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
 PROCESSES, RUNS, KILLS, STALE_S = 8, 300, 24, 1.0
 EXPECTED = [(f"run{i}", f"h{i:03d}", i % 5) for i in range(RUNS)]
 
-# One process: until every run is done, claims the runs not done yet in an
-# order of its own and runs each (claim, heartbeat, eval, finish).  A run
+# One process: until every run is done, claims the runs not done yet (half
+# of the processes in one order, so they contend for the same run at once,
+# half each in an order of its own) and runs each (claim, heartbeat, eval,
+# finish).  A run
 # taken over under it (its heartbeat looked stale) is left to the new owner.
 WORKER = r"""
 import pathlib, random, socket, sys, time
@@ -47,7 +49,8 @@ with Store(target) as s:
             if r.status != "done"]
     if not todo:
       break
-    rng.shuffle(todo)
+    if seed % 2:  # odd: an order of its own; even: the list's, colliding
+      rng.shuffle(todo)
     ran = 0
     for run_name, h, seed_ in todo:
       rid = s.claim("exp", run_name, {"i": run_name}, {"i": run_name}, h,
