@@ -24,6 +24,16 @@ Measured (the results file, not this docstring, holds the numbers):
 * `other_load`: cores other processes kept busy during the timed encodes
   (`benchmarks.throughput.OtherLoad`), and the load averages before/after.
 The machine these were measured on is shared: read `other_load` with them.
+
+``--steps`` measures instead the training step of `ml100k-text` (issue 18:
+next item + rating, like, genre, all positions, batch 128, `mean` weights,
+params mode) with each item representation, relative to ids only: `ids`,
+`frozen` (ids + projected cached title embeddings) and `finetune` (BERT over
+all 1,682 titles in the step, lower `FINETUNE_FREEZE` layers frozen; with
+``--freeze`` other counts too).  One jitted step per mode on the same first
+batch, timed interleaved (`benchmarks.common.time_interleaved`: median of
+`--rounds` rounds of `--iters` calls), plus compile time and XLA's FLOP
+count of the step.  Results: text_encoder_steps_<platform>.{json,md}.
 """
 from __future__ import annotations
 
@@ -146,6 +156,76 @@ def summary(payload: dict) -> str:
   return "\n".join(lines)
 
 
+def step_cost(modes: list[str], *, rounds: int, iters: int) -> dict:
+  """{'rows': [{name, ms, first_call_ms, relative, compile_s, gflop}],
+  'other_load'} for the ml100k-text step in each mode (see the docstring)."""
+  from benchmarks.common import time_interleaved
+  from benchmarks.sequence_step import first_batch
+  from experiments.ml100k_text import text_config
+  from mtrec_jax import config as config_lib
+  from mtrec_jax.train import loop
+  from mtrec_jax.train.step import make_train_step
+  entries, facts, batch = [], [], None
+  for mode in modes:
+    if mode == "ids":
+      cfg = text_config("id")
+    elif mode == "frozen":
+      cfg = text_config("id+text", "frozen")
+    else:  # finetune or finetune<N>
+      cfg = text_config("id+text", "finetune")
+      if mode != "finetune":
+        cfg = config_lib.apply_overrides(cfg, {
+            "model.text.freeze_layers": int(mode[len("finetune"):])})
+    c = loop.Components(cfg)
+    state = loop.init_state(c)
+    batch = batch or first_batch(c)
+    fn = jax.jit(make_train_step(c.model, c.tasks, c.strategy, c.optimizer,
+                                 c.config.strategy.mode))
+    t0 = time.perf_counter()
+    compiled = fn.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    entries.append((lambda st, b, fn=compiled: fn(st, b)[0], state))
+    facts.append({"compile_s": compile_s,
+                  "gflop": float((cost or {}).get("flops", float("nan")))
+                  / 1e9,
+                  "shared_params": sum(
+                      x.size for x in jax.tree_util.tree_leaves(
+                          state.params["shared"]))})
+  load_before = os.getloadavg()
+  with OtherLoad() as other:
+    timed = time_interleaved(entries, batch, rounds=rounds, iters=iters)
+  base = timed[0][0]
+  rows = [{"name": m, "ms": ms, "first_call_ms": first, "relative": ms / base,
+           **f} for m, (ms, first), f in zip(modes, timed, facts)]
+  return {"rows": rows, "rounds": rounds, "iters": iters,
+          "other_load": other.value, "loadavg_before": list(load_before),
+          "loadavg_after": list(os.getloadavg())}
+
+
+def steps_summary(payload: dict) -> str:
+  r = payload["result"]
+  lines = [f"# ml100k-text training step by item representation on "
+           f"{payload['device']}", "",
+           "next item + rating + like + genre (all positions), batch 128, "
+           "`mean`, params mode; all-MiniLM-L6-v2 over the 1,682 titles "
+           f"(median of {r['rounds']} rounds x {r['iters']} steps, "
+           "interleaved).", "",
+           "| mode | step ms | x ids | compile s | GFLOP/step | shared params |",
+           "|---|---|---|---|---|---|"]
+  for row in r["rows"]:
+    lines.append(f"| {row['name']} | {row['ms']:.0f} | {row['relative']:.2f} "
+                 f"| {row['compile_s']:.1f} | {row['gflop']:.1f} | "
+                 f"{row['shared_params']:,} |")
+  lines += ["", f"Other processes kept {r['other_load']:.2f} cores busy while "
+            f"timing (load average {r['loadavg_before'][0]:.1f} before, "
+            f"{r['loadavg_after'][0]:.1f} after) on this shared "
+            f"{payload['cpu_count']}-core machine: absolute times are slow "
+            "and noisy; the ratios are what the interleaving protects.", ""]
+  return "\n".join(lines)
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--batch-size", type=int, default=64)
@@ -155,7 +235,21 @@ def main(argv=None) -> None:
       "MTREC_DATA_DIR", str(pathlib.Path(__file__).resolve().parents[2]
                             / "shared" / "data")))
   parser.add_argument("--json", default=None)
+  parser.add_argument("--steps", action="store_true",
+                      help="time the ml100k-text step per item representation")
+  parser.add_argument("--modes", default="ids,frozen,finetune",
+                      help="with --steps: ids, frozen, finetune (the "
+                      "experiment's freeze) or finetune<N> (N frozen layers)")
+  parser.add_argument("--iters", type=int, default=2)
   args = parser.parse_args(argv)
+  if args.steps:
+    os.environ.setdefault("MTREC_DATA_DIR", args.data_dir)
+    payload = {"device": describe_device(), "cpu_count": os.cpu_count(),
+               "result": step_cost(args.modes.split(","), rounds=args.rounds,
+                                   iters=args.iters)}
+    write_outputs(f"text_encoder_steps_{jax.devices()[0].platform}", payload,
+                  args.json, steps_summary(payload))
+    return
   texts = movielens_item_texts(args.data_dir)
   t0 = time.perf_counter()
   pre = load_pretrained(args.model_dir)

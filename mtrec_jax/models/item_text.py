@@ -153,10 +153,24 @@ class ItemTextTable(nn.Module):
         jnp.asarray, {k: v for k, v in pre.params.items() if k in frozen})
     params = {**consts, **trainable}
     ids = np.searchsorted(pre.used_tokens, self.items.text.token_ids)
+    mask = self.items.text.mask
     cfg = dataclasses.replace(pre.config, vocab_size=len(pre.used_tokens))
-    return SentenceEncoder(cfg, pre.pooling, dtype=self.dtype).apply(
-        {"params": {"bert": params}}, jnp.asarray(ids, jnp.int32),
-        jnp.asarray(self.items.text.mask), deterministic=True)
+    encoder = SentenceEncoder(cfg, pre.pooling, dtype=self.dtype)
+    # Items grouped by length (power-of-two buckets >= 8 tokens), each group
+    # encoded at its own width: padding never changes a row (padded keys are
+    # masked), and most titles fit 16 of the 32 tokens the longest needs.
+    lengths = mask.sum(1)
+    width = np.array([max(8, 1 << int(n - 1).bit_length()) for n in lengths])
+    parts, order = [], []
+    for w in sorted(set(width.tolist())):
+      rows = np.flatnonzero(width == w)
+      w = min(w, ids.shape[1])
+      parts.append(encoder.apply(
+          {"params": {"bert": params}}, jnp.asarray(ids[rows, :w], jnp.int32),
+          jnp.asarray(mask[rows, :w]), deterministic=True))
+      order.append(rows)
+    inverse = np.argsort(np.concatenate(order))
+    return jnp.concatenate(parts)[inverse]
 
 
 def text_config(model_cfg) -> tuple[str, dict]:

@@ -63,11 +63,11 @@ def texts_for(n):
 
 
 def tiny_text(n=11, key="k"):
-  tok = np.zeros((n, 8), np.int32)
-  mask = np.zeros((n, 8), np.int32)
+  tok = np.zeros((n, 16), np.int32)  # lengths 2..12: groups of 8 and 16
+  mask = np.zeros((n, 16), np.int32)
   rng = np.random.default_rng(1)
   for i in range(n):
-    length = 2 + i % 5
+    length = 2 + (3 * i) % 11
     tok[i, :length] = rng.integers(1, TINY.vocab_size, length)
     tok[i, 0] = 2  # [CLS]-like
     mask[i, :length] = 1
