@@ -73,8 +73,35 @@ def experiment(name: str) -> experiment_lib.Experiment:
 
 def experiments() -> list[tuple[str, str]]:
   """`mtrec list`: (name, first docstring line) of every registered
-  experiment, plug-ins' included."""
-  return experiment_lib.list_experiments()
+  experiment, plug-ins' included (see `registered`)."""
+  return registered("experiments")
+
+
+# `mtrec list KIND`: the registries a user picks names from.
+KINDS = ("experiments", "strategies", "models", "datasets")
+
+
+def registered(kind: str = "experiments") -> list[tuple[str, str]]:
+  """`mtrec list KIND`: (name, first docstring line) of every registered
+  experiment, strategy, model or dataset; an entry from outside this
+  package (a plug-in, a module spec) says where it comes from."""
+  from mtrec_jax import registry
+  if kind not in KINDS:
+    raise registry.UnknownNameError(
+        registry.unknown_name_message("kind", kind, KINDS))
+  reg = {"experiments": registry.EXPERIMENTS,
+         "strategies": registry.STRATEGIES, "models": registry.MODELS,
+         "datasets": registry.DATASETS}[kind]
+  out = []
+  for name in reg.names():
+    obj = reg.get(name)
+    doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+    line = doc[0] if doc else ""
+    module = getattr(obj, "__module__", "") or ""
+    if module and module.split(".")[0] not in ("mtrec_jax", "experiments"):
+      line = f"{line} [{module}]".strip()
+    out.append((name, line))
+  return out
 
 
 def selection(*, set: Overrides = None, only: Only = None,

@@ -1,6 +1,6 @@
 """`mtrec`: list, show and run experiments; follow and export their results.
 
-    mtrec list
+    mtrec list [experiments|strategies|models|datasets]
     mtrec show NAME [--set k=v ...]
     mtrec run NAME [--workdir DIR] [--seeds 0-2 | --seed N]
                    [--only axis=v1,v2 ...] [--set k=v ...]
@@ -52,7 +52,7 @@ def _grid(args) -> dict:
 
 
 def cmd_list(args) -> int:
-  rows = api.experiments()
+  rows = api.registered(args.kind)
   width = max(len(n) for n, _ in rows)
   for name, line in rows:
     print(f"{name:<{width}}  {line}")
@@ -182,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "./results/mtrec.db)")
     return sp
 
-  command("list", cmd_list, "list the registered experiments")
+  command("list", cmd_list, "list the registered experiments (or "
+          "strategies, models, datasets)").add_argument(
+      "kind", nargs="?", default="experiments", choices=api.KINDS)
   command("show", cmd_show, "print the resolved configs of a grid", grid=True)
   run = command("run", cmd_run, "train every run of an experiment",
                 grid=True, store=True)

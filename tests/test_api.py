@@ -10,6 +10,7 @@ import pytest
 
 import mtrec_jax
 from mtrec_jax import api, cli, plugins
+from mtrec_jax.registry import UnknownNameError
 from mtrec_jax.results import tables
 
 # A user's experiment file: `mean` vs `sum` on tiny synthetic data.
@@ -127,3 +128,12 @@ def test_run_status_table_export_match_the_cli(spec, tmp_path, capsys):
   (tmp_path / "api-tiny.jsonl").write_text(out.read_text())
   from_dir = api.table(spec, from_dir=tmp_path, format="md")
   assert from_dir.splitlines()[0] == md.splitlines()[0]
+
+
+def test_registered_lists_each_kind():
+  strategies = dict(api.registered("strategies"))
+  assert strategies["mean"].startswith("Equal weights of 1/K")
+  assert "mgda" in strategies and "mmoe" in dict(api.registered("models"))
+  assert dict(api.experiments())["quickstart"].startswith("Shared-bottom")
+  with pytest.raises(UnknownNameError, match="Did you mean 'strategies'"):
+    api.registered("strategy")

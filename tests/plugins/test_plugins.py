@@ -21,6 +21,12 @@ def test_installed_plugin_runs_its_experiment_with_its_strategy(
   assert listed.returncode == 0, listed.stderr
   line = [l for l in listed.stdout.splitlines() if l.startswith("demo-tiny")]
   assert line and "mean vs demo-first_task" in line[0]
+  assert "[mtrec_demo_plugin.plugin]" in line[0]  # where it comes from
+  strategies = mtrec("list", "strategies", site=site)
+  assert strategies.returncode == 0, strategies.stderr
+  assert any(l.startswith("demo-first_task ") and "first task" in l
+             for l in strategies.stdout.splitlines())
+  assert "mgda " in strategies.stdout  # next to the bundled ones
   log = tmp_path / "built.log"
   ran = mtrec("run", "demo-tiny", "--workdir", str(tmp_path / "runs"),
               "--store", str(tmp_path / "s.db"), "--no-progress",
@@ -96,8 +102,8 @@ def test_file_spec_status_and_table(tmp_path, capsys, monkeypatch):
   assert "file-tiny: 2 runs: 2 missing" in out
   # The file is imported once (under a name of its own) however often.
   assert cli.main(["show", spec]) == 0
-  assert sum(m.startswith("mtrec_user_my_experiments_")
-             for m in sys.modules) == 1
+  assert sum(getattr(m, "__file__", None) == str(path.resolve())
+             for m in list(sys.modules.values())) == 1
 
 
 def test_module_spec_found_in_the_current_folder(tmp_path, monkeypatch,
