@@ -104,6 +104,17 @@ def test_status_says_when_a_done_run_trained_on_other_data(tmp_path):
   assert state == "done"
   assert detail == (f"trained on other data ({before}; now {after}): the "
                     f"next mtrec run trains it again")
+  # `mtrec status` (mtrec_jax.api.status) says the same.
+  from mtrec_jax import api
+  spec = tmp_path / "toy_exp.py"
+  spec.write_text(
+      "from mtrec_jax.config import base_config\n"
+      "from mtrec_jax.experiment import Experiment\n"
+      "c = base_config()\n"
+      f"c.data = {dict(c.data)!r}\n"
+      "toy = Experiment(c, name='toy')\n")
+  (shown,) = api.status(f"{spec}:toy", store=tmp_path / "m.db")
+  assert (shown.status, shown.detail) == ("done", detail)
   # As it says: the next run trains it, and then it is plain done.
   (outcome,) = run().outcomes
   assert outcome.status == "done"
