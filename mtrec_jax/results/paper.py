@@ -334,8 +334,9 @@ def export_from_store(paper_dir: str | os.PathLike = "paper",
             f"--export {n}: the paper uses no experiment {n!r}; it uses "
             f"{', '.join(names)}")
     names = [n for n in names if n in wanted]
-  path = pathlib.Path(store_path or store_lib.default_store_path())
-  if not path.exists():
+  path = store_lib.check_store_path(store_path or
+                                    store_lib.default_store_path())
+  if not store_lib.store_exists(path):
     raise FileNotFoundError(
         f"no results store at {path}; run the experiments the paper uses "
         f"({', '.join(names)}) with `mtrec run NAME`, or pass --store PATH "

@@ -145,9 +145,9 @@ def find_run_dir(run: str | pathlib.Path, *, where=None, seed: int = 0,
   want = config_lib.config_hash(point.config)
   candidates = []
   from mtrec_jax.results import store as store_lib
-  store_path = pathlib.Path(store) if store is not None else \
-      store_lib.default_store_path()
-  if store_path.exists():
+  store_path = store_lib.check_store_path(
+      store if store is not None else store_lib.default_store_path())
+  if store_lib.store_exists(store_path):
     with store_lib.Store(store_path) as db:
       for res in reversed(db.results(exp.name)):
         if (res.get("config_hash") == want and res.get("seed") == int(seed)

@@ -89,3 +89,22 @@ def test_the_dialect_translates_placeholders_and_rows(postgres_target):
       conn.execute("SELECT * FROM no_such_table")
   finally:
     conn.close()
+
+
+def test_paper_export_reads_a_postgres_store(postgres_target, tmp_path):
+  """`mtrec paper --export --store URL` (results/paper.py) takes the URL as
+  it is, not as a path (which would read as a missing file)."""
+  import json
+
+  import test_paper_partial as partial  # its paper folder and stored run
+
+  from mtrec_jax.results import paper
+  d = partial._dir(tmp_path)  # noqa: SLF001
+  with pytest.raises(FileNotFoundError, match="no results store"):
+    paper.export_from_store(d, postgres_target, only="quickstart")
+  partial._store_one_run(postgres_target)  # noqa: SLF001
+  assert paper.export_from_store(d, postgres_target, only="quickstart") == [
+      d / "results" / "quickstart.jsonl"]
+  records = [json.loads(line) for line in
+             (d / "results" / "quickstart.jsonl").read_text().splitlines()]
+  assert [r["status"] for r in records] == ["done", "missing"]
