@@ -59,7 +59,11 @@ def _database() -> str:
   if os.geteuid() == 0:  # initdb refuses root
     if shutil.which("runuser") is None:
       return "skip: running as root without runuser to start PostgreSQL"
-    subprocess.run(["id", "-u", "postgres"], check=True, capture_output=True)
+    if subprocess.run(["id", "-u", "postgres"], capture_output=True
+                      ).returncode:
+      return ("skip: running as root without a 'postgres' user to start "
+              "PostgreSQL as (useradd --system postgres, or set "
+              "MTREC_TEST_POSTGRES)")
     shutil.chown(root, "postgres")
     run_as = ["runuser", "-u", "postgres", "--"]
   data, port = root / "data", 5400 + os.getpid() % 500
