@@ -21,6 +21,7 @@ their entries join the bundled ones.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import sys
@@ -139,6 +140,22 @@ class Registry(Generic[T]):
     names = [n for n in self._items
              if all(self._info[n].get(k) == v for k, v in flags.items())]
     return sorted(names) if sort else names
+
+
+@contextlib.contextmanager
+def scratch(*registries: Registry) -> Iterator[None]:
+  """Entries registered in these registries inside the block are dropped at
+  its end (tests that import user code: the rest of the process sees the
+  registries as they were).  Loads them first, so that what their packages
+  register stays."""
+  for r in registries:
+    r._load()
+  saved = [(r, dict(r._items), dict(r._info)) for r in registries]
+  try:
+    yield
+  finally:
+    for r, items, info in saved:
+      r._items, r._info = items, info
 
 
 DATASETS: Registry = Registry("dataset", ("mtrec_jax.data",))

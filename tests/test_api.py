@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import mtrec_jax
-from mtrec_jax import api, cli, plugins
+from mtrec_jax import api, cli, plugins, registry
 from mtrec_jax.registry import UnknownNameError
 from mtrec_jax.results import tables
 
@@ -37,10 +37,22 @@ def tiny():
 '''
 
 
+@pytest.fixture(autouse=True)
+def _forget_user_code(tmp_path_factory):
+  """What a test's user code registers, and its modules, are gone after it:
+  other tests (e.g. one that checks every registered experiment) see the
+  bundled registries."""
+  base = str(tmp_path_factory.getbasetemp())
+  with registry.scratch(registry.EXPERIMENTS, registry.STRATEGIES):
+    yield
+  for name, module in list(sys.modules.items()):
+    if str(getattr(module, "__file__", None) or "").startswith(base):
+      del sys.modules[name]
+
+
 @pytest.fixture(scope="module")
 def spec_file(tmp_path_factory):
-  """One file for the module's tests: a second file registering the same
-  name would be refused (registered twice)."""
+  """One file for the module's tests (imported afresh by each)."""
   path = tmp_path_factory.mktemp("user") / "my_experiments.py"
   path.write_text(EXPERIMENTS_FILE)
   return path

@@ -1,5 +1,9 @@
 """The plug-in packages the tests install (see plugin_demo)."""
+import sys
+
 import pytest
+
+from mtrec_jax import registry
 
 from plugin_demo import MODULE, make_project, pip_install
 
@@ -21,3 +25,16 @@ def installed_plugins(tmp_path_factory):
   pip_install(good, sites[0])
   pip_install(broken, sites[1])
   return sites
+
+
+@pytest.fixture(autouse=True)
+def _forget_user_code(tmp_path_factory):
+  """What a test's user code registers, and its modules, are gone after it:
+  other tests (e.g. one that checks every registered experiment) see the
+  bundled registries."""
+  base = str(tmp_path_factory.getbasetemp())
+  with registry.scratch(registry.EXPERIMENTS, registry.STRATEGIES):
+    yield
+  for name, module in list(sys.modules.items()):
+    if str(getattr(module, "__file__", None) or "").startswith(base):
+      del sys.modules[name]
