@@ -21,7 +21,10 @@ Variants of the full jitted train step (forward, backward, AdamW update):
   and gradient up to float rounding;
 * ``unrolled`` and ``fused+unrolled``: Threefry lowered unrolled on CPU too
   (`unrolled_threefry`, an experiment: the same random bits, so the same
-  run).
+  run);
+* ``+noynn``: compiled without XLA:CPU's YNNPACK fusions (`NO_YNN`, per
+  compilation, so in the same process as the default rows): other kernels
+  for the same ops, so the same math up to float rounding.
 
 Components, each timed old against new in its own interleaved table:
 
@@ -33,6 +36,16 @@ Components, each timed old against new in its own interleaved table:
   as one training forward pass makes), by PRNG implementation: Threefry
   rolled and unrolled (the same bits), and XLA's RngBitGenerator ('rbg',
   'unsafe_rbg': other random streams).
+
+Multi-task step (``--parts multitask``): `ml100k-strategies`' four tasks
+(next_all, rating_all, like_all, genre_all; TASK_SETS['all']) under
+``mean`` (one backward pass) and ``mgda`` in params mode (the [4, params]
+Jacobian, as the Gramian strategies of that sweep): ``mt_today`` (full
+softmax, one encoder pass per task), ``mt_fused`` (what `ml100k-strategies`
+runs: fused softmax, one pass per task) and ``mt_fused_shared``
+(``aux.next_all.shared_pass``: one encoder pass shared by the four tasks;
+the same losses and gradients without dropout, shared dropout masks with
+it, `tasks.auxiliary`).
 
 Also XLA's FLOP count of each compiled step (cost analysis; a loop body
 is counted once: the fused loss's chunk loop and the rolled Threefry loop,
@@ -60,12 +73,28 @@ from mtrec_jax.tasks.catalogue_softmax import (PADDING_LOGIT,
 from mtrec_jax.train import loop
 from mtrec_jax.train.step import make_train_step
 
-VARIANTS = {  # name -> (aux.next_all.softmax_impl, Threefry on CPU unrolled)
-    "today": ("full", False),
-    "fused": ("fused", False),
-    "unrolled": ("full", True),
-    "fused+unrolled": ("fused", True),
+# XLA:CPU compiler options of the 'noynn' rows: no YNNPACK fusions (XLA's
+# own kernels for the dots and elementwise work instead); the same as
+# XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= for a whole process.
+NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
+VARIANTS = {  # name -> (softmax_impl, Threefry on CPU unrolled, no YNN)
+    "today": ("full", False, False),
+    "fused": ("fused", False, False),
+    "unrolled": ("full", True, False),
+    "fused+unrolled": ("fused", True, False),
+    "today+noynn": ("full", False, True),
+    "fused+noynn": ("fused", False, True),
+    "fused+unrolled+noynn": ("fused", True, True),
 }
+
+
+MT_VARIANTS = {  # name -> (softmax_impl, aux.next_all.shared_pass, no YNN)
+    "mt_today": ("full", False, False),
+    "mt_fused": ("fused", False, False),
+    "mt_fused_shared": ("fused", True, False),
+    "mt_fused_shared+noynn": ("fused", True, True),
+}
+PARTS = ("step", "softmax", "loss_grad", "dropout", "multitask")
 
 
 def unrolled_threefry(unrolled: bool) -> None:
@@ -104,7 +133,7 @@ def step_entries(base, variants):
   """{name: (jitted step, state, compiled facts)} sharing one initial state."""
   out, state, batch = {}, None, None
   for name in variants:
-    softmax_impl, unrolled = VARIANTS[name]
+    softmax_impl, unrolled, no_ynn = VARIANTS[name]
     c = loop.Components(variant_config(base, softmax_impl))
     if state is None:
       state, batch = loop.init_state(c), first_batch(c)
@@ -112,12 +141,57 @@ def step_entries(base, variants):
                                  c.config.strategy.mode))
     unrolled_threefry(unrolled)  # for this lowering
     t0 = time.perf_counter()
-    compiled = fn.lower(state, batch).compile()
+    compiled = fn.lower(state, batch).compile(
+        compiler_options=NO_YNN if no_ynn else None)
+    facts = {"compile_ms": (time.perf_counter() - t0) * 1e3,
+             "gflop": step_flops(compiled) / 1e9,
+             "xla_step_mb": step_bytes(compiled) / 2 ** 20}
+    out[name] = (lambda s, b, fn=compiled: fn(s, b)[0], state, facts)
+  unrolled_threefry(False)
+  return out, batch
+
+
+def multitask_config(strategy: str, mode: str):
+  """ml100k-strategies' four-task row under `strategy` (gradient `mode`)."""
+  from experiments.ml100k_mtl import TASK_SETS
+  return config_lib.apply_overrides(experiment_config(), {
+      **TASK_SETS["all"], "strategy.name": strategy, "strategy.mode": mode})
+
+
+def multitask_entries(strategy: str, mode: str):
+  """{name: (step, state, compiled facts)} of `MT_VARIANTS`, one initial
+  state and batch."""
+  base = multitask_config(strategy, mode)
+  out, state, batch = {}, None, None
+  for name, (impl, shared, no_ynn) in MT_VARIANTS.items():
+    c = loop.Components(config_lib.apply_overrides(base, {
+        "aux.next_all.softmax_impl": impl,
+        "aux.next_all.shared_pass": shared}))
+    if state is None:
+      state, batch = loop.init_state(c), first_batch(c)
+    fn = jax.jit(make_train_step(c.model, c.tasks, c.strategy, c.optimizer,
+                                 c.config.strategy.mode))
+    t0 = time.perf_counter()
+    compiled = fn.lower(state, batch).compile(
+        compiler_options=NO_YNN if no_ynn else None)
     facts = {"compile_ms": (time.perf_counter() - t0) * 1e3,
              "gflop": step_flops(compiled) / 1e9,
              "xla_step_mb": step_bytes(compiled) / 2 ** 20}
     out[name] = (lambda s, b, fn=compiled: fn(s, b)[0], state, facts)
   return out, batch
+
+
+def step_diffs(entries: dict, batch) -> dict:
+  """{name: largest |parameter difference| after one step from the shared
+  initial state, against the 'today' row}: float rounding where the math
+  is the same (fused softmax, other kernels), 0 where the program is."""
+  def params(name):
+    fn, state, _ = entries[name]
+    return jax.tree_util.tree_leaves(fn(state, batch).params)
+  ref = params("today")
+  return {name: max(float(jnp.max(jnp.abs(a - b)))
+                    for a, b in zip(ref, params(name)))
+          for name in entries if name != "today"}
 
 
 def blocking(compiled):
@@ -242,10 +316,16 @@ def main(argv=None) -> None:
                  help="2 rounds of 2 calls (smoke test)")
   p.add_argument("--json", default=None)
   p.add_argument("--variants", default=",".join(VARIANTS))
+  p.add_argument("--rounds", type=int, default=7)
+  p.add_argument("--iters", type=int, default=5)
+  p.add_argument("--parts", default=",".join(PARTS),
+                 help=f"tables to measure, of {PARTS}")
+  p.add_argument("--multitask-strategies", default="mean:params,mgda:params",
+                 help="strategy:mode pairs of the multi-task tables")
   p.add_argument("--note", default="",
                  help="a line for the Markdown (e.g. other jobs running)")
   args = p.parse_args(argv)
-  rounds, iters = (2, 2) if args.quick else (7, 5)
+  rounds, iters = (2, 2) if args.quick else (args.rounds, args.iters)
   os.environ.setdefault("MTREC_DATA_DIR", "../shared/data")
   base = experiment_config()
   variants = args.variants.split(",")
@@ -259,40 +339,77 @@ def main(argv=None) -> None:
                         "num_layers": base.model.encoder.num_layers,
                         "head": base.aux.next_all.head}}
 
-  steps, batch = step_entries(base, variants)
+  name = f"sequence_step_{jax.devices()[0].platform}"
+
+  payload["loadavg_start"] = os.getloadavg()
+
+  def save():  # after every part, so a later failure keeps the tables
+    payload["loadavg_end"] = os.getloadavg()
+    write_outputs(name, payload, args.json, summary(payload, args.note))
+
+  parts = args.parts.split(",")
+  unknown = [x for x in parts if x not in PARTS]
+  if unknown:
+    raise SystemExit(f"--parts: unknown {unknown}; choose from {PARTS}")
+  steps, batch = step_entries(base, variants if "step" in parts
+                              else ["today"])
   c = loop.Components(base)
   num_items = c.dataset.features[[f.name for f in c.dataset.features].index(
       "hist_items")].num_rows
   weight = (batch["seq_targets"] != 0) & (batch["hist_items"] != 0)
   payload["real_positions"] = float(jnp.mean(weight))
   payload["num_items"] = int(num_items)
-  rows, load = timed(steps, batch, rounds, iters)
-  for r in rows:
-    r.update(steps[r["name"]][2])
-  payload["step"] = {"rows": table(rows, "today"), "other_load": load}
-  print(payload["step"], flush=True)
+  if "step" in parts:
+    rows, load = timed(steps, batch, rounds, iters)
+    for r in rows:
+      r.update(steps[r["name"]][2])
+    payload["step"] = {"rows": table(rows, "today"), "other_load": load,
+                       "max_abs_param_diff_vs_today": step_diffs(steps,
+                                                                 batch)}
+    print(payload["step"], flush=True)
+    save()
+  del steps
 
-  soft, diff = softmax_entries(batch, num_items, base.data.embed_dim)
-  rows, load = timed(soft, None, rounds, iters)
-  payload["softmax"] = {"rows": table(rows, "full"), "other_load": load,
-                        "max_abs_diff_value_and_grads": diff}
-  print(payload["softmax"], flush=True)
+  if "softmax" in parts:
+    soft, diff = softmax_entries(batch, num_items, base.data.embed_dim)
+    rows, load = timed(soft, None, rounds, iters)
+    payload["softmax"] = {"rows": table(rows, "full"), "other_load": load,
+                          "max_abs_diff_value_and_grads": diff}
+    print(payload["softmax"], flush=True)
+    save()
 
-  lg = loss_grad_entries(base, batch)
-  rows, load = timed(lg, batch, rounds, iters)
-  payload["loss_grad"] = {"rows": table(rows, "today"), "other_load": load}
-  unrolled_threefry(False)
-  print(payload["loss_grad"], flush=True)
+  if "loss_grad" in parts:
+    lg = loss_grad_entries(base, batch)
+    rows, load = timed(lg, batch, rounds, iters)
+    payload["loss_grad"] = {"rows": table(rows, "today"), "other_load": load}
+    unrolled_threefry(False)
+    print(payload["loss_grad"], flush=True)
+    save()
 
-  draws = dropout_draws(c, batch)
-  drop = dropout_entries(draws, float(base.model.encoder.dropout))
-  rows, load = timed(drop, None, rounds, iters)
-  payload["dropout_bits"] = {"rows": table(rows, "threefry2x32 rolled"),
-                             "other_load": load, "draws": draws}
-  print(payload["dropout_bits"], flush=True)
+  if "dropout" in parts:
+    draws = dropout_draws(c, batch)
+    drop = dropout_entries(draws, float(base.model.encoder.dropout))
+    rows, load = timed(drop, None, rounds, iters)
+    payload["dropout_bits"] = {"rows": table(rows, "threefry2x32 rolled"),
+                               "other_load": load, "draws": draws}
+    print(payload["dropout_bits"], flush=True)
+    save()
 
-  name = f"sequence_step_{jax.devices()[0].platform}"
-  write_outputs(name, payload, args.json, summary(payload, args.note))
+  if "multitask" in parts:
+    payload["multitask"] = {}
+    for pair in args.multitask_strategies.split(","):
+      strategy, mode = pair.split(":")
+      mt, mt_batch = multitask_entries(strategy, mode)
+      rows, load = timed(mt, mt_batch, rounds, iters)
+      for r in rows:
+        r.update(mt[r["name"]][2])
+      payload["multitask"][pair] = {"rows": table(rows, "mt_today"),
+                                    "other_load": load}
+      print(pair, payload["multitask"][pair], flush=True)
+      save()
+      del mt
+
+  save()
 
 
 def summary(payload: dict, note: str) -> str:
@@ -307,23 +424,41 @@ def summary(payload: dict, note: str) -> str:
       f"rounds x {payload['iters']} calls.", ""]
   if note:
     lines += [note, ""]
-  lines += ["## Full train step (forward, backward, AdamW)", "",
-            "| variant | softmax_impl | Threefry on CPU | step ms | "
-            "speed-up | XLA GFLOP | XLA MiB | compile ms |",
-            "|---|---|---|---|---|---|---|---|"]
-  for r in payload["step"]["rows"]:
-    s, u = VARIANTS[r["name"]]
-    lines.append(f"| {r['name']} | {s} | "
-                 f"{'unrolled' if u else 'rolled'} | {r['ms']:.1f} | "
-                 f"{r['speedup']:.2f}x | {r['gflop']:.2f} | "
-                 f"{r['xla_step_mb']:.0f} | {r['compile_ms']:.0f} |")
-  lines += ["", f"Other processes kept {payload['step']['other_load']:.2f} "
-            f"cores busy on average while the steps were timed.", ""]
+  if "loadavg_start" in payload:
+    lines += ["Load average (1, 5, 15 min) at the start: " + ", ".join(
+        f"{x:.1f}" for x in payload["loadavg_start"]) + "; at the last "
+        "table: " + ", ".join(f"{x:.1f}" for x in payload["loadavg_end"])
+        + ".", ""]
+  if "step" in payload:
+    lines += ["## Full train step (forward, backward, AdamW)", "",
+              "| variant | softmax_impl | Threefry on CPU | YNNPACK | "
+              "step ms | speed-up | XLA GFLOP | XLA MiB | compile ms |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in payload["step"]["rows"]:
+      s, u, y = VARIANTS[r["name"]]
+      lines.append(f"| {r['name']} | {s} | "
+                   f"{'unrolled' if u else 'rolled'} | "
+                   f"{'off' if y else 'on'} | {r['ms']:.1f} | "
+                   f"{r['speedup']:.2f}x | {r['gflop']:.2f} | "
+                   f"{r['xla_step_mb']:.0f} | {r['compile_ms']:.0f} |")
+    diffs = payload["step"].get("max_abs_param_diff_vs_today", {})
+    lines += ["", f"Other processes kept {payload['step']['other_load']:.2f} "
+              f"cores busy on average while the steps were timed.  Largest "
+              f"absolute parameter difference after one step from the same "
+              f"state, against 'today': " + ", ".join(
+                  f"{n} {d:.1e}" for n, d in diffs.items()) + " (AdamW's "
+              f"first update is lr * g / (|g| + eps) per entry, so a "
+              f"gradient entry near 0 whose rounding differs moves by up "
+              f"to lr = 1e-3: rounding amplified by that normalisation; "
+              f"today+noynn, the same program with other kernels, shows the "
+              f"same size).", ""]
   for key, title in (("softmax", "Cross-entropy and its gradient alone "
                       "(fixed [B, L, E] inputs)"),
                      ("loss_grad", "next_all loss and parameter gradient "
                       "(no optimizer)"),
                      ("dropout_bits", "Dropout masks of one step alone")):
+    if key not in payload:
+      continue
     part = payload[key]
     lines += [f"## {title}", "", "| implementation | ms | speed-up |",
               "|---|---|---|"]
@@ -338,6 +473,20 @@ def summary(payload: dict, note: str) -> str:
     if key == "dropout_bits":
       extra = f" {part['draws']:,} Bernoulli draws per step."
     lines += ["", f"Other load {part['other_load']:.2f} cores.{extra}", ""]
+  for pair, part in payload.get("multitask", {}).items():
+    strategy, mode = pair.split(":")
+    lines += [f"## Multi-task step: next_all + rating_all + like_all + "
+              f"genre_all, strategy {strategy} ({mode} mode)", "",
+              "| variant | softmax_impl | shared_pass | YNNPACK | step ms | "
+              "speed-up | XLA GFLOP | XLA MiB | compile ms |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in part["rows"]:
+      impl, shared, y = MT_VARIANTS[r["name"]]
+      lines.append(f"| {r['name']} | {impl} | {shared} | "
+                   f"{'off' if y else 'on'} | {r['ms']:.1f} | "
+                   f"{r['speedup']:.2f}x | {r['gflop']:.2f} | "
+                   f"{r['xla_step_mb']:.0f} | {r['compile_ms']:.0f} |")
+    lines += ["", f"Other load {part['other_load']:.2f} cores.", ""]
   return "\n".join(lines) + "\n"
 
 
