@@ -117,6 +117,13 @@ def test_run_status_table_export_match_the_cli(spec, tmp_path, capsys):
                                                    for r in results]
   assert [s.status for s in api.status(spec, store=store)] == ["done"] * 4
 
+  # A file spec's run is found for serving like a registered one's.
+  from mtrec_jax.serve import load
+  found = load.find_run_dir(spec, where={"strategy": "sum"}, seed=1,
+                            store=store)
+  assert found.parent == (workdir / "api-tiny").resolve()
+  assert found.name.startswith("strategy=sum,seed=1@")
+
   t = api.table(spec, store=store)
   assert isinstance(t, tables.Table)
   assert t.row_labels() == ["strategy=mean", "strategy=sum"]

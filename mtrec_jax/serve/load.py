@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
-from mtrec_jax import config as config_lib
+from mtrec_jax import config as config_lib, plugins
 from mtrec_jax.registry import CONFIG_SECTIONS, EXPERIMENTS, UnknownNameError
 from mtrec_jax.results import run_files
 
@@ -129,7 +129,7 @@ def find_run_dir(run: str | pathlib.Path, *, where=None, seed: int = 0,
   if path.exists():
     raise FileNotFoundError(f"{str(path)!r} holds no {CONFIG_FILE}; give a "
                             f"run folder (WORKDIR/<experiment>/<run>/)")
-  if str(run) not in EXPERIMENTS:
+  if str(run) not in EXPERIMENTS and not plugins.is_spec(str(run)):
     raise FileNotFoundError(
         f"{str(run)!r} is neither a run folder (with {CONFIG_FILE}) nor a "
         f"registered experiment; give a path to a run folder, or an "
