@@ -421,3 +421,20 @@ def test_text_keys_are_optional_and_their_defaults_agree():
   assert ids["model"]["item_repr"] == "id" and "text" in ids["model"]
   over = config_lib.apply_overrides(c, {"model.item_repr": "text"})
   assert config_lib.config_hash(over) != config_lib.config_hash(c)
+
+
+def test_cold_items_are_targets_with_few_training_interactions():
+  from types import SimpleNamespace
+  from experiments.ml100k_text import cold_items
+  popularity = [0, 7, 4, 5, 0, 1]
+  targets = np.array([1, 2, 3, 4, 5, 2, 1])
+  ds = SimpleNamespace(
+      tasks=[SimpleNamespace(name="rating", label="r"),
+             SimpleNamespace(name="next_item", label="target_item")],
+      info={"item_popularity": popularity},
+      split=lambda name: {"target_item": targets})
+  want = [popularity[t] < 5 for t in targets]  # by hand: 2, 4, 5 are cold
+  assert cold_items(ds).tolist() == want == [False, True, False, True, True,
+                                             True, False]
+  assert cold_items(ds, threshold=1).tolist() == [False, False, False, True,
+                                                  False, False, False]
