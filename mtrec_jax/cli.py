@@ -11,7 +11,7 @@
     mtrec table NAME [--metric M ...] [--format md|latex] [--rows AXIS,...]
                      [--baseline auto|none|AXIS=V,...] [--where AXIS=V1,V2 ...]
                      [--seeds ...] [--set k=v ...] [--store PATH | --from DIR]
-    mtrec paper [--paper DIR] [--from DIR] [--check] [--export [--store PATH]]
+    mtrec paper [--paper D] [--from DIR] [--check] [--export [A,B] [--store P]]
     mtrec store backup OUT | verify [--store PATH]
 
 Every run is recorded in the results store (an SQLite file; default
@@ -122,16 +122,16 @@ def cmd_table(args) -> int:
 
 def cmd_paper(args) -> int:
   from mtrec_jax.results import paper
-  if args.export and (args.check or args.from_dir is not None):
+  if args.export is not None and (args.check or args.from_dir is not None):
     raise ValueError("--export writes PAPER/results from the store and then "
                      "regenerates the paper from it; it goes without --check "
                      "and --from (run `mtrec paper --check` afterwards)")
-  if args.store is not None and not args.export:
+  if args.store is not None and args.export is None:
     raise ValueError("--store is read only by --export (the paper itself is "
                      "generated from PAPER/results/*.jsonl); add --export")
   paper_dir = pathlib.Path(args.paper)
-  if args.export:
-    for f in paper.export_from_store(paper_dir, args.store):
+  if args.export is not None:
+    for f in paper.export_from_store(paper_dir, args.store, args.export):
       print(f"exported {f}")
   md = paper_dir / paper.PAPER_FILE
   if args.check:
@@ -252,9 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
   paper.add_argument("--check", action="store_true",
                      help="write nothing; exit 1 when a generated region of "
                           "paper.md differs from its regeneration")
-  paper.add_argument("--export", action="store_true",
-                     help="first write PAPER/results/<experiment>.jsonl for "
-                          "every experiment the paper uses, from the store")
+  paper.add_argument("--export", nargs="?", const="", metavar="NAMES",
+                     help="first write PAPER/results/<name>.jsonl of each "
+                          "experiment of the paper (or of NAMES: a,b), from "
+                          "the store")
   paper.add_argument("--store", type=store_lib.store_arg, default=None,
                      help="the results store --export reads (default: "
                           "$MTREC_STORE or ./results/mtrec.db)")
