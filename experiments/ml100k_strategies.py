@@ -16,7 +16,10 @@ validation next-item NDCG@10, the main task's metric, for every strategy,
 so no strategy picks its checkpoint by its own weighted loss).  The next-item
 softmax is the fused, chunked one (`aux.next_all.softmax_impl = 'fused'`):
 the same loss as the full softmax up to float rounding, without the
-[B, L, V] logits.  `--population auto` trains the 3 seeds of a strategy in
+[B, L, V] logits.  The four tasks read one encoder pass per step
+(`aux.next_all.shared_pass`), as the towers of a shared-bottom model read
+one shared forward pass (the tasks share its dropout masks; see
+`mtrec_jax/tasks/auxiliary.py`).  `--population auto` trains the 3 seeds of a strategy in
 one program (`mtrec_jax/train/population.py`); strategies that read extra
 batches train their seeds one at a time.
 
@@ -45,9 +48,10 @@ STRATEGY_ROWS = {
 
 
 def strategies_config():
-  """`ml100k-mtl`'s all-positions model with the fused next-item softmax."""
+  """`ml100k-mtl`'s all-positions model, fused softmax, one encoder pass."""
   c = all_positions_config()
   c.aux.next_all.softmax_impl = "fused"
+  c.aux.next_all.shared_pass = True
   return c
 
 
