@@ -201,3 +201,15 @@ def test_added_keys_fill_only_missing_keys():
   cfg["aux"]["next_all"]["num_negatives"] = 7
   assert fill(cfg, V1_ADDED)["aux"]["next_all"]["num_negatives"] == 7
   assert fill({"aux": {}}, V1_ADDED) == {"aux": {}}
+
+
+def test_runs_stored_before_shared_pass_keep_their_identity():
+  """Schema 4: census-strategies' 90 runs were stored before
+  aux.next_all.shared_pass existed; they ran separate passes (False)."""
+  run = experiment_lib.get_experiment("census-strategies").runs()[0]
+  old = config_lib.to_dict(run.config)
+  del old["aux"]["next_all"]["shared_pass"]
+  assert store_lib.stored_config_hash(old) == config_lib.config_hash(
+      run.config)
+  assert config_lib.config_hash(old) != config_lib.config_hash(run.config)
+  assert 4 in store_lib._MIGRATIONS and store_lib.SCHEMA_VERSION >= 4

@@ -89,7 +89,7 @@ from mtrec_jax import config as config_lib
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
 SOURCES = ("eval", "train")  # the `series` table's kinds of records
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 # Config keys added since runs were first stored, with the default each was
@@ -107,8 +107,8 @@ ADDED_KEYS: dict[str, Any] = {
     "aux.next_all.softmax_impl": "full",
     # Issue 13: rep mode's Gramian (rows is what rep mode computed before).
     "strategy.rep_gramian": "rows",
-    # Issue 15: one encoder pass for the unmasked-sequence aux tasks
-    # (needs a `_rekey()` migration with the next schema version).
+    # Schema 4 (issue 15): one encoder pass for the unmasked-sequence aux
+    # tasks (separate passes are what ran before).
     "aux.next_all.shared_pass": False,
 }
 
@@ -254,6 +254,8 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None],
     2: (_rekey(keep_column="config_hash_v1"),),
     # optimizer.b1/b2, aux.next_all.softmax_impl, strategy.rep_gramian.
     3: (_rekey(),),
+    # aux.next_all.shared_pass.
+    4: (_rekey(),),
 }
 
 
