@@ -204,9 +204,10 @@ def test_added_keys_fill_only_missing_keys():
 
 
 def test_runs_stored_before_shared_pass_keep_their_identity():
-  """Schema 4: census-strategies' 90 runs were stored before
-  aux.next_all.shared_pass existed; they ran separate passes (False)."""
-  run = experiment_lib.get_experiment("census-strategies").runs()[0]
+  """Schema 4: ml100k-mtl's runs were stored before aux.next_all.shared_pass
+  existed; they ran separate passes (False)."""
+  run = [r for r in experiment_lib.get_experiment("ml100k-mtl").runs()
+         if r.name == "tasks=all,seed=0"][0]
   old = config_lib.to_dict(run.config)
   del old["aux"]["next_all"]["shared_pass"]
   assert store_lib.stored_config_hash(old) == config_lib.config_hash(
