@@ -30,9 +30,12 @@ Deliberate differences and costs of 'finetune':
 * every forward encodes all V items (1,683 on ML-100K), because the
   all-positions next-item task scores every item with a full softmax and
   so needs every row of the table: encoding only a batch's items would mix
-  fine-tuned rows with stale frozen ones.  The cost per step relative to ids
-  only is measured by `benchmarks/text_encoder.py --steps` (results in
-  benchmarks/results/), not assumed here;
+  fine-tuned rows with stale frozen ones.  Measured by
+  `benchmarks/text_encoder.py --steps` on the shared 2-core CPU, ml100k-text
+  in params mode (benchmarks/results/text_encoder_steps_cpu.md): a
+  fine-tuned step (4 of 6 layers frozen) cost 43 ids-only steps, a
+  frozen-feature step about one (0.81, within the noise); in params mode
+  every task's gradient goes back through the trainable layers;
 * no dropout inside BERT (deterministic), so the several reads of the table
   in one step are the same computation and XLA can share it;
 * the word-embedding table is cut to the tokens the item texts use (same
