@@ -119,3 +119,19 @@ def test_package_docs_point_to_generated_numbers_instead_of_copying():
                    "file (replace them by 'see benchmarks/results/...'):\n"
                    + "\n".join(bad))
   assert not missing, "\n".join(missing)
+
+
+# A measured value as the tables print it (4 decimals, or a signed Δm%).
+TABLE_VALUE = re.compile(r"\d\.\d{3,}|Δm% ?[+−-]\d")
+GENERATED_REGION = re.compile(r"<!-- mtrec:\w+[^>]*-->.*?<!-- mtrec:end -->",
+                              re.S)
+
+
+def test_paper_prose_points_at_tables_instead_of_copying():
+  """Prose outside the generated regions of paper.md names rows and columns;
+  a value copied by hand would drift when the results are regenerated."""
+  prose = GENERATED_REGION.sub("", (ROOT / "paper" / "paper.md").read_text())
+  copied = [line for line in prose.splitlines() if TABLE_VALUE.search(line)]
+  assert not copied, copied
+  assert TABLE_VALUE.search("NDCG@10 0.0760 against") and TABLE_VALUE.search(
+      "by Δm% −15.3")
