@@ -75,8 +75,10 @@ from mtrec_jax.results import loggers
 from mtrec_jax.results import provenance as provenance_lib
 from mtrec_jax.results import run_files
 from mtrec_jax.train import checkpoints
+from mtrec_jax.train import faults
 from mtrec_jax.train import loop
 from mtrec_jax.train import parallel
+from mtrec_jax.train import preemption
 from mtrec_jax.train import state as state_lib
 from mtrec_jax.train.evaluate import evaluate, make_predict_fn
 from mtrec_jax.train.optim import learning_rate_schedule, make_optimizer
@@ -471,12 +473,19 @@ def train_population(claimed: Sequence, *, experiment: str = "",
       m.logger = stack.enter_context(loggers.make_loggers(m.c.config,
                                                           m.workdir))
     try:
-      outs = _train(members, inits, restored, step_fn, state0, hp_dev,
-                    sharding, compile_s, progress, log)
+      with preemption.watch() as stop:
+        outs = _train(members, inits, restored, step_fn, state0, hp_dev,
+                      sharding, compile_s, progress, log, stop)
       for m, res, out in zip(members, results, outs):
         res.update(out)
         if report is not None:
           res["report"] = report(res, m.c.dataset)
+    except preemption.Preempted as e:  # each member checkpointed, as solo
+      for m, res in zip(members, results):
+        res.update(status="preempted", error=str(e), steps=e.step,
+                   wall_time_s=time.time() - start)
+        run_files.write_json(m.workdir / "result.json", res)
+      raise
     except Exception as e:
       for m, res in zip(members, results):
         res.update(status="failed", error=f"{type(e).__name__}: {e}",
@@ -491,7 +500,10 @@ def train_population(claimed: Sequence, *, experiment: str = "",
 
 
 def _train(members, inits, restored, step_fn, state, hp, sharding,
-           compile_s, progress, log) -> list[dict]:
+           compile_s, progress, log, stop=None) -> list[dict]:
+  """The population's loop; `stop` (`preemption.Flag`): on SIGTERM/SIGINT
+  every member still training checkpoints this step and `Preempted` is
+  raised, as `loop._train` does for one run."""
   c0 = members[0].c
   tcfg = c0.config.train
   evaluator = _Evaluator(c0, [m.c for m in members], sharding)
@@ -528,6 +540,7 @@ def _train(members, inits, restored, step_fn, state, hp, sharding,
       batch = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
       state, metrics = step_fn(state, batch, hp)
       step += 1
+      faults.hit(step, "step")
       if first:
         jax.block_until_ready(state)
         compile_s += time.time() - loop_start  # as solo: with step 1
@@ -569,8 +582,11 @@ def _train(members, inits, restored, step_fn, state, hp, sharding,
             m.stopped = bool(tcfg.patience and m.bad_evals >= tcfg.patience)
         if improved.any():
           best = _where(improved, state.params, best)
+      preempt = bool(stop) and not last
       for m in active:
-        if m.saver.due(step, last or m.stopped):
+        if m.saver.due(step, last or m.stopped) or (
+            preempt and not m.stopped and m.saver.keep and
+            m.saver.store is not None):
           # The solo run's checkpoint: its state, best parameters and meta.
           m.saver.store.save(
               step, _member(state, m.index), _member(best, m.index),
@@ -581,6 +597,9 @@ def _train(members, inits, restored, step_fn, state, hp, sharding,
           m.saver.last_save = time.monotonic()
         if m.stopped or last:
           _finish(m, state, step)
+      if preempt and not all(m.done for m in members):
+        raise preemption.Preempted(stop.signum, step, all(
+            m.saver.keep > 0 and m.saver.store is not None for m in members))
   for m in members:
     if not m.done:  # a resumed population already at num_steps
       _finish(m, state, step)

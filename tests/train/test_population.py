@@ -252,3 +252,27 @@ def test_population_sharded_over_a_mesh_equals_one_device():
   assert "  trained as one population of 2" in res["logs"]
   for a, b in zip(res["one"], res["mesh_results"]):
     assert_close(a, b, "mesh vs one device")
+
+
+def test_sigterm_checkpoints_every_member_and_resume_ends_as_solo(
+    seeds, monkeypatch):
+  """SIGTERM at step 13 (`train.faults`' hook; the population's
+  `preemption.watch` turns it into a flag): every member checkpoints step 13
+  and is marked preempted, result.json says so; --resume continues the
+  population from step 13 and ends as the solo runs."""
+  tmp, exp, solo, _, _ = seeds
+  monkeypatch.setenv("MTREC_FAULT", "SIGTERM@13:step")
+  cut, _ = sweep_of(exp, tmp, "term", population.PopulationTrainer(3),
+                    selection=CHECKPOINTS)
+  assert [o.status for o in cut.outcomes] == ["preempted"] * 3
+  for o in cut.outcomes:
+    folder = next((tmp / "term" / "poptest").glob(f"{o.run.name}@*"))
+    assert (folder / "checkpoints" / "13").is_dir()
+    assert json.loads((folder / "result.json").read_text())["status"] == (
+        "preempted")
+  monkeypatch.delenv("MTREC_FAULT")
+  again, logs = sweep_of(exp, tmp, "term", population.PopulationTrainer(3),
+                         resume=True, selection=CHECKPOINTS)
+  assert any("resuming the population from the checkpoint of step 13" in m
+             for m in logs), logs
+  assert_same_runs(solo, again)
