@@ -81,11 +81,14 @@ def write_module(path: pathlib.Path, prefix: str) -> pathlib.Path:
 def pip_install(project: pathlib.Path, target: pathlib.Path) -> None:
   """A real, offline install (no index, no build isolation: the installed
   setuptools builds it) into `target`, which tests put on PYTHONPATH."""
-  subprocess.run(
+  done = subprocess.run(
       [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
        "--no-index", "--no-build-isolation", "--disable-pip-version-check",
        "--target", str(target), str(project)],
-      check=True, capture_output=True, text=True, timeout=300)
+      capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, (
+      f"pip could not install {project.name} (setuptools>=70.1 from the "
+      f"'test' extra builds it):\n{done.stdout}\n{done.stderr}")
 
 
 def make_project(root: pathlib.Path, dist: str, package: str,
