@@ -1,4 +1,5 @@
-"""`mtrec store backup OUT` and `mtrec store verify`: a live store as one file.
+"""`mtrec store backup OUT` and `mtrec store verify`: a live store as one file;
+`mtrec store import FILE...`: exported runs back into a store.
 
 A store in WAL mode keeps its latest committed transactions in
 ``mtrec.db-wal`` until a checkpoint copies them into ``mtrec.db``; after a
@@ -27,6 +28,7 @@ import tempfile
 from typing import Any
 
 from mtrec_jax.results import postgres
+from mtrec_jax.results import records
 from mtrec_jax.results import run_files
 from mtrec_jax.results import store as store_lib
 
@@ -173,17 +175,32 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def cmd_store(args) -> int:
-  """`mtrec store backup OUT` / `mtrec store verify` (see the module doc)."""
-  if args.action == "backup":
-    if not args.out:
-      raise ValueError("mtrec store backup needs the output file: "
-                       "mtrec store backup OUT [--store PATH]")
-    s = backup(args.store, args.out)
-    print(f"wrote {args.out} from {args.store}: {format_summary(s)}")
+  """`mtrec store backup OUT` / `verify` (see the module doc) / `import
+  FILE...` (`records.import_records`)."""
+  files = args.files
+  if args.action == "import":
+    if not files:
+      raise ValueError("mtrec store import needs the export files: mtrec "
+                       "store import FILE.jsonl... [--store PATH]")
+    with store_lib.Store(args.store) as store:
+      for f in files:
+        n = records.import_records(store, f)
+        print(f"{f} -> {args.store}: {n['imported']} runs imported, "
+              f"{n['already']} already there, {n['unfinished']} not "
+              f"finished (left to run)" +
+              (f"; {n['rekeyed']} re-keyed (exported before config keys "
+               f"were added)" if n["rekeyed"] else ""))
     return 0
-  if args.out:
-    raise ValueError(f"mtrec store verify takes no output file (got "
-                     f"{args.out!r}); it checks --store PATH in place")
+  if args.action == "backup":
+    if len(files) != 1:
+      raise ValueError("mtrec store backup needs one output file: "
+                       "mtrec store backup OUT [--store PATH]")
+    s = backup(args.store, files[0])
+    print(f"wrote {files[0]} from {args.store}: {format_summary(s)}")
+    return 0
+  if files:
+    raise ValueError(f"mtrec store verify takes no file (got "
+                     f"{' '.join(files)}); it checks --store PATH in place")
   try:
     s = verify(args.store)
   except VerifyError as e:
@@ -196,9 +213,12 @@ def cmd_store(args) -> int:
 def add_parser(command) -> None:
   """Adds `mtrec store` through cli.py's `command` helper."""
   sp = command("store", cmd_store, "back up a live results store to one "
-               "self-contained file, or verify one", store=True)
-  sp.add_argument("action", choices=("backup", "verify"),
+               "self-contained file, verify one, or import exported runs",
+               store=True)
+  sp.add_argument("action", choices=("backup", "verify", "import"),
                   help="backup: copy --store to OUT (safe while runs write "
-                       "to it); verify: integrity check and counts")
-  sp.add_argument("out", nargs="?", metavar="OUT",
-                  help="the backup file (backup only)")
+                       "to it); verify: integrity check and counts; import: "
+                       "store the finished runs of exported jsonl files (a "
+                       "sweep then skips them)")
+  sp.add_argument("files", nargs="*", metavar="FILE",
+                  help="backup: the output file; import: the jsonl exports")

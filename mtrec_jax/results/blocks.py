@@ -241,6 +241,13 @@ def partial_experiments(blocks: Iterable[Block], where: str = "the spec"
   return {e for e, f in flags.items() if True in f}
 
 
+def train_log_experiments(blocks: Iterable[Block]) -> set[str]:
+  """The experiments with a figure that draws from the runs' train_log."""
+  from mtrec_jax.results import figures
+  return {b.experiment for b in blocks if isinstance(b, Figure) and
+          figures.reads_train_log(b.kind, b.options)}
+
+
 def experiments_of(blocks: Iterable[Block]) -> list[str]:
   """The experiments the blocks use, in order of first use; a BenchTable
   reads a benchmark file, not an experiment, so it adds none."""

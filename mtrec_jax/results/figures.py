@@ -233,6 +233,14 @@ def _trajectories(results, base, *, prefix: str, what: str, ylabel: str,
   return _render(draw, base)
 
 
+def reads_train_log(kind: str, options: Mapping[str, Any]) -> bool:
+  """Whether a figure of `kind` with `options` draws from the runs'
+  train_log (the bulk of an export: `mtrec paper --export` keeps it only
+  for the experiments of such figures)."""
+  return kind in ("weights", "cosines") or (
+      kind == "validation" and options.get("source") == "train_log")
+
+
 def weights(results: Sequence[dict], base: str | pathlib.Path, *,
             by: Sequence[str] | None = None,
             where: Mapping[str, Any] | None = None,

@@ -62,7 +62,7 @@ from mtrec_jax.results.bench_tables import (  # noqa: F401
     read_bench, render_bench)
 from mtrec_jax.results.blocks import (  # noqa: F401
     BENCH_DIR, SPEC_FILE, BenchTable, Block, Column, Figure, Table,
-    experiments_of, load_spec, partial_experiments)
+    experiments_of, load_spec, partial_experiments, train_log_experiments)
 from mtrec_jax.results.records import (  # noqa: F401
     EXPORT_KEYS, dumps_records, export, missing_record, no_results_message,
     read_results, record, store_results, write_atomic)
@@ -343,7 +343,8 @@ def export_from_store(paper_dir: str | os.PathLike = "paper",
         f"(or set $MTREC_STORE)")
   with store_lib.Store(path, create=False) as store:
     written = export(store, names, paper_dir / RESULTS_DIR,
-                     partial=sorted(partial_experiments(blocks)))
+                     partial=sorted(partial_experiments(blocks)),
+                     train_log=train_log_experiments(blocks))
   for n in names:
     if paper_dir / RESULTS_DIR / f"{n}.jsonl" not in written:
       print(f"not exported {n}: the store has none of the runs of its "

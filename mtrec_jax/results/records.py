@@ -4,9 +4,9 @@ The paper and `mtrec table --from` read ``<dir>/<experiment>.jsonl``, a
 small frozen export of the results store (`export`, ``mtrec paper
 --export``): each run of the experiment's current grid, in grid order (a run
 not in the store is a ``missing`` record, so a missing seed stays visible),
-with what tables and figures need (grid, status, metrics, report, train log,
-eval history, the run's measured durations and population for the cost
-column) and the provenance a reviewer needs (config and its hash, seed,
+with what tables and figures need (grid, status, metrics, report, eval
+history, the run's measured durations and population for the cost column;
+the train log only where a figure draws it) and the provenance a reviewer needs (config and its hash, seed,
 attempt, git commit, package versions, device); clock times, run ids and
 paths are left out, so exporting the same store twice gives the same bytes.
 """
@@ -16,11 +16,11 @@ import json
 import os
 import pathlib
 import tempfile
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 from mtrec_jax.registry import closest
 from mtrec_jax.results.run_files import file_mode, plain
-from mtrec_jax.results.status import MISSING
+from mtrec_jax.results.status import FINAL, MISSING
 
 # The keys of a result that the export keeps (see the module docstring);
 # anything else (clock times, run ids, params_dir, ...) is left out. The
@@ -126,6 +126,14 @@ def read_results(results_dir: str | os.PathLike, experiment: str) -> list[dict]:
     raise FileNotFoundError(
         no_results_message(experiment, str(path)) + hint +
         (f"; {results_dir} has: {', '.join(have)}" if have else ""))
+  out = [rec for _, rec in read_lines(path)]
+  if not out:
+    raise ValueError(no_results_message(experiment, f"{path} (empty)"))
+  return out
+
+
+def read_lines(path: pathlib.Path) -> list[tuple[int, dict]]:
+  """(line number, record) of each non-blank line of an export file."""
   out = []
   for i, line in enumerate(path.read_text().splitlines()):
     if not line.strip():
@@ -138,10 +146,76 @@ def read_results(results_dir: str | os.PathLike, experiment: str) -> list[dict]:
     if not isinstance(rec, dict):
       raise ValueError(f"{path}:{i + 1}: each line must be one result "
                        f"object, got {type(rec).__name__}")
-    out.append(rec)
-  if not out:
-    raise ValueError(no_results_message(experiment, f"{path} (empty)"))
+    out.append((i + 1, rec))
   return out
+
+
+# What a record must hold to stand for a finished run in a store.
+_IMPORT_KEYS = ("experiment", "run_name", "grid", "seed", "config_hash",
+                "config", "status", "metrics")
+
+
+def import_records(store, path: str | os.PathLike) -> dict[str, int]:
+  """`mtrec store import FILE`: the finished runs of an export (``mtrec
+  paper --export``, ``mtrec export --format jsonl``) stored as runs of
+  `store`, so a sweep on this store skips them and tables read them.
+
+  Why: a store lives on one machine; an export is what a repository keeps
+  and a colleague sends. A long grid run over several machines (or
+  sessions whose disks do not last) continues from the last export:
+  ``mtrec store import`` it into a fresh store, then ``mtrec run NAME
+  --resume``.  Each done or diverged record becomes one attempt with its
+  own seed, data hash and config hash, as the store's migrations compute it
+  (`store.stored_config_hash`: an export from before a config key was added
+  is re-keyed as the store it came from was), via `Store.claim`, then
+  `Store.finish` with its eval history; so a run the store already has (done or diverged
+  on the same data) is left as it is: importing twice changes nothing.
+  Records of other statuses (missing, failed, preempted, running) are
+  counted and skipped: those runs are to be run. The whole file is checked
+  before anything is stored; an error names the file and line. Attempt
+  numbers count this store's attempts (an imported run is attempt 1).
+
+  Returns counts: {"imported", "already", "unfinished", "rekeyed"}.
+  """
+  from mtrec_jax.results import store as store_lib
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"no export file {path}; write one with `mtrec "
+                            f"paper --export` or `mtrec export NAME --format "
+                            f"jsonl`")
+  lines = read_lines(path)
+  for n, rec in lines:
+    lost = [k for k in _IMPORT_KEYS if k not in rec]
+    if lost and rec.get("status") in FINAL:
+      raise ValueError(f"{path}:{n}: a {rec['status']} record without "
+                       f"{', '.join(lost)}; it is not an export of a stored "
+                       f"run (re-export it with `mtrec paper --export`)")
+  counts = {"imported": 0, "already": 0, "unfinished": 0, "rekeyed": 0}
+  for n, rec in lines:
+    if rec.get("status") not in FINAL:
+      counts["unfinished"] += 1
+      continue
+    # An export made before a config key was added carries the hash of
+    # then; the store's migrations re-key such runs (`store._rekey`), and so
+    # does the import.
+    config_hash = store_lib.stored_config_hash(rec["config"])
+    counts["rekeyed"] += config_hash != rec["config_hash"]
+    data = rec.get("data") if isinstance(rec.get("data"), dict) else {}
+    run_id = store.claim(rec["experiment"], rec["run_name"], rec["grid"],
+                         rec["config"], config_hash, rec["seed"],
+                         provenance=rec, data_hash=data.get("hash"))
+    if run_id is None:
+      counts["already"] += 1
+      continue
+    result = {k: v for k, v in rec.items() if k != "evals"}
+    result["config_hash"] = config_hash
+    try:
+      store.finish(run_id, result, evals=rec.get("evals") or ())
+    except BaseException as e:
+      store.fail(run_id, f"import of {path}:{n} failed: {e}")
+      raise ValueError(f"{path}:{n}: {e}") from e
+    counts["imported"] += 1
+  return counts
 
 
 def dumps_records(records: Iterable[Mapping]) -> str:
@@ -173,17 +247,26 @@ def write_atomic(files: Mapping[pathlib.Path, bytes]) -> None:
 
 
 def export(store, experiments: Sequence[str], out_dir: str | os.PathLike,
-           partial: Sequence[str] = ()) -> list[pathlib.Path]:
+           partial: Sequence[str] = (),
+           train_log: Collection[str] | None = None) -> list[pathlib.Path]:
   """Writes out_dir/<experiment>.jsonl for each experiment, from the store;
   all files or none. Raises when an experiment has no run of its current
   grid in the store, unless it is in `partial` (a grid still running,
-  `Table.partial`): that one is skipped, its file left as it is."""
+  `Table.partial`): that one is skipped, its file left as it is.
+
+  `train_log`: the experiments whose records keep their train log (None:
+  all). The per-step training losses and weights are most of an export's
+  bytes and only some figures draw them (`blocks.train_log_experiments`);
+  the store keeps them either way."""
   from mtrec_jax import experiment as experiment_lib
   out_dir = pathlib.Path(out_dir)
   files = {}
   for name in experiments:
     exp = experiment_lib.get_experiment(name)
     records = store_results(store, name, exp.runs(), evals=True)
+    if train_log is not None and name not in train_log:
+      for r in records:
+        r["train_log"] = []
     if all(r["status"] == MISSING for r in records) and name in partial:
       continue
     if all(r["status"] == MISSING for r in records):

@@ -306,8 +306,18 @@ def test_export_is_deterministic_and_keeps_only_what_is_needed(tmp_path):
   assert missing["status"] == "missing" and missing["metrics"] == {}
   assert done["status"] == "done" and done["git"] == PROV["git"]
   assert done["evals"][0]["val/task1/mse"] == pytest.approx(0.1)
-  assert done["train_log"] and done["config"]["model"]["name"] == (
-      "shared_bottom")
+  assert done["config"]["model"]["name"] == "shared_bottom"
+  # No figure of the spec draws the train log: the export leaves it out ...
+  assert done["train_log"] == [] and missing["train_log"] == []
+  # ... and keeps it for an experiment with such a figure.
+  (d / "paper_spec.py").write_text(SPEC.replace(
+      '"validation", caption', '"weights", caption'))
+  code, msg = _main("paper", "--paper", d, "--export", "--store", store)
+  assert code == 0, msg
+  done = json.loads(out.read_text().splitlines()[0])
+  assert [r["step"] for r in done["train_log"]] == [10, 20]
+  (d / "paper_spec.py").write_text(SPEC)
+  assert _main("paper", "--paper", d, "--export", "--store", store)[0] == 0
   for key in ("params_dir", "run_id", "started_at", "ended_at",
               "superseded"):  # clock times, ids and paths: left out
     assert key not in done
@@ -319,6 +329,70 @@ def test_export_is_deterministic_and_keeps_only_what_is_needed(tmp_path):
   assert code == 0, msg
   assert "| mmoe " in (d / "paper.md").read_text()
   assert "model=mmoe: seed 0 missing" in (d / "paper.md").read_text()
+
+
+def test_store_import_restores_an_export_the_sweep_then_skips(tmp_path):
+  """`mtrec store import`: an export's finished runs stored again (a store
+  lost with its machine continues from the repository's export); exporting
+  the restored store gives the same bytes; importing twice adds nothing;
+  a missing run stays to be run."""
+  store = tmp_path / "s.db"
+  _store_runs(store, ["shared_bottom"])
+  d = _paper_dir(tmp_path)
+  out = d / "results" / "quickstart.jsonl"
+  assert _main("paper", "--paper", d, "--export", "--store", store)[0] == 0
+  first = out.read_bytes()
+  fresh = tmp_path / "fresh.db"
+  code, msg = _main("store", "import", out, "--store", fresh)
+  assert code == 0, msg
+  assert "1 runs imported, 0 already there, 1 not finished" in msg
+  code, msg = _main("store", "import", out, "--store", fresh)
+  assert code == 0 and "0 runs imported, 1 already there" in msg, msg
+  assert _main("paper", "--paper", d, "--export", "--store", fresh)[0] == 0
+  assert out.read_bytes() == first  # metrics, provenance and evals intact
+  # An export from before a config key existed (optimizer.b1 here) carries
+  # the hash of then: the import re-keys it as the store's migration does.
+  old = [json.loads(l) for l in first.decode().splitlines()]
+  del old[0]["config"]["optimizer"]["b1"]
+  old[0]["config_hash"] = "0" * 16
+  older = tmp_path / "older.jsonl"
+  older.write_text(paper.dumps_records(old))
+  code, msg = _main("store", "import", older, "--store", tmp_path / "o.db")
+  assert code == 0 and "1 runs imported" in msg and "1 re-keyed" in msg, msg
+  with Store(tmp_path / "o.db") as s:
+    (row,) = s.results("quickstart")
+    assert row["config_hash"] == json.loads(first.splitlines()[0])[
+        "config_hash"]
+  exp = experiment_lib.get_experiment("quickstart")
+  with Store(fresh) as s:
+    (row,) = s.results("quickstart")
+    assert s.eval_history(row["run_id"])[0]["val/task1/mse"] == (
+        pytest.approx(0.1))
+    for run in exp.runs():  # the sweep's claim: done runs are skipped
+      h = config_lib.config_hash(run.config)
+      got = s.claim("quickstart", run.name, run.grid,
+                    config_lib.to_dict(run.config), h, 0, PROV)
+      assert (got is None) == (run.grid["model"] == "shared_bottom")
+
+
+def test_store_import_errors_name_file_and_line(tmp_path):
+  good = {**_record("mmoe", 0), "config": {"model": {"name": "mmoe"}}}
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(paper.dumps_records([good]) + "{not json\n")
+  fresh = tmp_path / "fresh.db"
+  code, msg = _main("store", "import", bad, "--store", fresh)
+  assert code == 2 and f"{bad}:2: not JSON" in msg
+  lost = {k: v for k, v in good.items() if k != "config"}
+  bad.write_text(paper.dumps_records([good, lost]))
+  code, msg = _main("store", "import", bad, "--store", fresh)
+  assert code == 2 and f"{bad}:2: a done record without config" in msg, msg
+  with Store(fresh) as s:  # the file is checked before anything is stored
+    assert s.results("quickstart") == []
+  code, msg = _main("store", "import", tmp_path / "nope.jsonl", "--store",
+                    fresh)
+  assert code == 2 and "no export file" in msg and "--export" in msg
+  code, msg = _main("store", "import", "--store", fresh)
+  assert code == 2 and "needs the export files" in msg
 
 
 def test_export_errors(tmp_path):
