@@ -10,7 +10,8 @@
 `params/`; `recommend.py` turns users or raw histories into model inputs and
 ranks items; `export.py` writes the prediction function as serialized
 StableHLO with a symbolic batch size; `commands.py` holds the `mtrec
-recommend` and `mtrec export-model` subcommands.  This package's
+recommend` and `mtrec export-model` subcommands; `item_text.py` what a run
+trained with item text (issue 18) needs to load, and its serving form.  This package's
 `__init__` imports nothing heavy, so the CLI stays quick to start.
 """
 from __future__ import annotations

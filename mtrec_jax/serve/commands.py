@@ -47,6 +47,9 @@ def _run_arguments(sp) -> None:
                        "the store has none (default: ./runs)")
   sp.add_argument("--data-dir", help="the dataset's source folder, when it "
                   "is no longer where the run was trained (data.data_dir)")
+  sp.add_argument("--text-model-dir", help="for a run trained with item "
+                  "text: its text model's folder, when it is no longer where "
+                  "the run found it (model.text.model_dir)")
 
 
 def _load(args):
@@ -54,7 +57,8 @@ def _load(args):
   return load_run(args.run, where=_where(args.where), seed=args.seed,
                   store=args.store, workdir=args.workdir,
                   overrides=args.set or (),
-                  data={"data_dir": args.data_dir} if args.data_dir else None)
+                  data={"data_dir": args.data_dir} if args.data_dir else None,
+                  text_model_dir=args.text_model_dir)
 
 
 def read_requests(path: pathlib.Path) -> list[dict[str, Any]]:

@@ -13,6 +13,18 @@ Writes three files to a folder:
   shapes, the platforms lowered for, the jax version that exported it and
   the calling convention version.
 
+Item text (issue 18, `serve.item_text`): a run trained with
+``model.item_repr`` 'text' or 'id+text' is exported in its serving form,
+whose item-text vectors [items, text dim] (frozen: the cached sentence
+embeddings; fine-tuned: the trained encoder's outputs, computed once at
+load) are constants inside model.stablehlo, not inputs: they are a fixed
+part of the trained model, like its parameters, and no request changes
+them, so the inputs stay the item ids every other run takes, and a server
+needs no text model, tokenizer or BERT.  The price: a larger function file
+(the vectors' bytes) and no new items without a new export, which the
+learned id table needs anyway.  manifest.json's "item_text" says what was
+baked in (null for runs without item text).
+
 A reader needs only jax and numpy (and safetensors for that format):
 
     exp = jax.export.deserialize(bytearray(open("model.stablehlo", "rb").read()))
@@ -114,6 +126,7 @@ def export_model(run: LoadedRun, out_dir: str | pathlib.Path, *,
       "outputs": {k: {"dtype": str(v.dtype), "shape": _shape(v.shape)}
                   for k, v in outputs.items()},
       "num_params": len(flat),
+      "item_text": run.item_text,
       "platforms": list(exported.platforms),
       "jax_version": jax.__version__,
       "calling_convention_version": exported.calling_convention_version,

@@ -38,6 +38,16 @@ CONFIG_FILE = "config.json"
 OPEN_SECTIONS = ("data",)
 
 
+def _optional_keys() -> dict[str, Any]:
+  """Keys that some experiments' configs hold and `config.base_config()`
+  lacks (issue 18's item text, `experiments/ml100k_text.with_text_keys`),
+  with the values their absence means: added to the base when a run's
+  config has them, so a run without them reads as before."""
+  from mtrec_jax.models.item_text import TEXT_DEFAULTS
+  return {"model.item_repr": "id", "model.text": dict(TEXT_DEFAULTS),
+          "optimizer.text_lr_scale": 1.0}
+
+
 class RunConfigError(UnknownNameError):
   """A stored run config that no longer resolves (the message names the key)."""
 
@@ -82,6 +92,12 @@ def config_from_json(stored: Mapping[str, Any], run_dir: pathlib.Path
       with _resolving(run_dir, f"{name}.name" if name == "model" else name):
         stored[name] = CONFIG_SECTIONS.get(name).identity(stored[name], stored)
   base = config_lib.base_config()
+  for key, default in _optional_keys().items():
+    section, leaf = key.split(".")
+    if isinstance(stored.get(section), dict) and leaf in stored[section] \
+        and leaf not in base[section]:
+      base[section][leaf] = (config_lib.ConfigDict(default)
+                             if isinstance(default, dict) else default)
   overrides = _leaves(base, stored)
   try:
     return config_lib.apply_overrides(base, overrides)
@@ -229,6 +245,11 @@ class LoadedRun:
     params: the selected parameters.
     inputs: {column: (dtype, shape without the batch dimension)}, the
       columns `predict` reads.
+    item_text: for a run trained with item text, what it was and how it is
+      served (`serve.item_text.describe`); None without.  A fine-tuned
+      run's `model` and `params` are its serving form: the frozen-text
+      model over the fine-tuned encoder's outputs, without the encoder's
+      parameters (`serve.item_text.for_serving`).
   """
   run_dir: pathlib.Path
   config: config_lib.ConfigDict = dataclasses.field(repr=False)
@@ -238,6 +259,7 @@ class LoadedRun:
   aux_tasks: tuple = dataclasses.field(repr=False)
   params: Any = dataclasses.field(repr=False)
   inputs: dict[str, tuple[np.dtype, tuple[int, ...]]]
+  item_text: dict[str, Any] | None = None
 
   def __post_init__(self):
     self.predict_fn = prediction_function(self.model, self.tasks)
@@ -298,14 +320,18 @@ class LoadedRun:
 
 def load_run(run: str | pathlib.Path, *, where: Mapping[str, Any] | None = None,
              seed: int = 0, store=None, workdir=None, overrides=(),
-             data: Mapping[str, Any] | None = None) -> LoadedRun:
+             data: Mapping[str, Any] | None = None,
+             text_model_dir: str | pathlib.Path | None = None) -> LoadedRun:
   """Loads a trained run: a run folder, or experiment `run`'s grid point
   `where` ({axis: value}) at `seed` (see `find_run_dir`).
 
   `data` overrides data.* keys (e.g. {"data_dir": ...} for a run trained
-  where the data lay elsewhere); nothing else of the config can change.
+  where the data lay elsewhere); `text_model_dir`, for a run trained with
+  item text, the folder of its text model (model.text.model_dir; see
+  `serve.item_text`); nothing else of the config can change.
   """
   from mtrec_jax.models.build import build_model
+  from mtrec_jax.serve import item_text as serve_text
   from mtrec_jax.tasks.auxiliary import build_aux_tasks
   from mtrec_jax.train import checkpoints
   from mtrec_jax.train.loop import load_dataset, select_tasks
@@ -317,8 +343,16 @@ def load_run(run: str | pathlib.Path, *, where: Mapping[str, Any] | None = None,
   if data:
     config = config_lib.apply_overrides(
         config, {f"data.{k}": v for k, v in dict(data).items()})
+  if text_model_dir is not None:
+    if config.model.get("item_repr", "id") == "id":
+      raise ValueError(f"run {str(run_dir)!r} has no item text "
+                       f"(model.item_repr is 'id'); drop text_model_dir / "
+                       f"--text-model-dir")
+    config = config_lib.apply_overrides(
+        config, {"model.text.model_dir": str(text_model_dir)})
   with _resolving(run_dir, "data.name"):
     dataset = load_dataset(config)
+  text = serve_text.item_text(config, dataset, run_dir)
   aux_cfg = config_lib.to_dict(config.aux)
   with _resolving(run_dir, "aux.tasks"):
     aux_tasks = build_aux_tasks(aux_cfg, dataset,
@@ -328,17 +362,21 @@ def load_run(run: str | pathlib.Path, *, where: Mapping[str, Any] | None = None,
                                                     tuple(config.tasks))
   with _resolving(run_dir, "model.name"):
     model = build_model(config.model, dataset.features,
-                        tuple((t.name, t.out_dim) for t in tasks), aux_tasks)
+                        tuple((t.name, t.out_dim) for t in tasks), aux_tasks,
+                        text)
   sample = {k: v[:2] for k, v in dataset.splits["test"].items()}
   params = _checked_params(run_dir, model, sample, bool(aux_tasks),
                            checkpoints.load_params(run_dir))
+  trained_text = model.item_text
+  model, params = serve_text.for_serving(model, params)
   recorder = _Recorder(sample)
   jax.eval_shape(lambda p: prediction_function(model, tasks)(p, recorder),
                  params)
   inputs = {name: (sample[name].dtype, tuple(sample[name].shape[1:]))
             for name in sorted(recorder.read)}
   return LoadedRun(run_dir, config, dataset, model, tuple(tasks),
-                   tuple(aux_tasks), params, inputs)
+                   tuple(aux_tasks), params, inputs,
+                   serve_text.describe(trained_text, model.item_text))
 
 
 def _checked_params(run_dir, model, sample, with_aux: bool, loaded):

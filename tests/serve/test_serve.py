@@ -214,6 +214,9 @@ def test_config_that_no_longer_resolves_names_the_key(trained, tmp_path):
     (copy / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(load_lib.RunConfigError, match=message):
       load_lib.load_run(copy)
+  # A text model folder for a run without item text is a mistake.
+  with pytest.raises(ValueError, match="has no item text.*--text-model-dir"):
+    load_lib.load_run(trained, text_model_dir=tmp_path)
   # A config that builds another model than the saved parameters'.
   copy = tmp_path / "wider"
   shutil.copytree(trained, copy)
