@@ -503,11 +503,24 @@ _DATA_IDS: dict[str, dict | None] = {}
 def data_identity(run) -> dict | None:
   """The run's data identity (`data.identity`), computed once per data
   section in this process (which also loads each dataset once), so the
-  hash a run is claimed with is the one its result records."""
-  key = json.dumps(config_lib.to_dict(run.config.data), sort_keys=True)
+  hash a run is claimed with is the one its result records.
+
+  A run that reads item texts through a pre-trained text model
+  (``model.item_repr`` other than 'id') trained on those weights too: their
+  content hash (`models.text.model_identity`) is recorded as
+  ``text_model`` and folded into ``hash``, so a run is not taken as done
+  on other weights, and `serve.load_run` can check the ones it finds."""
+  model = config_lib.to_dict(run.config.model)
+  text = (model.get("item_repr", "id") != "id") and model.get("text")
+  key = json.dumps([config_lib.to_dict(run.config.data), text or None],
+                   sort_keys=True)
   if key not in _DATA_IDS:
     from mtrec_jax.data import identity
-    _DATA_IDS[key] = identity.identity(run.config)
+    ident = identity.identity(run.config)
+    if text:
+      from mtrec_jax.models import item_text
+      ident = item_text.with_text_model(ident, run.config.model)
+    _DATA_IDS[key] = ident
   return _DATA_IDS[key]
 
 

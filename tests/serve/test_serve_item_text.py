@@ -159,3 +159,32 @@ def test_missing_text_model_names_the_fix(runs, loaded, tiny_bert_dir,  # noqa: 
   test = again.dataset.splits["test"]
   np.testing.assert_array_equal(again.predict(test)["next_all"],
                                 loaded["finetune"].predict(test)["next_all"])
+
+
+def test_other_text_weights_than_the_recorded_ones_are_refused(
+    runs, tiny_bert_dir, tmp_path):  # noqa: F811
+  """A sweep records the text model's content hash in the result
+  (`models.item_text.with_text_model`); loading with other weights fails,
+  with the recorded ones it loads."""
+  from mtrec_jax.models import item_text
+  from mtrec_jax.models.text import model_identity
+  _, cfg, _ = runs["frozen"]
+  ident = item_text.with_text_model({"hash": "0123456789abcdef"}, cfg.model)
+  assert ident["text_model"] == model_identity(tiny_bert_dir)
+  assert ident["hash"] != "0123456789abcdef" and len(ident["hash"]) == 16
+  ids_only = config_lib.apply_overrides(cfg, {"model.item_repr": "id"})
+  assert item_text.with_text_model({"hash": "x"}, ids_only.model) == {
+      "hash": "x"}
+  copy = tmp_path / "run"
+  shutil.copytree(runs["frozen"][0], copy)
+  result = json.loads((copy / "result.json").read_text())
+  for recorded, ok in (("bert-sha256:" + "0" * 64, False),
+                       (ident["text_model"], True)):
+    result["data"] = {"hash": ident["hash"], "text_model": recorded}
+    (copy / "result.json").write_text(json.dumps(result))
+    if ok:
+      assert load_lib.load_run(copy).item_text is not None
+    else:
+      with pytest.raises(ValueError, match=r"trained with the text model "
+                         r"bert-sha256:0+ .*--text-model-dir"):
+        load_lib.load_run(copy)
