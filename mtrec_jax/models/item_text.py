@@ -71,6 +71,9 @@ class Pretrained:
   pooling: Any
   params: dict
   used_tokens: np.ndarray
+  # The states after the frozen layers (`TextItems.freeze_layers` > 0), one
+  # float32 array per `length_buckets` group: constants, run once here.
+  frozen_states: tuple = ()
 
   def __hash__(self):
     return hash((self.identity, self.used_tokens.tobytes()))
@@ -103,6 +106,12 @@ class TextItems:
       if not 0 <= self.freeze_layers <= layers:
         raise ValueError(f"model.text.freeze_layers={self.freeze_layers}: the "
                          f"text model has {layers} layers; use 0..{layers}")
+      pre = self.pretrained
+      if self.freeze_layers and not pre.frozen_states:
+        ids = np.searchsorted(pre.used_tokens, self.text.token_ids)
+        object.__setattr__(self, "pretrained", dataclasses.replace(
+            pre, frozen_states=frozen_layer_states(
+                pre, ids, self.text.mask, self.freeze_layers)))
 
   @property
   def feature(self) -> str:
@@ -145,35 +154,61 @@ class ItemTextTable(nn.Module):
 
   def _finetuned(self) -> jax.Array:
     from mtrec_jax.models.text.bert import SentenceEncoder
-    pre = self.items.pretrained
-    frozen = (["embeddings"] + [f"layer_{i}" for i in
-                                range(self.items.freeze_layers)]
-              if self.items.freeze_layers else [])
+    pre, start = self.items.pretrained, self.items.freeze_layers
+    frozen = frozen_names(start)
     trainable = self.param("bert", lambda _: jax.tree_util.tree_map(
         jnp.asarray, {k: v for k, v in pre.params.items()
                       if k not in frozen}))
-    consts = jax.tree_util.tree_map(
-        jnp.asarray, {k: v for k, v in pre.params.items() if k in frozen})
-    params = {**consts, **trainable}
     ids = np.searchsorted(pre.used_tokens, self.items.text.token_ids)
     mask = self.items.text.mask
     cfg = dataclasses.replace(pre.config, vocab_size=len(pre.used_tokens))
     encoder = SentenceEncoder(cfg, pre.pooling, dtype=self.dtype)
-    # Items grouped by length (power-of-two buckets >= 8 tokens), each group
-    # encoded at its own width: padding never changes a row (padded keys are
-    # masked), and most titles fit 16 of the 32 tokens the longest needs.
-    lengths = mask.sum(1)
-    width = np.array([max(8, 1 << int(n - 1).bit_length()) for n in lengths])
     parts, order = [], []
-    for w in sorted(set(width.tolist())):
-      rows = np.flatnonzero(width == w)
-      w = min(w, ids.shape[1])
+    for i, (w, rows) in enumerate(length_buckets(mask)):
+      states = (jnp.asarray(pre.frozen_states[i], self.dtype) if start
+                else None)  # the frozen layers' output: a constant
       parts.append(encoder.apply(
-          {"params": {"bert": params}}, jnp.asarray(ids[rows, :w], jnp.int32),
-          jnp.asarray(mask[rows, :w]), deterministic=True))
+          {"params": {"bert": trainable}},
+          jnp.asarray(ids[rows, :w], jnp.int32), jnp.asarray(mask[rows, :w]),
+          deterministic=True, start=start, hidden=states))
       order.append(rows)
     inverse = np.argsort(np.concatenate(order))
     return jnp.concatenate(parts)[inverse]
+
+
+def frozen_names(freeze_layers: int) -> list[str]:
+  """The BERT parameter groups fine-tuning keeps frozen."""
+  if not freeze_layers:
+    return []
+  return ["embeddings"] + [f"layer_{i}" for i in range(freeze_layers)]
+
+
+def length_buckets(mask: np.ndarray) -> list[tuple[int, np.ndarray]]:
+  """(width, rows) groups of the titles: power-of-two widths >= 8 tokens,
+  each group encoded at its own width.  Padding never changes a row
+  (padded keys are masked), and most titles fit 16 of the 32 tokens the
+  longest needs."""
+  lengths = mask.sum(1)
+  width = np.array([max(8, 1 << int(n - 1).bit_length()) for n in lengths])
+  return [(min(w, mask.shape[1]), np.flatnonzero(width == w))
+          for w in sorted(set(width.tolist()))]
+
+
+def frozen_layer_states(pre: Pretrained, token_ids: np.ndarray,
+                        mask: np.ndarray, freeze_layers: int) -> tuple:
+  """The states after the embeddings and the `freeze_layers` lower layers,
+  per `length_buckets` group, float32.  These layers are frozen and run
+  deterministically (no dropout), so their output is a constant of the
+  training step: computed once here instead of in every step, the step
+  runs only the trainable layers (the same function; rounding may differ
+  in the last bits, as any change of XLA's fusion can)."""
+  from mtrec_jax.models.text.bert import BertEncoder
+  cfg = dataclasses.replace(pre.config, vocab_size=len(pre.used_tokens))
+  params = {k: pre.params[k] for k in frozen_names(freeze_layers)}
+  run = jax.jit(lambda p, i, m: BertEncoder(cfg).apply(
+      {"params": p}, i, m, deterministic=True, stop=freeze_layers))
+  return tuple(np.asarray(run(params, token_ids[rows, :w], mask[rows, :w]))
+               for w, rows in length_buckets(mask))
 
 
 def text_config(model_cfg) -> tuple[str, dict]:

@@ -249,6 +249,48 @@ def test_finetuned_table_is_the_uncut_bert():
   assert sorted(bert) == ["embeddings", "layer_0", "layer_1"]
 
 
+@pytest.mark.parametrize("freeze", [1, 2])
+def test_frozen_lower_layers_run_once_and_give_the_same_table(freeze):
+  """The frozen layers' output is computed when the items are built, the
+  step runs only the trainable ones: the table equals the whole BERT's, and
+  the trainable layers' gradient equals the one through the whole BERT."""
+  items, text = finetune_items(freeze=freeze)
+  states = items.pretrained.frozen_states
+  assert len(states) == len(model_text.length_buckets(text.mask))
+  full = random_params(TINY)
+  model = small_model(items)
+  params = model.init(jax.random.PRNGKey(0), BATCH)["params"]
+  fe = params["shared"]["feature_encoder"]
+  vectors = SentenceEncoder(TINY, POOL).apply(
+      {"params": {"bert": full}}, text.token_ids, text.mask)
+  proj = fe["text_items"]["proj"]
+  want = (np.asarray(fe["embed_items"]) + np.asarray(vectors) @ np.asarray(
+      proj["kernel"]) + np.asarray(proj["bias"]))
+  np.testing.assert_allclose(table_of(model, params), want, rtol=1e-5,
+                             atol=1e-5)
+  if freeze == 2:  # every layer frozen: nothing of BERT trains
+    assert not fe["text_items"].get("bert")
+    return
+  top = f"layer_{freeze}"
+
+  def through_model(layer):
+    p = jax.tree_util.tree_map(lambda x: x, params)
+    p["shared"]["feature_encoder"]["text_items"]["bert"][top] = layer
+    return jnp.sum(model.apply({"params": p}, "items",
+                               method="embedding_table") ** 2)
+
+  def through_full(layer):
+    vec = SentenceEncoder(TINY, POOL).apply(
+        {"params": {"bert": {**full, top: layer}}}, text.token_ids, text.mask)
+    t = (fe["embed_items"] + vec @ proj["kernel"] + proj["bias"])
+    return jnp.sum(t ** 2)
+
+  layer = fe["text_items"]["bert"][top]
+  got, want = jax.grad(through_model)(layer), jax.grad(through_full)(layer)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(
+      a, b, rtol=1e-4, atol=1e-6), got, want)
+
+
 def test_freeze_layers_keeps_them_out_of_params():
   items, _ = finetune_items(freeze=1)
   model = small_model(items)

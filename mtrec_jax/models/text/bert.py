@@ -129,8 +129,27 @@ class BertEncoder(nn.Module):
   @nn.compact
   def __call__(self, input_ids, attention_mask,
                token_type_ids: Optional[jax.Array] = None,
-               deterministic: bool = True):
+               deterministic: bool = True, *, start: int = 0,
+               stop: Optional[int] = None, hidden: Optional[jax.Array] = None):
+    """`start`/`stop`: run only layers start..stop-1; with start > 0 the
+    input is `hidden` [B, T, hidden], the states after layer start-1 (and
+    `input_ids` is ignored), so constant lower layers can be run once
+    outside a training step (`models.item_text`)."""
     c = self.config
+    stop = c.num_hidden_layers if stop is None else stop
+    if not 0 <= start <= stop <= c.num_hidden_layers:
+      raise ValueError(f"layers {start}..{stop}: the model has "
+                       f"{c.num_hidden_layers}")
+    mask = attention_mask.astype(bool)
+    if start > 0:
+      if hidden is None:
+        raise ValueError(f"start={start} needs the states after layer "
+                         f"{start - 1} (hidden=)")
+      x = hidden
+      for i in range(start, stop):
+        x = BertLayer(c, self.dtype, name=f"layer_{i}")(x, mask,
+                                                         deterministic)
+      return x
     if input_ids.ndim != 2:
       raise ValueError(f"input_ids must be [batch, length], got shape "
                        f"{input_ids.shape}")
@@ -140,10 +159,9 @@ class BertEncoder(nn.Module):
           f"({c.max_position_embeddings}); truncate the tokens first")
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    mask = attention_mask.astype(bool)
     x = BertEmbeddings(c, self.dtype, name="embeddings")(
         input_ids, token_type_ids, deterministic)
-    for i in range(c.num_hidden_layers):
+    for i in range(stop):
       x = BertLayer(c, self.dtype, name=f"layer_{i}")(x, mask, deterministic)
     return x
 
@@ -177,7 +195,11 @@ class SentenceEncoder(nn.Module):
   @nn.compact
   def __call__(self, input_ids, attention_mask,
                token_type_ids: Optional[jax.Array] = None,
-               deterministic: bool = True):
+               deterministic: bool = True, *, start: int = 0,
+               hidden: Optional[jax.Array] = None):
+    """`start`, `hidden`: from the states after layer start-1 on (see
+    `BertEncoder`)."""
     hidden = BertEncoder(self.config, self.dtype, name="bert")(
-        input_ids, attention_mask, token_type_ids, deterministic)
+        input_ids, attention_mask, token_type_ids, deterministic,
+        start=start, hidden=hidden)
     return pool(hidden, attention_mask, self.pooling)
