@@ -46,8 +46,8 @@ Cost: each fine-tuned step runs BERT over all 1,682 titles (the full
 next-item softmax needs every item's row), and in params mode each task's
 gradient goes back through its trainable layers; the step cost of each mode
 relative to ids only is in benchmarks/results/text_encoder_steps_cpu.md
-(fine-tuned: tens of ids-only steps on the shared CPU, so the fine-tuned
-arm is one for an accelerator or for rep mode).
+(the table is computed once a step and the frozen lower layers once a run,
+`mtrec_jax/models/item_text.py`).
 """
 from __future__ import annotations
 

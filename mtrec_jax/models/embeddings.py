@@ -139,9 +139,23 @@ class FeatureEncoder(nn.Module):
     owner = table_owner(spec, by_name).name
     if self.item_text is None or owner != self.item_text.feature:
       return self.tables[owner]
-    text = self.text_table()
+    text = self._text_table_once()
     return text if self.item_text.item_repr == "text" else (
         self.tables[owner] + text)
+
+  def _text_table_once(self) -> jax.Array:
+    """The item-text table, computed once per application of the model.
+
+    Every lookup of the item feature (the history's embedding, each
+    auxiliary task's encoder pass, the next-item softmax, ...) reads the
+    table; fine-tuned, it is BERT over every title, and XLA does not merge
+    the repeated passes (nor their backward passes).  The bound module
+    lives for one `apply`, so the value is kept on it for that apply."""
+    cached = self.__dict__.get("_text_table_value")
+    if cached is None:
+      cached = self.text_table()
+      object.__setattr__(self, "_text_table_value", cached)
+    return cached
 
   def embed_ids(self, name: str, ids) -> jax.Array:
     """Embeds ids of feature `name` (any shape) -> [..., embed_dim]; id 0

@@ -30,14 +30,16 @@ Deliberate differences and costs of 'finetune':
 * every forward encodes all V items (1,683 on ML-100K), because the
   all-positions next-item task scores every item with a full softmax and
   so needs every row of the table: encoding only a batch's items would mix
-  fine-tuned rows with stale frozen ones.  Measured by
-  `benchmarks/text_encoder.py --steps` on the shared 2-core CPU, ml100k-text
-  in params mode (benchmarks/results/text_encoder_steps_cpu.md): a
-  fine-tuned step (4 of 6 layers frozen) cost 43 ids-only steps, a
-  frozen-feature step about one (0.81, within the noise); in params mode
-  every task's gradient goes back through the trainable layers;
+  fine-tuned rows with stale frozen ones.  The step cost of each mode
+  relative to ids only: `benchmarks/text_encoder.py --steps`
+  (benchmarks/results/text_encoder_steps_cpu.md); in params mode every
+  task's gradient goes back through the trainable layers;
 * no dropout inside BERT (deterministic), so the several reads of the table
-  in one step are the same computation and XLA can share it;
+  in one step (the history, each auxiliary task's pass, the softmax) are
+  the same computation; XLA does not merge them, so the feature encoder
+  computes the table once per application (`FeatureEncoder
+  ._text_table_once`), and the frozen lower layers once at build time
+  (`frozen_layer_states`);
 * the word-embedding table is cut to the tokens the item texts use (same
   outputs: the other rows are never looked up), so a trainable table holds a
   few thousand rows instead of 30,522.

@@ -291,6 +291,35 @@ def test_frozen_lower_layers_run_once_and_give_the_same_table(freeze):
       a, b, rtol=1e-4, atol=1e-6), got, want)
 
 
+def test_the_finetuned_table_is_computed_once_per_apply(monkeypatch):
+  """The history and the candidate both read the item table: BERT runs
+  once per application (and its gradient goes back once), and the output
+  and gradient are those of the table computed for each lookup."""
+  items, _ = finetune_items()
+  model = small_model(items)
+  params = model.init(jax.random.PRNGKey(0), BATCH)["params"]
+  calls = []
+  real = model_text.ItemTextTable._finetuned
+  monkeypatch.setattr(model_text.ItemTextTable, "_finetuned",
+                      lambda self: calls.append(1) or real(self))
+
+  def loss(p):
+    return jnp.sum(model.apply({"params": p}, BATCH)["t"] ** 2)
+
+  value, grad = jax.value_and_grad(loss)(params)
+  assert len(calls) == 1
+  # The same model without the once-per-apply table: every lookup its own.
+  from mtrec_jax.models import embeddings
+  monkeypatch.setattr(embeddings.FeatureEncoder, "_text_table_once",
+                      lambda self: self.text_table())
+  calls.clear()
+  want_value, want_grad = jax.value_and_grad(loss)(params)
+  assert len(calls) == 2  # history and candidate
+  np.testing.assert_allclose(value, want_value, rtol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(
+      a, b, rtol=1e-5, atol=1e-7), grad, want_grad)
+
+
 def test_freeze_layers_keeps_them_out_of_params():
   items, _ = finetune_items(freeze=1)
   model = small_model(items)
