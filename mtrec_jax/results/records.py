@@ -6,9 +6,11 @@ small frozen export of the results store (`export`, ``mtrec paper
 not in the store is a ``missing`` record, so a missing seed stays visible),
 with what tables and figures need (grid, status, metrics, report, eval
 history, the run's measured durations and population for the cost column;
-the train log only where a figure draws it) and the provenance a reviewer needs (config and its hash, seed,
-attempt, git commit, package versions, device); clock times, run ids and
-paths are left out, so exporting the same store twice gives the same bytes.
+the train log only where a figure draws it) and the provenance a reviewer
+needs (config and its hash, seed, attempt, git commit, package versions,
+device); clock times, run ids and paths are left out, so exporting the
+same store twice gives the same bytes.  `import_records` stores an
+export's finished runs back into a store.
 """
 from __future__ import annotations
 
@@ -168,8 +170,9 @@ def import_records(store, path: str | os.PathLike) -> dict[str, int]:
   own seed, data hash and config hash, as the store's migrations compute it
   (`store.stored_config_hash`: an export from before a config key was added
   is re-keyed as the store it came from was), via `Store.claim`, then
-  `Store.finish` with its eval history; so a run the store already has (done or diverged
-  on the same data) is left as it is: importing twice changes nothing.
+  `Store.finish` with its eval history; so a run the store already has
+  (done or diverged on the same data) is left as it is: importing twice
+  changes nothing.
   Records of other statuses (missing, failed, preempted, running) are
   counted and skipped: those runs are to be run. The whole file is checked
   before anything is stored; an error names the file and line. Attempt
@@ -198,7 +201,10 @@ def import_records(store, path: str | os.PathLike) -> dict[str, int]:
     # An export made before a config key was added carries the hash of
     # then; the store's migrations re-key such runs (`store._rekey`), and so
     # does the import.
-    config_hash = store_lib.stored_config_hash(rec["config"])
+    try:
+      config_hash = store_lib.stored_config_hash(rec["config"])
+    except Exception:  # noqa: BLE001 (as the migration: keep the hash)
+      config_hash = rec["config_hash"]
     counts["rekeyed"] += config_hash != rec["config_hash"]
     data = rec.get("data") if isinstance(rec.get("data"), dict) else {}
     run_id = store.claim(rec["experiment"], rec["run_name"], rec["grid"],
