@@ -442,18 +442,25 @@ def tiny_run_config(data_dir, tfds_dir, item_repr, mode, model_dir,
   return c
 
 
-@pytest.mark.parametrize("mode, strategy_mode", [
-    ("frozen", "params"), ("finetune", "params"), ("finetune", "rep")])
-def test_tiny_run_trains(tmp_path, tiny_bert_dir, mode, strategy_mode,
-                         monkeypatch):
-  from mtrec_jax.train import loop
+def tiny_text_run(tmp_path, monkeypatch, bert_dir, mode, strategy_mode):
+  """`tiny_run_config` on random MovieLens-format files in `tmp_path`, with
+  its own dataset cache."""
   monkeypatch.setenv("MTREC_CACHE_DIR", str(tmp_path / "cache"))
   # > 100 items: the sampled protocol ranks the target among 100 unseen.
   monkeypatch.setattr(all_positions, "NUM_ITEMS", 130)
   folder = tmp_path / "ml-100k"
   random_movielens(folder)
-  cfg = tiny_run_config(folder, tmp_path / "tfds", "id+text", mode,
-                        tiny_bert_dir, strategy_mode)
+  return tiny_run_config(folder, tmp_path / "tfds", "id+text", mode,
+                         bert_dir, strategy_mode)
+
+
+@pytest.mark.parametrize("mode, strategy_mode", [
+    ("frozen", "params"), ("finetune", "params"), ("finetune", "rep")])
+def test_tiny_run_trains(tmp_path, tiny_bert_dir, mode, strategy_mode,
+                         monkeypatch):
+  from mtrec_jax.train import loop
+  cfg = tiny_text_run(tmp_path, monkeypatch, tiny_bert_dir, mode,
+                      strategy_mode)
   comps = loop.Components(cfg)
   state = loop.init_state(comps)
   before = state.params
