@@ -1,19 +1,20 @@
 """Collect the SASRec reproduction into references/results/sasrec_reference.*
 
-    python -m references.sasrec_summary --ref /work/sasrec_ref/results/seed*.json \
-        --ours /work/tmp/sasrec/store*.sqlite --timing /work/sasrec_ref/timing_*.json
+    python -m references.sasrec_summary \
+        --ref references/results/sasrec_ref/seed*.json \
+        --ours paper/results/ml100k-sasrec-ref.jsonl \
+        --timing references/results/sasrec_ref/timing.jsonl
 
---ref: the JSON files `eval_full.py` wrote for runs of the reference
-(pmixer/SASRec.pytorch) on our split (references/README.md); --ours: result
-stores holding `ml100k-sasrec-ref` runs; --timing: the JSON lines of
-`time_sasrec_epoch.py` and the reference's timing loop.  Only numbers read
-from those files are written.
+--ref: the JSON files `sasrec_pytorch eval` wrote for runs of the reference
+(pmixer/SASRec.pytorch) on our split (references/README.md); --ours: the
+`mtrec paper --export` files holding `ml100k-sasrec-ref` runs; --timing: the
+JSON lines of `time_sasrec_epoch` and `sasrec_pytorch time`.  Only numbers
+read from those files are written.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import statistics
 
 METRICS = ("ndcg@10", "hr@10", "s_ndcg@10", "s_hr@10")
@@ -58,13 +59,14 @@ def main(argv=None):
                      "log": r["log"]})
   ours = []
   for path in a.ours:
-    con = sqlite3.connect(path)
-    for seed, steps, best, wall, result in con.execute(
-        "select seed, steps, best_step, wall_time_s, result from runs where "
-        "experiment = 'ml100k-sasrec-ref' and status = 'done'"):
-      m = json.loads(result)["metrics"]
-      ours.append({"store": path, "seed": seed, "steps": steps,
-                   "best_step": best, "wall_time_s": wall,
+    for line in open(path):
+      r = json.loads(line)
+      if r["experiment"] != "ml100k-sasrec-ref" or r["status"] != "done":
+        continue
+      m = r["metrics"]
+      ours.append({"file": path, "seed": r["seed"], "steps": r["steps"],
+                   "best_step": r["best_step"],
+                   "config_hash": r["config_hash"],
                    "test": {k: m[f"test/next_all/{k}"] for k in METRICS}})
   timing = []
   for path in a.timing:
@@ -120,16 +122,19 @@ def main(argv=None):
                  " | ".join(f"{r['test'][k]:.4f}" for k in METRICS) + " |")
   if timing:
     lines += ["", "Seconds per epoch (8 steps of batch 128, length 200), "
-              "measured back to back on the same 2 shared cores "
-              "(the machine had other jobs, load 5-16, so wall times of runs "
-              "that did not overlap are not comparable; CPU = the process's "
-              "CPU time over all its threads, for the reference its main "
-              "process only: its 3 sampler processes are not counted):",
-              "", "| implementation | wall s/epoch | CPU s/epoch |",
-              "|---|---|---|"]
+              "measured back to back on the same cores, in the order listed "
+              "(load: the 1-minute load average when each measurement "
+              "started; wall times taken under different loads are not "
+              "comparable; CPU = the process's CPU time over all its "
+              "threads, for the reference its main process only: its 3 "
+              "sampler processes are not counted):",
+              "", "| implementation | load | wall s/epoch | CPU s/epoch |",
+              "|---|---|---|---|"]
     for t in timing:
       cpu = t.get("cpu_s_per_epoch") or t.get("cpu_s_per_epoch_main_process")
-      lines.append(f"| {t['impl']} | " + ", ".join(
+      load = t.get("load_avg_1m")
+      load = "-" if load is None else f"{load:.1f}"
+      lines.append(f"| {t['impl']} | {load} | " + ", ".join(
           f"{x:.2f}" for x in t["wall_s_per_epoch"]) + " | " + ", ".join(
               f"{x:.2f}" for x in cpu) + " |")
   with open(a.out + ".md", "w") as f:

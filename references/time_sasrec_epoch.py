@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 
 import jax
@@ -65,6 +66,7 @@ def main(argv=None):
   per_epoch = math.ceil(rows / cfg.train.batch_size)
   batches = loop.train_batches(c.dataset.splits["train"],
                                cfg.train.batch_size, cfg.seed)
+  load = os.getloadavg()[0]
   t0 = time.time()
   state, _ = step_fn(state, next(batches))
   jax.block_until_ready(state)
@@ -79,7 +81,7 @@ def main(argv=None):
   times = times[1:]  # the first epoch is a warm-up
   out = {"impl": f"mtrec-jax ({a.loss_path})", "steps_per_epoch": per_epoch,
          "batch_size": cfg.train.batch_size, "max_len": cfg.data.max_len,
-         "compile_s": compile_s,
+         "compile_s": compile_s, "load_avg_1m": load,
          "wall_s_per_epoch": [t[0] for t in times],
          "cpu_s_per_epoch": [t[1] for t in times],
          "jax": jax.__version__, "devices": str(jax.devices())}
