@@ -247,6 +247,10 @@ def base_config() -> ConfigDict:
   # "unrolled", or "auto" (unrolled on CPU, where it measured faster;
   # vmap on accelerators).  See benchmarks/strategies.py.
   c.train.jacobian_engine = "auto"
+  # Where dropout masks draw their random bits: "threefry" (JAX's keys) or
+  # "hash" (a counter hash, much cheaper on CPU; other masks, the same
+  # distribution).  See train/dropout_bits.py.
+  c.train.dropout_bits = "threefry"
   # Model selection on validation only: "val/loss" is the mean of the task
   # losses; or "val/<task>/<metric>".  patience = evaluations without
   # improvement before stopping early (0 = never stop early).

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtrec_jax import config as config_lib
 from mtrec_jax.experiment import get_experiment
 from mtrec_jax.tasks import auxiliary
 from mtrec_jax.train import loop, parallel
@@ -48,10 +49,13 @@ def main(argv=None):
   p.add_argument("--epochs", type=int, default=3)
   p.add_argument("--loss-path", choices=("gather", "full"), default="gather")
   p.add_argument("--experiment", default="ml100k-sasrec-ref")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="config overrides, as `mtrec run --set` (ablations)")
   a = p.parse_args(argv)
   if a.loss_path == "full":
     auxiliary.NextItemSequenceTask.loss = _full_logits_bce
-  cfg = get_experiment(a.experiment).config
+  cfg = config_lib.apply_overrides(get_experiment(a.experiment).config,
+                                   a.set)
   c = loop.Components(cfg)
   state = loop.init_state(c)
   mesh = parallel.make_mesh(None, 1)
@@ -79,7 +83,8 @@ def main(argv=None):
     jax.block_until_ready((state, metrics))
     times.append((time.perf_counter() - w0, time.process_time() - c0))
   times = times[1:]  # the first epoch is a warm-up
-  out = {"impl": f"mtrec-jax ({a.loss_path})", "steps_per_epoch": per_epoch,
+  out = {"impl": f"mtrec-jax ({a.loss_path})" + "".join(
+             f" {kv}" for kv in a.set), "steps_per_epoch": per_epoch,
          "batch_size": cfg.train.batch_size, "max_len": cfg.data.max_len,
          "compile_s": compile_s, "load_avg_1m": load,
          "wall_s_per_epoch": [t[0] for t in times],

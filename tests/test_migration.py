@@ -214,3 +214,15 @@ def test_runs_stored_before_shared_pass_keep_their_identity():
       run.config)
   assert config_lib.config_hash(old) != config_lib.config_hash(run.config)
   assert 4 in store_lib._MIGRATIONS and store_lib.SCHEMA_VERSION >= 4
+
+
+def test_runs_stored_before_dropout_bits_keep_their_identity():
+  """Schema 5: every run stored before train.dropout_bits existed drew its
+  dropout masks with Threefry."""
+  run = experiment_lib.get_experiment("ml100k-sasrec-ref").runs()[0]
+  old = config_lib.to_dict(run.config)
+  del old["train"]["dropout_bits"]
+  assert store_lib.stored_config_hash(old) == config_lib.config_hash(
+      run.config)
+  assert config_lib.config_hash(old) != config_lib.config_hash(run.config)
+  assert 5 in store_lib._MIGRATIONS and store_lib.SCHEMA_VERSION >= 5

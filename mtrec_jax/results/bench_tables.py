@@ -22,16 +22,16 @@ from mtrec_jax.results.blocks import BENCH_DIR, SPEC_FILE, BenchTable
 MISSING_CELL = "–"  # a row without the column's key
 
 
-def bench_path(root: pathlib.Path, file: str) -> pathlib.Path:
-  return root / BENCH_DIR / f"{file}.json"
+def bench_path(root: pathlib.Path, block: BenchTable) -> pathlib.Path:
+  return root / block.folder / f"{block.file}.json"
 
 
 def read_bench(root: str | os.PathLike, block: BenchTable) -> dict:
   """The benchmark JSON a block reads, checked: an object whose "rows" is a
   list of objects (the provenance keys beside it are optional)."""
   root = pathlib.Path(root)
-  path = bench_path(root, block.file)
-  rel = f"{BENCH_DIR}/{block.file}.json"
+  path = bench_path(root, block)
+  rel = f"{block.folder}/{block.file}.json"
   if not path.exists():
     have = sorted(q.stem for q in path.parent.glob("*.json"))
     near = closest(block.file, have)
@@ -40,7 +40,7 @@ def read_bench(root: str | os.PathLike, block: BenchTable) -> dict:
         f"them with `python -m benchmarks.NAME --json {rel}` (see "
         f"benchmarks/RESULTS.md) or fix the file name in {SPEC_FILE}"
         + (f" (did you mean {', '.join(map(repr, near))}?)" if near else "")
-        + (f"; {BENCH_DIR} has: {', '.join(have)}" if have else ""))
+        + (f"; {block.folder} has: {', '.join(have)}" if have else ""))
   try:
     data = json.loads(path.read_text())
   except json.JSONDecodeError as e:
@@ -72,7 +72,7 @@ def _check_keys(block: BenchTable, rows: Sequence[Mapping]) -> None:
     if key not in keys:
       near = closest(key, keys)
       raise UnknownNameError(
-          f"bench table {block.id!r}: no row of {BENCH_DIR}/{block.file}.json "
+          f"bench table {block.id!r}: no row of {block.folder}/{block.file}.json "
           f"has the column {key!r}."
           + (f" Did you mean {', '.join(map(repr, near))}?" if near else "")
           + f" Its columns: {', '.join(keys) or '(no rows)'}. Fix the column "
@@ -94,7 +94,7 @@ def _select_rows(block: BenchTable, rows: Sequence[Mapping]) -> list[Mapping]:
         f"{k} has {', '.join(dict.fromkeys(repr(r.get(k)) for r in rows))}"
         for k in where)
     raise ValueError(f"bench table {block.id!r}: where={where!r} keeps no row "
-                     f"of {BENCH_DIR}/{block.file}.json ({have})")
+                     f"of {block.folder}/{block.file}.json ({have})")
   return out
 
 
@@ -141,7 +141,7 @@ def _pivoted(block: BenchTable, rows: Sequence[Mapping]
     labels, cells = table.setdefault(key, ([r.get(k) for k in index], {}))
     if r.get(across) in cells:
       raise ValueError(
-          f"bench table {block.id!r}: two rows of {BENCH_DIR}/{block.file}"
+          f"bench table {block.id!r}: two rows of {block.folder}/{block.file}"
           f".json have {dict(zip(index, labels))} and {across}="
           f"{r.get(across)!r}; add a column or a where that tells them apart")
     cells[r.get(across)] = r.get(value.key)
@@ -194,7 +194,7 @@ def grid_markdown(heads: Sequence[str], rows: Sequence[Sequence[str]],
 def bench_source_line(block: BenchTable, data: Mapping) -> str:
   """Where a benchmark table's figures come from: the file, and the code,
   versions, batch and machine the benchmark recorded."""
-  parts = [f"Source: `{BENCH_DIR}/{block.file}.json`"]
+  parts = [f"Source: `{block.folder}/{block.file}.json`"]
   git = data.get("git") or {}
   if git.get("commit"):
     parts.append(f"code at commit {str(git['commit'])[:7]}"

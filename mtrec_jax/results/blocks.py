@@ -19,6 +19,10 @@ from mtrec_jax.registry import UnknownNameError
 
 SPEC_FILE = "paper_spec.py"
 BENCH_DIR = "benchmarks/results"  # relative to the repository root
+# Where a BenchTable may read its rows: benchmark results, and the outputs of
+# the independent reference implementations (references/README.md).
+REFERENCE_DIR = "references/results"
+ROW_DIRS = (BENCH_DIR, REFERENCE_DIR)
 ID = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
@@ -133,7 +137,10 @@ class BenchTable:
   default the file's order). pivot: (across, value) or (across, value,
   format) makes one column per distinct value of `across`, in order of first
   appearance, holding `value`; the rows are then the distinct combinations
-  of `columns`. caption: an italic line above the table.
+  of `columns`. caption: an italic line above the table. folder: the
+  repository folder holding the file, one of `ROW_DIRS` (default the
+  benchmark results; ``references/results`` for a comparison with a
+  reference implementation, written by its script there).
   """
   id: str
   file: str
@@ -143,14 +150,18 @@ class BenchTable:
   pivot: tuple | None = None
   digits: int = 2
   caption: str = ""
+  folder: str = BENCH_DIR
 
   def __post_init__(self):
     _check_id(self.id)
     where = f"bench table {self.id!r}"
+    if self.folder not in ROW_DIRS:
+      raise ValueError(f"{where}: folder {self.folder!r} is not one of "
+                       f"{', '.join(map(repr, ROW_DIRS))}")
     if (not isinstance(self.file, str) or not ID.fullmatch(self.file)
         or self.file.endswith(".json")):
       raise ValueError(f"{where}: file {self.file!r} must be the name of a "
-                       f"JSON file in {BENCH_DIR}/ without '.json', e.g. "
+                       f"JSON file in {self.folder}/ without '.json', e.g. "
                        f"'peers_cpu'")
     if isinstance(self.columns, str) or not self.columns:
       raise ValueError(f"{where}: columns is a tuple of column specs, e.g. "

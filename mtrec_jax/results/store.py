@@ -89,7 +89,7 @@ from mtrec_jax import config as config_lib
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
 SOURCES = ("eval", "train")  # the `series` table's kinds of records
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 # Config keys added since runs were first stored, with the default each was
@@ -110,6 +110,8 @@ ADDED_KEYS: dict[str, Any] = {
     # Schema 4 (issue 15): one encoder pass for the unmasked-sequence aux
     # tasks (separate passes are what ran before).
     "aux.next_all.shared_pass": False,
+    # Schema 5 (issue 15): dropout's random bits (Threefry is what ran).
+    "train.dropout_bits": "threefry",
 }
 
 
@@ -256,6 +258,8 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None],
     3: (_rekey(),),
     # aux.next_all.shared_pass.
     4: (_rekey(),),
+    # train.dropout_bits.
+    5: (_rekey(),),
 }
 
 

@@ -440,7 +440,8 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
   step_fn = parallel.jit_train_step(
       make_train_step(c.model, c.tasks, c.strategy, c.optimizer,
                       cfg.strategy.mode, jacobian=engine,
-                      rep_gramian=cfg.strategy.get("rep_gramian", "rows")),
+                      rep_gramian=cfg.strategy.get("rep_gramian", "rows"),
+                      dropout_bits=tcfg.dropout_bits),
       mesh, shardings)
   predict = make_predict_fn(c.model, c.tasks)
   splits = c.dataset.splits

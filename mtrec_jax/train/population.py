@@ -206,9 +206,7 @@ def _step_kwargs(config) -> dict:
   tcfg = config.train
   kwargs = {"jacobian": parallel.jacobian_engine(tcfg.jacobian_engine),
             "rep_gramian": config.strategy.get("rep_gramian", "rows")}
-  takes = inspect.signature(make_train_step).parameters
-  if "prng_impl" in takes and "prng_impl" in tcfg:
-    kwargs["prng_impl"] = tcfg.prng_impl
+  kwargs["dropout_bits"] = tcfg.dropout_bits
   return kwargs
 
 

@@ -25,6 +25,7 @@ import optax
 
 from mtrec_jax.registry import unknown_name_message
 from mtrec_jax.tasks.spec import TaskSpec
+from mtrec_jax.train import dropout_bits as dropout_bits_lib
 from mtrec_jax.train import optim
 from mtrec_jax.train.state import TrainState
 from mtrec_jax.weighting import sampling
@@ -214,8 +215,12 @@ def check_rep_gramian(name: str) -> str:
 def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
                     optimizer: optax.GradientTransformation,
                     mode: str = "", jacobian: str = "vmap",
-                    rep_gramian: str = "rows") -> Callable:
+                    rep_gramian: str = "rows",
+                    dropout_bits: str = "threefry") -> Callable:
   """Returns ``step(state, batch) -> (state, metrics)`` (not yet jitted).
+
+  `dropout_bits` ('threefry' or 'hash', `train.dropout_bits`): where the
+  model's dropout masks draw their bits (`train/dropout_bits.py`).
 
   `jacobian` picks how params mode runs the K backward passes of one VJP:
   "vmap" (batched over the K cotangents) or "unrolled" (K VJP calls inside
@@ -247,6 +252,11 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
   if jacobian not in ("vmap", "unrolled"):
     raise ValueError(f"jacobian engine {jacobian!r} is not 'vmap' or 'unrolled'")
   check_rep_gramian(rep_gramian)
+  dropout_bits_lib.check(dropout_bits)
+
+  def drop(key):
+    return dropout_bits_lib.dropout_key(key, dropout_bits)
+
   tasks = tuple(tasks)
   k = len(tasks)
   aux_names = tuple(getattr(model, "aux_names", ()))
@@ -276,7 +286,7 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
   def aux_fn(batch, r_drop, r_aux):
     def losses(p):
       return model.apply({"params": p}, batch, r_aux, train=True,
-                         rngs={"dropout": r_drop}, method="aux_losses")
+                         rngs={"dropout": drop(r_drop)}, method="aux_losses")
     return losses
 
   def forward(params, batch, rng):
@@ -284,7 +294,7 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
     parts = []
     if tasks:
       out = model.apply({"params": params}, batch, train=True,
-                        rngs={"dropout": r_main})
+                        rngs={"dropout": drop(r_main)})
       parts.append(task_losses(out, batch, tasks))
     if aux_names:
       parts.append(aux_fn(batch, r_drop, r_aux)(params))
@@ -302,11 +312,11 @@ def make_train_step(model, tasks: Sequence[TaskSpec], strategy: Strategy,
 
     def represent(p):
       return model.apply({"params": p}, batch, train=True,
-                         rngs={"dropout": r_enc}, method="represent")
+                         rngs={"dropout": drop(r_enc)}, method="represent")
 
     def heads(p, rep):
       out = model.apply({"params": p}, rep, train=True,
-                        rngs={"dropout": r_head}, method="heads")
+                        rngs={"dropout": drop(r_head)}, method="heads")
       return task_losses(out, batch, tasks)
 
     return represent, heads

@@ -239,6 +239,7 @@ def test_pivot_refuses_two_values_for_one_cell(tmp_path):
 @pytest.mark.parametrize("kwargs,words", [
     ({"file": "speed.json"}, "without '.json'"),
     ({"file": "../speed"}, "must be the name of a JSON file"),
+    ({"folder": "results"}, "folder 'results' is not one of"),
     ({"columns": "model"}, "columns is a tuple"),
     ({"columns": ()}, "columns is a tuple"),
     ({"columns": (("model", "m", ".2f", "x"),)}, "must be 'key'"),
@@ -255,6 +256,27 @@ def test_spec_errors(kwargs, words):
   with pytest.raises(ValueError) as e:
     paper.BenchTable(**args)
   assert words in str(e.value)
+
+
+def test_bench_table_reads_a_reference_result(tmp_path):
+  """folder='references/results': the rows a reference implementation's
+  script wrote there (and the source line names that file)."""
+  spec = SPEC.replace('BenchTable("speed-pivot", "speed",',
+                      'BenchTable("speed-pivot", "ref_speed", '
+                      'folder="references/results",')
+  d = _repo(tmp_path, spec=spec)
+  ref = tmp_path / "references" / "results"
+  ref.mkdir(parents=True)
+  rows = [dict(r, step_ms=r["step_ms"] * 10) for r in ROWS]
+  (ref / "ref_speed.json").write_text(json.dumps({"rows": rows}))
+  code, out = _main("paper", "--paper", d)
+  assert code == 0, out
+  body = _regions(d)["speed-pivot"]
+  assert "`references/results/ref_speed.json`" in body
+  assert "| mmoe  | 20.7 | 22.5 |" in body  # ten times speed.json's
+  (ref / "ref_speed.json").unlink()
+  code, out = _main("paper", "--paper", d)
+  assert code != 0 and "references/results/ref_speed.json" in out
 
 
 def test_bench_tables_are_not_experiments(tmp_path):
@@ -275,13 +297,14 @@ def test_bench_tables_are_not_experiments(tmp_path):
 
 def test_committed_paper_has_the_performance_tables():
   """Section 7 of the repository's paper is generated from the committed
-  benchmark outputs."""
+  benchmark outputs (and every row table's file is committed)."""
   root = pathlib.Path(__file__).resolve().parents[2]
   blocks = [b for b in paper.load_spec(root / "paper")
             if isinstance(b, paper.BenchTable)]
   assert blocks
   for b in blocks:
-    assert paper.bench_path(root, b.file).exists()
+    assert paper.bench_path(root, b).exists()
+  blocks = [b for b in blocks if b.folder == paper.BENCH_DIR]
   text = (root / "paper" / "paper.md").read_text()
   section = text[text.index("## 7. Performance"):]
   assert {r.id for r in paper.parse_regions(section)} == {b.id for b in blocks}

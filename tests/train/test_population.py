@@ -276,3 +276,19 @@ def test_sigterm_checkpoints_every_member_and_resume_ends_as_solo(
   assert any("resuming the population from the checkpoint of step 13" in m
              for m in logs), logs
   assert_same_runs(solo, again)
+
+
+def test_hash_dropout_bits_population_equals_solo(tmp_path):
+  """train.dropout_bits='hash' (train/dropout_bits.py): a population of 2
+  ends as its solo runs, and the masks differ from Threefry's (other test
+  losses) while the config hashes say which run is which."""
+  exp = tiny(seeds=(0, 1), **{"model.dropout": 0.3,
+                              "train.dropout_bits": "hash"})
+  solo, _ = sweep_of(exp, tmp_path, "solo")
+  pop, _ = sweep_of(exp, tmp_path, "pop", population.PopulationTrainer(2))
+  assert_same_runs(solo, pop)
+  threefry = tiny(seeds=(0,), **{"model.dropout": 0.3})
+  other, _ = sweep_of(threefry, tmp_path, "threefry")
+  assert other.results[0]["config_hash"] != solo.results[0]["config_hash"]
+  assert (other.results[0]["metrics"]["test/loss"]
+          != solo.results[0]["metrics"]["test/loss"])
