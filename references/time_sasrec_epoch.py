@@ -63,7 +63,8 @@ def main(argv=None):
   step_fn = parallel.jit_train_step(
       make_train_step(c.model, c.tasks, c.strategy, c.optimizer,
                       cfg.strategy.mode,
-                      jacobian=parallel.jacobian_engine("auto")),
+                      jacobian=parallel.jacobian_engine("auto"),
+                      dropout_bits=cfg.train.dropout_bits),
       mesh, shardings)
   state = jax.device_put(state, shardings)
   rows = len(c.dataset.splits["train"]["user"])
@@ -83,8 +84,10 @@ def main(argv=None):
     jax.block_until_ready((state, metrics))
     times.append((time.perf_counter() - w0, time.process_time() - c0))
   times = times[1:]  # the first epoch is a warm-up
+  flags = os.environ.get("XLA_FLAGS", "")
   out = {"impl": f"mtrec-jax ({a.loss_path})" + "".join(
-             f" {kv}" for kv in a.set), "steps_per_epoch": per_epoch,
+             f" {kv}" for kv in a.set) + (f" XLA_FLAGS={flags}" if flags
+                                          else ""), "steps_per_epoch": per_epoch,
          "batch_size": cfg.train.batch_size, "max_len": cfg.data.max_len,
          "compile_s": compile_s, "load_avg_1m": load,
          "wall_s_per_epoch": [t[0] for t in times],
