@@ -25,8 +25,9 @@ partial=True (every block of the experiment): the grid may be incomplete
   `mtrec paper --export NAME` exports one experiment (`--export` alone:
   all; a partial one with no stored run is skipped).
 BenchTable(id, file, columns, where=None, sort=(), pivot=None, digits=2,
-           caption="")
-  the rows of benchmarks/results/<file>.json (what `python -m
+           caption="", folder="benchmarks/results")
+  the rows of benchmarks/results/<file>.json (or, with
+  folder="references/results", of a reference implementation's results) (what `python -m
   benchmarks.NAME --json benchmarks/results/<file>.json` writes), read from
   the repository holding this folder whatever --from says; its region is
   marked <!-- mtrec:table ID --> like any table. columns: each 'key',
@@ -92,6 +93,43 @@ BLOCKS = [
                   "architecture with its original loss (bce), the full "
                   "softmax (the next_item model of ml100k-mtl) and the "
                   "sampled softmax (100 negatives)."),
+    # The public SASRec against ours on our split: rows that
+    # references/sasrec_summary.py writes from the reference's runs
+    # (references/sasrec_pytorch.py) and our exported runs.
+    BenchTable("sasrec-reference", "sasrec_reference",
+               folder="references/results", where={"table": "quality"},
+               columns=("implementation", "runs", "ndcg@10", "hr@10",
+                        "s_ndcg@10", "s_hr@10"),
+               caption="MovieLens-100K, our split: test next-item metrics "
+                       "of the public SASRec (pmixer/SASRec.pytorch, "
+                       "unmodified, its own settings), of the same "
+                       "computation in this harness (ml100k-sasrec-ref), "
+                       "and of ml100k-mtl's models at its settings "
+                       "(ml100k-mtl-ref); every checkpoint scored by our "
+                       "metric code. Mean ± sample std over runs; †: "
+                       "Welch's two-sided t-test against the reference's "
+                       "runs, p < 0.05."),
+    BenchTable("sasrec-reference-epoch", "sasrec_reference",
+               folder="references/results", where={"table": "epoch_time"},
+               columns=("implementation",
+                        ("load", "load (1 min)", ".1f"),
+                        ("wall_s_per_epoch", "wall s/epoch", ".2f"),
+                        ("cpu_s_per_epoch", "CPU s/epoch", ".2f"),
+                        "epochs"),
+               caption="Seconds per training epoch (8 steps of batch 128, "
+                       "length 200) at the reference's settings, median "
+                       "over the epochs timed after a warm-up one, measured "
+                       "back to back on the same cores in the order "
+                       "listed; load: the 1-minute load average when each "
+                       "measurement started. CPU: the process's CPU time "
+                       "over its threads (the reference's 3 sampler "
+                       "processes are not counted)."),
+    Table("ml100k-mtl-ref", "ml100k-mtl-ref",
+          baseline={"tasks": "next_item"}, partial=True,
+          caption="MovieLens-100K at the public SASRec's settings (length "
+                  "200, 50 units, dropout 0.2, 1,600 steps), full softmax: "
+                  "next item alone and with the rating, like and genre "
+                  "tasks (equal weights)."),
     Table("mmoe-synthetic-loss", "mmoe-synthetic",
           metrics=("test/loss", "report/mean_train_loss"), baseline=None,
           caption="MMoE synthetic benchmark: mean test loss and mean "
