@@ -124,6 +124,9 @@ BLOCKS = [
                        "measurement started. CPU: the process's CPU time "
                        "over its threads (the reference's 3 sampler "
                        "processes are not counted)."),
+    Table("ml100k-sasrec-ref", "ml100k-sasrec-ref", baseline=None,
+          caption="MovieLens-100K: ml100k-sasrec-ref, the reference "
+                  "SASRec's computation in this harness, all metrics."),
     Table("ml100k-mtl-ref", "ml100k-mtl-ref",
           baseline={"tasks": "next_item"}, partial=True,
           caption="MovieLens-100K at the public SASRec's settings (length "
