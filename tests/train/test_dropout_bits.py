@@ -108,3 +108,20 @@ def test_hash_keys_work_under_jit_and_vmap():
 def test_unknown_choice_names_the_choices():
   with pytest.raises(ValueError, match="'threefry', 'hash'"):
     dropout_bits.dropout_key(jax.random.PRNGKey(0), "rbg")
+
+
+def test_corners_empty_draws_widths_and_extreme_rates():
+  """An empty draw, 8/16-bit draws (the top bits of the 32-bit words),
+  and rates 0 and 1 (flax returns the input / zeros) with a hash key."""
+  key = dropout_bits.dropout_key(jax.random.PRNGKey(1), "hash")
+  assert jax.random.bits(key, (0, 5), jnp.uint32).shape == (0, 5)
+  assert _mask(jax.random.PRNGKey(1), 0.5, (0, 3)).shape == (0, 3)
+  words = np.asarray(jax.random.bits(key, (1000,), jnp.uint32))
+  for dtype, shift in ((jnp.uint8, 24), (jnp.uint16, 16)):
+    small = np.asarray(jax.random.bits(key, (1000,), dtype))
+    np.testing.assert_array_equal(small, words >> shift)
+  x = jnp.full((4, 7), 3.0)
+  for rate, want in ((0.0, x), (1.0, jnp.zeros_like(x))):
+    y = nn.Dropout(rate, deterministic=False).apply({}, x,
+                                                    rngs={"dropout": key})
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(want))
