@@ -205,7 +205,7 @@ def step_cost(modes: list[str], *, rounds: int, iters: int) -> dict:
 
 
 def steps_summary(payload: dict) -> str:
-  r = payload["result"]
+  r = payload
   lines = [f"# ml100k-text training step by item representation on "
            f"{payload['device']}", "",
            "next item + rating + like + genre (all positions), batch 128, "
@@ -244,9 +244,10 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   if args.steps:
     os.environ.setdefault("MTREC_DATA_DIR", args.data_dir)
+    # rows at the top level, as paper BenchTables read them.
     payload = {"device": describe_device(), "cpu_count": os.cpu_count(),
-               "result": step_cost(args.modes.split(","), rounds=args.rounds,
-                                   iters=args.iters)}
+               **step_cost(args.modes.split(","), rounds=args.rounds,
+                           iters=args.iters)}
     write_outputs(f"text_encoder_steps_{jax.devices()[0].platform}", payload,
                   args.json, steps_summary(payload))
     return

@@ -230,4 +230,42 @@ BLOCKS = [
                   "sigma^2 / true noise variance - 1| for the heads of "
                   "noise variance 0.25, 1 and 4, and the largest of the "
                   "three (the claim: below 0.2)."),
+    # Issue 18: item text from all-MiniLM-L6-v2 (experiments/ml100k_text.py).
+    Table("ml100k-text-all", "ml100k-text",
+          metrics=("test/next_all/ndcg@10", "test/next_all/hr@10",
+                   "test/next_all/s_ndcg@10", "test/next_all/s_hr@10",
+                   "test/rating_all/rmse"),
+          baseline={"item": "ids"}, partial=True,
+          caption="MovieLens-100K, next item + rating + like + genre "
+                  "(equal weights): every test user, by item "
+                  "representation: learned ids, ids + frozen title "
+                  "embeddings (all-MiniLM-L6-v2), ids + the fine-tuned "
+                  "encoder."),
+    Table("ml100k-text-cold", "ml100k-text",
+          metrics=tuple(f"report/cold/test/next_all/{m}" for m in (
+              "ndcg@10", "hr@10", "s_ndcg@10", "s_hr@10")),
+          baseline={"item": "ids"}, partial=True,
+          caption="The same runs on the cold-item slice: the test users "
+                  "whose target item has fewer than 5 interactions in the "
+                  "training histories."),
+    Table("ml100k-text-coldstart", "ml100k-text-coldstart",
+          metrics=("report/coldstart/test/next_all/ndcg@10",
+                   "report/coldstart/test/next_all/hr@10",
+                   "report/coldstart/test/next_all/s_ndcg@10",
+                   "test/next_all/ndcg@10", "test/next_all/hr@10"),
+          baseline={"item": "ids"}, partial=True,
+          caption="Cold-start split: 20% of the test-target items held out "
+                  "of training entirely; next-item metrics on the test "
+                  "users whose target is held out (coldstart/), and on "
+                  "every test user."),
+    BenchTable("text-step-cost", "text_encoder_steps_cpu",
+               columns=(("name", "item representation"),
+                        ("ms", "step ms", ".0f"), ("relative", "× ids"),
+                        ("gflop", "GFLOP/step", ".1f"),
+                        ("shared_params", "shared params", ",.0f")),
+               caption="Training-step time by item representation "
+                       "(benchmarks/text_encoder.py: median of interleaved "
+                       "rounds on this CPU; the fine-tuned encoder runs its "
+                       "two trainable layers over all 1,682 titles every "
+                       "step)."),
 ]
