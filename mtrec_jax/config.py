@@ -251,6 +251,10 @@ def base_config() -> ConfigDict:
   # "hash" (a counter hash, much cheaper on CPU; other masks, the same
   # distribution).  See train/dropout_bits.py.
   c.train.dropout_bits = "threefry"
+  # XLA compile preset of the training step: "default" (XLA's own options)
+  # or "cpu_fast" (CPU options that run our sequence models faster; the
+  # same math, other rounding).  See train/compiler.py.
+  c.train.compiler = "default"
   # Model selection on validation only: "val/loss" is the mean of the task
   # losses; or "val/<task>/<metric>".  patience = evaluations without
   # improvement before stopping early (0 = never stop early).

@@ -26,7 +26,7 @@ import optax
 from mtrec_jax import config as config_lib
 from mtrec_jax.experiment import get_experiment
 from mtrec_jax.tasks import auxiliary
-from mtrec_jax.train import loop, parallel
+from mtrec_jax.train import compiler, loop, parallel
 from mtrec_jax.train.step import make_train_step
 
 
@@ -65,7 +65,8 @@ def main(argv=None):
                       cfg.strategy.mode,
                       jacobian=parallel.jacobian_engine("auto"),
                       dropout_bits=cfg.train.dropout_bits),
-      mesh, shardings)
+      mesh, shardings,
+      compiler_options=compiler.compiler_options(cfg.train.compiler))
   state = jax.device_put(state, shardings)
   rows = len(c.dataset.splits["train"]["user"])
   per_epoch = math.ceil(rows / cfg.train.batch_size)

@@ -226,3 +226,15 @@ def test_runs_stored_before_dropout_bits_keep_their_identity():
       run.config)
   assert config_lib.config_hash(old) != config_lib.config_hash(run.config)
   assert 5 in store_lib._MIGRATIONS and store_lib.SCHEMA_VERSION >= 5
+
+
+def test_runs_stored_before_the_compiler_preset_keep_their_identity():
+  """Schema 6: every run stored before train.compiler existed compiled its
+  step with XLA's default options."""
+  run = experiment_lib.get_experiment("ml100k-strategies").runs()[0]
+  old = config_lib.to_dict(run.config)
+  del old["train"]["compiler"]
+  assert store_lib.stored_config_hash(old) == config_lib.config_hash(
+      run.config)
+  assert config_lib.config_hash(old) != config_lib.config_hash(run.config)
+  assert 6 in store_lib._MIGRATIONS and store_lib.SCHEMA_VERSION >= 6

@@ -89,7 +89,7 @@ from mtrec_jax import config as config_lib
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
 SOURCES = ("eval", "train")  # the `series` table's kinds of records
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 # Config keys added since runs were first stored, with the default each was
@@ -112,6 +112,8 @@ ADDED_KEYS: dict[str, Any] = {
     "aux.next_all.shared_pass": False,
     # Schema 5 (issue 15): dropout's random bits (Threefry is what ran).
     "train.dropout_bits": "threefry",
+    # Schema 6 (issue 15): the training step's XLA compile preset.
+    "train.compiler": "default",
 }
 
 
@@ -260,6 +262,8 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection], None],
     4: (_rekey(),),
     # train.dropout_bits.
     5: (_rekey(),),
+    # train.compiler.
+    6: (_rekey(),),
 }
 
 

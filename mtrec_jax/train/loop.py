@@ -41,6 +41,7 @@ from mtrec_jax.results import provenance as provenance_lib
 from mtrec_jax.results import run_files
 from mtrec_jax.tasks.metrics import direction
 from mtrec_jax.train import checkpoints
+from mtrec_jax.train import compiler
 from mtrec_jax.train import parallel
 from mtrec_jax.train import faults  # test-only (tests/faults/)
 from mtrec_jax.train import preemption
@@ -442,7 +443,9 @@ def _train_with(c: Components, workdir, progress: bool, resume: bool, log,
                       cfg.strategy.mode, jacobian=engine,
                       rep_gramian=cfg.strategy.get("rep_gramian", "rows"),
                       dropout_bits=tcfg.dropout_bits),
-      mesh, shardings)
+      mesh, shardings,
+      compiler_options=compiler.compiler_options(tcfg.get("compiler",
+                                                          "default")))
   predict = make_predict_fn(c.model, c.tasks)
   splits = c.dataset.splits
   restored = None

@@ -219,7 +219,9 @@ def state_sharding(state, mesh: Mesh,
 
 
 def jit_train_step(step_fn: Callable, mesh: Mesh, state_shardings, *,
-                   donate: bool = False) -> Callable:
+                   donate: bool = False,
+                   compiler_options: Mapping[str, Any] | None = None
+                   ) -> Callable:
   """``jax.jit(step_fn)`` with the state kept at `state_shardings`, the batch
   split over "data" and the metrics replicated.
 
@@ -229,12 +231,14 @@ def jit_train_step(step_fn: Callable, mesh: Mesh, state_shardings, *,
   on the mesh: ``jax.device_put(jax.tree_util.tree_map(jnp.copy, state),
   shardings)``, since `device_put` reuses a buffer already on a target
   device as that device's shard (even with ``may_alias=False``, JAX 0.10.2),
-  and donating the shard deletes the original.
+  and donating the shard deletes the original.  `compiler_options`: XLA's,
+  as `train/compiler.py` gives them for `train.compiler`.
   """
   return jax.jit(step_fn,
                  in_shardings=(state_shardings, batch_sharding(mesh)),
                  out_shardings=(state_shardings, replicated(mesh)),
-                 donate_argnums=(0,) if donate else ())
+                 donate_argnums=(0,) if donate else (),
+                 compiler_options=compiler_options)
 
 
 # --------------------------------------------------------------------- pmap

@@ -75,6 +75,7 @@ from mtrec_jax.results import loggers
 from mtrec_jax.results import provenance as provenance_lib
 from mtrec_jax.results import run_files
 from mtrec_jax.train import checkpoints
+from mtrec_jax.train import compiler
 from mtrec_jax.train import faults
 from mtrec_jax.train import loop
 from mtrec_jax.train import parallel
@@ -425,11 +426,14 @@ def train_population(claimed: Sequence, *, experiment: str = "",
   mesh = population_mesh(size, devices)
   sharding = None if mesh is None else NamedSharding(mesh, P(POPULATION))
   vstep = jax.vmap(make_member_step(c0, tuple(hp)))
+  options = compiler.compiler_options(
+      c0.config.train.get("compiler", "default"))  # as the solo loop
   if sharding is None:
-    jitted = jax.jit(vstep)
+    jitted = jax.jit(vstep, compiler_options=options)
   else:
     jitted = jax.jit(vstep, in_shardings=(sharding, sharding, sharding),
-                     out_shardings=(sharding, sharding))
+                     out_shardings=(sharding, sharding),
+                     compiler_options=options)
   bs = c0.config.train.batch_size
   train0 = c0.dataset.splits["train"]
   batch_spec = {k: jax.ShapeDtypeStruct((size, bs) + np.shape(v)[1:],
