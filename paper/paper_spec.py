@@ -109,6 +109,16 @@ BLOCKS = [
                        "metric code. Mean ± sample std over runs; †: "
                        "Welch's two-sided t-test against the reference's "
                        "runs, p < 0.05."),
+    BenchTable("sasrec-reference-val", "sasrec_reference",
+               folder="references/results", where={"table": "validation"},
+               columns=("implementation", "runs", "ndcg@10", "hr@10",
+                        "s_ndcg@10", "s_hr@10"),
+               caption="The same checkpoints on validation, the split that "
+                       "selected them (each implementation's rule: ours, "
+                       "validation sampled NDCG@10 every 160 steps; the "
+                       "reference's, its own sampled NDCG@10 every 20 "
+                       "epochs). †: Welch's two-sided t-test against the "
+                       "reference's runs, p < 0.05."),
     BenchTable("sasrec-reference-epoch", "sasrec_reference",
                folder="references/results", where={"table": "epoch_time"},
                columns=("implementation",

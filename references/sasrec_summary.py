@@ -85,12 +85,14 @@ def _our_runs(paths):
       point = ",".join(f"{k}={v}" for k, v in sorted(r["grid"].items())
                        if k != "seed")
       m = r["metrics"]
+      (best,) = [e for e in r["evals"] if e["step"] == r["best_step"]]
       out.append({"file": os.path.relpath(path),
                   "implementation": OURS[r["experiment"]].format(
                       point=point), "seed": r["seed"], "steps": r["steps"],
                   "best_step": r["best_step"],
                   "config_hash": r["config_hash"],
-                  "test": {k: m[f"test/next_all/{k}"] for k in METRICS}})
+                  "test": {k: m[f"test/next_all/{k}"] for k in METRICS},
+                  "val": {k: best[f"val/next_all/{k}"] for k in METRICS}})
   return out
 
 
@@ -129,19 +131,22 @@ def main(argv=None):
   groups = {REFERENCE: ref_runs}
   for r in ours:
     groups.setdefault(r["implementation"], []).append(r)
+  # Test ("quality") and, at the same selected checkpoints, validation:
+  # a gap on test alone is not a difference of the models' fit.
   summary, rows = {}, []
-  for name, runs in groups.items():
-    s = {k: _stats([r["test"][k] for r in runs]) for k in METRICS}
-    row = {"table": "quality", "implementation": name, "runs": len(runs)}
-    for k in METRICS:
-      p_value = None if name == REFERENCE else _welch_p(
-          [r["test"][k] for r in runs], [r["test"][k] for r in ref_runs])
-      if s[k] is not None:
-        s[k]["welch_p_vs_reference"] = p_value
-      row[k] = _fmt(s[k], "†" if p_value is not None and p_value < ALPHA
-                    else "")
-    summary[name] = s
-    rows.append(row)
+  for split, table in (("test", "quality"), ("val", "validation")):
+    for name, runs in groups.items():
+      s = {k: _stats([r[split][k] for r in runs]) for k in METRICS}
+      row = {"table": table, "implementation": name, "runs": len(runs)}
+      for k in METRICS:
+        p_value = None if name == REFERENCE else _welch_p(
+            [r[split][k] for r in runs], [r[split][k] for r in ref_runs])
+        if s[k] is not None:
+          s[k]["welch_p_vs_reference"] = p_value
+        row[k] = _fmt(s[k], "†" if p_value is not None and p_value < ALPHA
+                      else "")
+      summary.setdefault(split, {})[name] = s
+      rows.append(row)
   own = {k: _stats([r["reference_own_test"][k] for r in ref_runs])
          for k in ("s_ndcg@10", "s_hr@10")}
   for t in timing:
@@ -180,12 +185,20 @@ def main(argv=None):
   lines += ["", "Welch's p against the reference:", "",
             "| implementation | " + " | ".join(METRICS) + " |",
             "|---|" + "---|" * len(METRICS)]
-  for name, s in summary.items():
+  for name, s in summary["test"].items():
     if name != REFERENCE:
       lines.append(f"| {name} | " + " | ".join(
           "-" if s[k] is None or s[k]["welch_p_vs_reference"] is None
           else f"{s[k]['welch_p_vs_reference']:.3f}" for k in METRICS)
                    + " |")
+  lines += ["", "Validation at the same checkpoints (the split that "
+            "selected them), with Welch's † against the reference:", "",
+            "| implementation | runs | " + " | ".join(METRICS) + " |",
+            "|---|---|" + "---|" * len(METRICS)]
+  for r in rows:
+    if r["table"] == "validation":
+      lines.append(f"| {r['implementation']} | {r['runs']} | "
+                   + " | ".join(r[k] for k in METRICS) + " |")
   lines += ["", "The reference's own sampled test numbers at the same "
             "checkpoints (its evaluate(): 100 negatives with replacement, "
             f"only training items excluded): s_ndcg@10 "
