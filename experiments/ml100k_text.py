@@ -26,7 +26,7 @@ s_hr@10, s_ndcg@10), the popularity baseline, and `cold_report`: the same
 next-item metrics on the cold-item slice, the test users whose target item
 has fewer than `COLD_THRESHOLD` interactions in the training histories
 (``report['cold/test/next_all/...']``, with the slice's size and its
-popularity baseline).  Not done yet: the sampled protocol's separate grid.
+popularity baseline), both protocols on every slice.
 
 Cold-start split (`ml100k-text-coldstart`, ids and frozen (and finetune)
 x 3 seeds): the same setup with ``data.cold_start_items =
