@@ -203,38 +203,27 @@ def test_added_keys_fill_only_missing_keys():
   assert fill({"aux": {}}, V1_ADDED) == {"aux": {}}
 
 
-def test_runs_stored_before_shared_pass_keep_their_identity():
-  """Schema 4: ml100k-mtl's runs were stored before aux.next_all.shared_pass
-  existed; they ran separate passes (False)."""
-  run = [r for r in experiment_lib.get_experiment("ml100k-mtl").runs()
-         if r.name == "tasks=all,seed=0"][0]
+@pytest.mark.parametrize("experiment,run_name,key,schema", [
+    # ml100k-mtl's runs were stored before the key; they ran separate passes.
+    ("ml100k-mtl", "tasks=all,seed=0", "aux.next_all.shared_pass", 4),
+    # Every run before the key drew its dropout masks with Threefry.
+    ("ml100k-sasrec-ref", "seed=0", "train.dropout_bits", 5),
+    # Every run before the key compiled its step with XLA's defaults.
+    ("ml100k-strategies", "strategy=single_task,seed=0", "train.compiler", 6),
+])
+def test_runs_stored_before_a_key_keep_their_identity(experiment, run_name,
+                                                       key, schema):
+  """Schemas 4-6: a stored config without the key hashes as the registered
+  run (the key at its ADDED_KEYS default), not as a plain config hash."""
+  (run,) = [r for r in experiment_lib.get_experiment(experiment).runs()
+            if r.name == run_name]
   old = config_lib.to_dict(run.config)
-  del old["aux"]["next_all"]["shared_pass"]
+  *path, leaf = key.split(".")
+  node = old
+  for part in path:
+    node = node[part]
+  del node[leaf]
   assert store_lib.stored_config_hash(old) == config_lib.config_hash(
       run.config)
   assert config_lib.config_hash(old) != config_lib.config_hash(run.config)
-  assert 4 in store_lib._MIGRATIONS and store_lib.SCHEMA_VERSION >= 4
-
-
-def test_runs_stored_before_dropout_bits_keep_their_identity():
-  """Schema 5: every run stored before train.dropout_bits existed drew its
-  dropout masks with Threefry."""
-  run = experiment_lib.get_experiment("ml100k-sasrec-ref").runs()[0]
-  old = config_lib.to_dict(run.config)
-  del old["train"]["dropout_bits"]
-  assert store_lib.stored_config_hash(old) == config_lib.config_hash(
-      run.config)
-  assert config_lib.config_hash(old) != config_lib.config_hash(run.config)
-  assert 5 in store_lib._MIGRATIONS and store_lib.SCHEMA_VERSION >= 5
-
-
-def test_runs_stored_before_the_compiler_preset_keep_their_identity():
-  """Schema 6: every run stored before train.compiler existed compiled its
-  step with XLA's default options."""
-  run = experiment_lib.get_experiment("ml100k-strategies").runs()[0]
-  old = config_lib.to_dict(run.config)
-  del old["train"]["compiler"]
-  assert store_lib.stored_config_hash(old) == config_lib.config_hash(
-      run.config)
-  assert config_lib.config_hash(old) != config_lib.config_hash(run.config)
-  assert 6 in store_lib._MIGRATIONS and store_lib.SCHEMA_VERSION >= 6
+  assert schema in store_lib._MIGRATIONS and store_lib.SCHEMA_VERSION >= schema
