@@ -41,6 +41,9 @@ BenchTable(id, file, columns, where=None, sort=(), pivot=None, digits=2,
 from mtrec_jax.results.paper import BenchTable, Figure, Table
 
 # The two `benchmarks.peers` tables (MMoE and MLP) show the same columns.
+# The public SASRec's comparison tables (test and validation) show these.
+SASREC_COLUMNS = ("implementation", "runs", "ndcg@10", "hr@10", "s_ndcg@10",
+                  "s_hr@10")
 PEERS_COLUMNS = ("strategy", ("jax_mode", "mode"), ("jax_ms", "JAX ms"),
                  ("torch_ms", "PyTorch ms"), ("ratio", "PyTorch / JAX"))
 
@@ -98,8 +101,7 @@ BLOCKS = [
     # (references/sasrec_pytorch.py) and our exported runs.
     BenchTable("sasrec-reference", "sasrec_reference",
                folder="references/results", where={"table": "quality"},
-               columns=("implementation", "runs", "ndcg@10", "hr@10",
-                        "s_ndcg@10", "s_hr@10"),
+               columns=SASREC_COLUMNS,
                caption="MovieLens-100K, our split: test next-item metrics "
                        "of the public SASRec (pmixer/SASRec.pytorch, "
                        "unmodified, its own settings), of the same "
@@ -111,8 +113,7 @@ BLOCKS = [
                        "runs, p < 0.05."),
     BenchTable("sasrec-reference-val", "sasrec_reference",
                folder="references/results", where={"table": "validation"},
-               columns=("implementation", "runs", "ndcg@10", "hr@10",
-                        "s_ndcg@10", "s_hr@10"),
+               columns=SASREC_COLUMNS,
                caption="The same checkpoints on validation, the split that "
                        "selected them (each implementation's rule: ours, "
                        "validation sampled NDCG@10 every 160 steps; the "

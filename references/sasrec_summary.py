@@ -106,6 +106,15 @@ def _timing(paths):
   return out
 
 
+def _metric_table(rows, table):
+  """Markdown lines of the `rows` of one table ('quality', 'validation')."""
+  lines = ["| implementation | runs | " + " | ".join(METRICS) + " |",
+           "|---|---|" + "---|" * len(METRICS)]
+  return lines + [f"| {r['implementation']} | {r['runs']} | "
+                  + " | ".join(r[k] for k in METRICS) + " |"
+                  for r in rows if r["table"] == table]
+
+
 def _git_commit():
   try:
     return subprocess.run(["git", "rev-parse", "HEAD"], check=True,
@@ -175,13 +184,7 @@ def main(argv=None):
            "ranking: all items, the user's history excluded; sampled: 100 "
            "distinct unseen negatives (our metric code for every "
            "implementation).  †: Welch's two-sided t-test against the "
-           f"reference's runs, p < {ALPHA}.", "",
-           "| implementation | runs | " + " | ".join(METRICS) + " |",
-           "|---|---|" + "---|" * len(METRICS)]
-  for r in rows:
-    if r["table"] == "quality":
-      lines.append(f"| {r['implementation']} | {r['runs']} | "
-                   + " | ".join(r[k] for k in METRICS) + " |")
+           f"reference's runs, p < {ALPHA}.", "", *_metric_table(rows, "quality")]
   lines += ["", "Welch's p against the reference:", "",
             "| implementation | " + " | ".join(METRICS) + " |",
             "|---|" + "---|" * len(METRICS)]
@@ -193,12 +196,7 @@ def main(argv=None):
                    + " |")
   lines += ["", "Validation at the same checkpoints (the split that "
             "selected them), with Welch's † against the reference:", "",
-            "| implementation | runs | " + " | ".join(METRICS) + " |",
-            "|---|---|" + "---|" * len(METRICS)]
-  for r in rows:
-    if r["table"] == "validation":
-      lines.append(f"| {r['implementation']} | {r['runs']} | "
-                   + " | ".join(r[k] for k in METRICS) + " |")
+            *_metric_table(rows, "validation")]
   lines += ["", "The reference's own sampled test numbers at the same "
             "checkpoints (its evaluate(): 100 negatives with replacement, "
             f"only training items excluded): s_ndcg@10 "
