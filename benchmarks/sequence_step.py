@@ -24,7 +24,14 @@ Variants of the full jitted train step (forward, backward, AdamW update):
   run);
 * ``+noynn``: compiled without XLA:CPU's YNNPACK fusions (`NO_YNN`, per
   compilation, so in the same process as the default rows): other kernels
-  for the same ops, so the same math up to float rounding.
+  for the same ops, so the same math up to float rounding;
+* ``fused+hash`` and ``fused+hash+cpu_fast``: the fused softmax with the
+  two switches a run sets in its config: ``train.dropout_bits='hash'``
+  (`train/dropout_bits.py`: a counter hash instead of Threefry, other
+  masks of the same distribution, so another random stream, not the same
+  run) and ``train.compiler='cpu_fast'`` (`train/compiler.py`: no YNNPACK,
+  oneDNN matmuls, the concurrency scheduler; the same math up to float
+  rounding).
 
 Components, each timed old against new in its own interleaved table:
 
@@ -70,21 +77,26 @@ from mtrec_jax import config as config_lib
 from mtrec_jax.data.pipeline import train_batches
 from mtrec_jax.tasks.catalogue_softmax import (PADDING_LOGIT,
                                                catalogue_softmax_loss)
-from mtrec_jax.train import loop
+from mtrec_jax.train import compiler, loop
 from mtrec_jax.train.step import make_train_step
 
 # XLA:CPU compiler options of the 'noynn' rows: no YNNPACK fusions (XLA's
 # own kernels for the dots and elementwise work instead); the same as
 # XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= for a whole process.
 NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
-VARIANTS = {  # name -> (softmax_impl, Threefry on CPU unrolled, no YNN)
-    "today": ("full", False, False),
-    "fused": ("fused", False, False),
-    "unrolled": ("full", True, False),
-    "fused+unrolled": ("fused", True, False),
-    "today+noynn": ("full", False, True),
-    "fused+noynn": ("fused", False, True),
-    "fused+unrolled+noynn": ("fused", True, True),
+# name -> (softmax_impl, Threefry on CPU unrolled, compile options,
+#          train.dropout_bits); compile options: 'default', 'noynn'
+#          (`NO_YNN`) or a `train.compiler` preset ('cpu_fast').
+VARIANTS = {
+    "today": ("full", False, "default", "threefry"),
+    "fused": ("fused", False, "default", "threefry"),
+    "unrolled": ("full", True, "default", "threefry"),
+    "fused+unrolled": ("fused", True, "default", "threefry"),
+    "today+noynn": ("full", False, "noynn", "threefry"),
+    "fused+noynn": ("fused", False, "noynn", "threefry"),
+    "fused+unrolled+noynn": ("fused", True, "noynn", "threefry"),
+    "fused+hash": ("fused", False, "default", "hash"),
+    "fused+hash+cpu_fast": ("fused", False, "cpu_fast", "hash"),
 }
 
 
@@ -95,6 +107,14 @@ MT_VARIANTS = {  # name -> (softmax_impl, aux.next_all.shared_pass, no YNN)
     "mt_fused_shared+noynn": ("fused", True, True),
 }
 PARTS = ("step", "softmax", "loss_grad", "dropout", "multitask")
+
+
+def compile_options(name: str) -> dict | None:
+  """XLA compiler options of a variant: None ('default'), `NO_YNN`
+  ('noynn') or the `train.compiler` preset of that name."""
+  if name == "noynn":
+    return NO_YNN
+  return compiler.compiler_options(name)
 
 
 def unrolled_threefry(unrolled: bool) -> None:
@@ -133,16 +153,16 @@ def step_entries(base, variants):
   """{name: (jitted step, state, compiled facts)} sharing one initial state."""
   out, state, batch = {}, None, None
   for name in variants:
-    softmax_impl, unrolled, no_ynn = VARIANTS[name]
+    softmax_impl, unrolled, options, bits = VARIANTS[name]
     c = loop.Components(variant_config(base, softmax_impl))
     if state is None:
       state, batch = loop.init_state(c), first_batch(c)
     fn = jax.jit(make_train_step(c.model, c.tasks, c.strategy, c.optimizer,
-                                 c.config.strategy.mode))
+                                 c.config.strategy.mode, dropout_bits=bits))
     unrolled_threefry(unrolled)  # for this lowering
     t0 = time.perf_counter()
     compiled = fn.lower(state, batch).compile(
-        compiler_options=NO_YNN if no_ynn else None)
+        compiler_options=compile_options(options))
     facts = {"compile_ms": (time.perf_counter() - t0) * 1e3,
              "gflop": step_flops(compiled) / 1e9,
              "xla_step_mb": step_bytes(compiled) / 2 ** 20}
@@ -431,14 +451,15 @@ def summary(payload: dict, note: str) -> str:
         + ".", ""]
   if "step" in payload:
     lines += ["## Full train step (forward, backward, AdamW)", "",
-              "| variant | softmax_impl | Threefry on CPU | YNNPACK | "
+              "| variant | softmax_impl | dropout bits | XLA options | "
               "step ms | speed-up | XLA GFLOP | XLA MiB | compile ms |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in payload["step"]["rows"]:
-      s, u, y = VARIANTS[r["name"]]
-      lines.append(f"| {r['name']} | {s} | "
-                   f"{'unrolled' if u else 'rolled'} | "
-                   f"{'off' if y else 'on'} | {r['ms']:.1f} | "
+      s, u, options, bits = VARIANTS[r["name"]]
+      if bits == "threefry":
+        bits += " unrolled" if u else " rolled"
+      lines.append(f"| {r['name']} | {s} | {bits} | {options} | "
+                   f"{r['ms']:.1f} | "
                    f"{r['speedup']:.2f}x | {r['gflop']:.2f} | "
                    f"{r['xla_step_mb']:.0f} | {r['compile_ms']:.0f} |")
     diffs = payload["step"].get("max_abs_param_diff_vs_today", {})
@@ -451,7 +472,11 @@ def summary(payload: dict, note: str) -> str:
               f"gradient entry near 0 whose rounding differs moves by up "
               f"to lr = 1e-3: rounding amplified by that normalisation; "
               f"today+noynn, the same program with other kernels, shows the "
-              f"same size).", ""]
+              f"same size)" + (
+                  "; the hash rows draw other dropout masks, so theirs is "
+                  "the difference of another random stream, not rounding"
+                  if any(VARIANTS[n][3] == "hash" for n in diffs) else "")
+              + ".", ""]
   for key, title in (("softmax", "Cross-entropy and its gradient alone "
                       "(fixed [B, L, E] inputs)"),
                      ("loss_grad", "next_all loss and parameter gradient "
