@@ -6,10 +6,13 @@ model's view of the item title, frozen or fine-tuned (issue 18).
     mtrec run ml100k-text                  # 3 representations x 3 seeds
     mtrec run ml100k-text-coldstart        # the same, items held out
 
-Setup: `ml100k-mtl`'s all-positions model and its 'all' task set (next
-item + rating, like and genre of the next interaction: `next_all`,
-`rating_all`, `like_all`, `genre_all`), equal (`mean`) weights, 2,000
-steps.  Axis `item` (`models/item_text.py`):
+Setup: `ml100k-strategies`' model and tasks (`ml100k-mtl`'s all-positions
+Transformer and its 'all' task set: next item + rating, like and genre of
+the next interaction, `next_all`, `rating_all`, `like_all`, `genre_all`;
+the fused next-item softmax and one encoder pass for the four tasks),
+equal (`mean`) weights, 2,000 steps, so the `ids` row is that grid's
+`mean` row with the item-text keys added.  Axis `item`
+(`models/item_text.py`):
   ids       the learned item-id table (what `ml100k-mtl` trains);
   frozen    ids + Dense(32)(all-MiniLM-L6-v2 embedding of the title), the
             embeddings computed once and cached with the prepared dataset;
@@ -57,7 +60,8 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from experiments.ml100k_mtl import TASK_SETS, all_positions_config, popularity_report
+from experiments.ml100k_mtl import TASK_SETS, popularity_report
+from experiments.ml100k_strategies import strategies_config
 from mtrec_jax.experiment import Axis, Experiment
 from mtrec_jax.registry import EXPERIMENTS
 
@@ -102,10 +106,11 @@ def with_cold_start_key(c, fraction: float = 0.0):
 
 
 def base_config():
-  """`ml100k-mtl`'s all-positions setup with the 'all' task set and the
-  item-text keys."""
-  c = all_positions_config()
+  """`ml100k-strategies`' setup (fused softmax, one encoder pass) with the
+  'all' task set, equal weights and the item-text keys."""
+  c = strategies_config()
   c.aux.tasks = TASK_SETS["all"]["aux.tasks"]
+  c.strategy.name = "mean"
   return with_text_keys(c)
 
 
