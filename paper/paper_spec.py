@@ -174,8 +174,8 @@ BLOCKS = [
                   "vs single_task: over the three next-item columns, "
                   "against the model trained for next item alone. s/step: "
                   "as the runs measured it on the machine that ran them, "
-                  "under its load at the time (not a benchmark; section "
-                  "7.4 has one); the seeds of a strategy that trained as "
+                  "under its load at the time (not a benchmark: section "
+                  "7.4's second table has one); the seeds of a strategy that trained as "
                   "one population share one program and its time."),
     Figure("ml100k-strategies-pareto", "ml100k-strategies", "pareto",
            options={"x": "test/next_all/ndcg@10",
@@ -269,6 +269,17 @@ BLOCKS = [
                   "of training entirely; next-item metrics on the test "
                   "users whose target is held out (coldstart/), and on "
                   "every test user."),
+    BenchTable("ml100k-strategies-cost", "strategies_ml100k_cpu",
+               columns=(("strategy", "row"), "mode",
+                        ("step_ms", "step ms", ".0f"),
+                        ("relative", "× mean"),
+                        ("gflop", "GFLOP/step", ".2f")),
+               caption="Train-step time of every row of the grid on its own "
+                       "model and batch (benchmarks/strategies_ml100k.py: "
+                       "seed 0's config, each strategy in its grid mode, "
+                       "median of interleaved rounds on this CPU, one "
+                       "program per row, no population). GFLOP/step: XLA's "
+                       "count of one step."),
     BenchTable("text-step-cost", "text_encoder_steps_cpu",
                columns=(("name", "item representation"),
                         ("ms", "step ms", ".0f"), ("relative", "× ids"),
