@@ -62,6 +62,18 @@ def time_interleaved(entries, batch, *, rounds: int, iters: int,
   return [(statistics.median(s), f) for s, f in zip(samples, first)]
 
 
+def load_line(payload: dict) -> str:
+  """The Markdown sentence on the machine's other load while timing, from a
+  payload's ``other_load``, ``loadavg_before``, ``loadavg_after`` and
+  ``cpu_count``: the reader's warning that absolute times are not a quiet
+  machine's."""
+  return (f"Other processes kept {payload['other_load']:.2f} cores busy "
+          f"while timing (load average {payload['loadavg_before'][0]:.1f} "
+          f"before, {payload['loadavg_after'][0]:.1f} after) on this shared "
+          f"{payload['cpu_count']}-core machine: absolute times are slow and "
+          "noisy; the ratios are what the interleaving protects.")
+
+
 def describe_device() -> str:
   d = jax.devices()[0]
   return f"{d.platform}:{d.device_kind} x{len(jax.devices())}"

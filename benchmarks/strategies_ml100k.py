@@ -29,7 +29,8 @@ import time
 
 import jax
 
-from benchmarks.common import describe_device, time_interleaved, write_outputs
+from benchmarks.common import (describe_device, load_line, time_interleaved,
+                               write_outputs)
 from benchmarks.strategies import extra_feed
 from benchmarks.sequence_step import first_batch
 from benchmarks.throughput import OtherLoad, step_flops
@@ -126,12 +127,7 @@ def summary(payload: dict) -> str:
     lines.append(f"| {r['strategy']} | {r['mode']} | {r['step_ms']:.0f} | "
                  f"{r['relative']:.2f} | {r['compile_s']:.1f} | "
                  f"{r['gflop']:.2f} |")
-  lines += ["", f"Other processes kept {payload['other_load']:.2f} cores "
-            f"busy while timing (load average "
-            f"{payload['loadavg_before'][0]:.1f} before, "
-            f"{payload['loadavg_after'][0]:.1f} after) on this "
-            f"{payload['cpu_count']}-core machine: absolute times are slow "
-            "and noisy; the ratios are what the interleaving protects.", ""]
+  lines += ["", load_line(payload), ""]
   return "\n".join(lines)
 
 

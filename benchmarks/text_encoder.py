@@ -46,7 +46,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.common import describe_device, write_outputs
+from benchmarks.common import describe_device, load_line, write_outputs
 from benchmarks.throughput import OtherLoad
 from mtrec_jax.models.text import TextEncoder, load_pretrained
 
@@ -223,11 +223,7 @@ def steps_summary(payload: dict) -> str:
     lines.append(f"| {row['name']} | {row['ms']:.0f} | {row['relative']:.2f} "
                  f"| {row['compile_s']:.1f} | {row['gflop']:.1f} | "
                  f"{row['shared_params']:,} |")
-  lines += ["", f"Other processes kept {r['other_load']:.2f} cores busy while "
-            f"timing (load average {r['loadavg_before'][0]:.1f} before, "
-            f"{r['loadavg_after'][0]:.1f} after) on this shared "
-            f"{payload['cpu_count']}-core machine: absolute times are slow "
-            "and noisy; the ratios are what the interleaving protects.", ""]
+  lines += ["", load_line(r), ""]
   return "\n".join(lines)
 
 
