@@ -62,6 +62,13 @@ def time_interleaved(entries, batch, *, rounds: int, iters: int,
   return [(statistics.median(s), f) for s, f in zip(samples, first)]
 
 
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+  """The lines of a Markdown table: `header`, then one line per row of
+  already formatted cells."""
+  return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+          + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def load_line(payload: dict) -> str:
   """The Markdown sentence on the machine's other load while timing, from a
   payload's ``other_load``, ``loadavg_before``, ``loadavg_after`` and

@@ -29,8 +29,8 @@ import time
 
 import jax
 
-from benchmarks.common import (describe_device, load_line, time_interleaved,
-                               write_outputs)
+from benchmarks.common import (describe_device, load_line, md_table,
+                               time_interleaved, write_outputs)
 from benchmarks.strategies import extra_feed
 from benchmarks.sequence_step import first_batch
 from benchmarks.throughput import OtherLoad, step_flops
@@ -121,12 +121,11 @@ def summary(payload: dict) -> str:
            "steps, three untimed steps opening each turn.", ""]
   if payload["note"]:
     lines += [payload["note"], ""]
-  lines += ["| row | mode | step ms | x mean | compile s | GFLOP/step |",
-            "|---|---|---|---|---|---|"]
-  for r in payload["rows"]:
-    lines.append(f"| {r['strategy']} | {r['mode']} | {r['step_ms']:.0f} | "
-                 f"{r['relative']:.2f} | {r['compile_s']:.1f} | "
-                 f"{r['gflop']:.2f} |")
+  lines += md_table(
+      ["row", "mode", "step ms", "x mean", "compile s", "GFLOP/step"],
+      [[r["strategy"], r["mode"], f"{r['step_ms']:.0f}",
+        f"{r['relative']:.2f}", f"{r['compile_s']:.1f}", f"{r['gflop']:.2f}"]
+       for r in payload["rows"]])
   lines += ["", load_line(payload), ""]
   return "\n".join(lines)
 

@@ -46,7 +46,8 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.common import describe_device, load_line, write_outputs
+from benchmarks.common import (describe_device, load_line, md_table,
+                               write_outputs)
 from benchmarks.throughput import OtherLoad
 from mtrec_jax.models.text import TextEncoder, load_pretrained
 
@@ -216,13 +217,13 @@ def steps_summary(payload: dict) -> str:
            "next item + rating + like + genre (all positions), batch 128, "
            "`mean`, params mode; all-MiniLM-L6-v2 over the 1,682 titles "
            f"(median of {r['rounds']} rounds x {r['iters']} steps, "
-           "interleaved, three untimed steps opening each turn).", "",
-           "| mode | step ms | x ids | compile s | GFLOP/step | shared params |",
-           "|---|---|---|---|---|---|"]
-  for row in r["rows"]:
-    lines.append(f"| {row['name']} | {row['ms']:.0f} | {row['relative']:.2f} "
-                 f"| {row['compile_s']:.1f} | {row['gflop']:.1f} | "
-                 f"{row['shared_params']:,} |")
+           "interleaved, three untimed steps opening each turn).", ""]
+  lines += md_table(
+      ["mode", "step ms", "x ids", "compile s", "GFLOP/step",
+       "shared params"],
+      [[row["name"], f"{row['ms']:.0f}", f"{row['relative']:.2f}",
+        f"{row['compile_s']:.1f}", f"{row['gflop']:.1f}",
+        f"{row['shared_params']:,}"] for row in r["rows"]])
   lines += ["", load_line(r), ""]
   return "\n".join(lines)
 
