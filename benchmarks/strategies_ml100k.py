@@ -4,7 +4,7 @@
         [--rounds 3] [--iters 2] [--rows mean,mgda] [--note 'what else ran']
 
 Why: the grid's table has each run's own seconds per step, but the runs
-trained over weeks of sessions under whatever load the machine had, so
+trained across many sessions under whatever load the machine had, so
 those figures cannot rank the strategies' cost.  `benchmarks.strategies`
 ranks them on a synthetic MLP; this times the real thing: for every row of
 `ml100k-strategies` (`experiments/ml100k_strategies.py`, seed 0's config as
@@ -17,7 +17,7 @@ batch, MoDo's and SDMGrad's two more training batches) are copies of the
 training batch, as in `benchmarks.strategies`.  One program per row: the
 population axis is not timed here (`benchmarks.population` does that).
 
-Writes benchmarks/results/strategies_ml100k_cpu.{json,md}: rows
+Writes benchmarks/results/strategies_ml100k_<platform>.{json,md}: rows
 {"strategy", "mode", "step_ms", "relative" (to `mean`), "compile_s",
 "gflop" (XLA's count for one step; a loop body counted once)}.
 """
@@ -34,9 +34,6 @@ from benchmarks.common import (describe_device, load_line, md_table,
 from benchmarks.strategies import extra_feed
 from benchmarks.sequence_step import first_batch
 from benchmarks.throughput import OtherLoad, step_flops
-
-RESULT = "strategies_ml100k_cpu"
-
 
 def row_configs(rows: list[str] | None) -> dict:
   """{row name: seed 0's config} of ml100k-strategies, in grid order."""
@@ -108,7 +105,8 @@ def main(argv=None) -> None:
              "other_load": other.value, "loadavg_before": list(load_before),
              "loadavg_after": list(os.getloadavg()),
              "cpu_count": os.cpu_count()}
-  write_outputs(RESULT, payload, args.json, summary(payload))
+  write_outputs(f"strategies_ml100k_{jax.devices()[0].platform}", payload,
+                args.json, summary(payload))
 
 
 def summary(payload: dict) -> str:
