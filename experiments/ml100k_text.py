@@ -40,12 +40,12 @@ what was removed are in the dataset's ``info['cold_start']``).  Its report
 adds the next-item test metrics on the test rows whose target is held out
 (``report['coldstart/test/next_all/...']``, the slice's size and its
 popularity baseline, which scores every held-out item 0), beside the whole
-test set's and the cold-item slice's.  The id table's rows of held-out
-items (and the next-item head's per-item biases) are never a positive nor
-an input, but they stay among the full softmax's negatives, so training
-pushes them down: with ids and frozen titles no held-out target ranks in
-the top 10 even among 100 sampled negatives (paper section 6.7).  Leaving
-them out of the training softmax, as the padding item is, is the open fix.
+test set's and the cold-item slice's.  The held-out items are never a
+positive nor an input, and the training softmax leaves them out as it
+leaves out the padding item (`tasks.auxiliary.held_out_items`), so their
+id rows and the next-item head's per-item biases keep their initial
+values (up to AdamW's weight decay) instead of being pushed down as every
+position's negative; evaluation ranks them with the rest of the catalogue.
 
 Cost: each fine-tuned step runs BERT over all 1,682 titles (the full
 next-item softmax needs every item's row), and in params mode each task's

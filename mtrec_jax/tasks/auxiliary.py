@@ -41,6 +41,14 @@ the tasks' noise is now correlated, as in a multi-task model whose towers
 read one shared forward pass.  A different random stream, so a different
 run: opt-in.
 
+Held-out items (a cold-start split, `data.movielens.COLD_START_RULE`):
+the item-scoring losses (next_all's softmax, sampled softmax and bce
+negatives, mim's softmax) never score the dataset's
+``info['cold_start']['items']`` in training, as they never score the
+padding item, so their id rows and head biases are not trained as every
+position's negative and stay at their initial values; evaluation still
+ranks them (`scores`).  Without the split every program is the one it was.
+
 This module is the task logic (specs, targets, losses, evaluation scores,
 builders, the ``aux`` config section) and imports no Flax: the heads are
 modules of `mtrec_jax.models.aux_heads`, which the losses receive bound.
@@ -78,6 +86,23 @@ NEXT_ALL_SOFTMAX_IMPLS = ("full", "fused")
 # Negatives per step of next_all's sampled softmax
 # (`aux.next_all.num_negatives`).
 SAMPLED_NEGATIVES = 100
+
+
+def held_out_items(dataset) -> tuple[int, ...]:
+  """The cold-start split's held-out item ids (``info['cold_start']
+  ['items']``, `data.movielens`), () without the split."""
+  info = getattr(dataset, "info", None) or {}
+  return tuple(int(i) for i in (info.get("cold_start") or {}).get("items",
+                                                                 ()))
+
+
+def block_items(logits: jax.Array, items: tuple[int, ...]) -> jax.Array:
+  """`logits` [..., V] with item 0 (padding) and `items` set to -1e9: never
+  an answer, no gradient through those columns."""
+  logits = logits.at[..., 0].set(-1e9)
+  if items:
+    logits = logits.at[..., np.asarray(items)].set(-1e9)
+  return logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +167,8 @@ class MaskedItemTask(AuxTask):
   mask_prob: float = sequence_ssl.CLOZE_MASK_PROB
   embed_dim: int = 0
   num_items: int = 0
+  # Items the softmax leaves out in training (`held_out_items`).
+  held_out: tuple[int, ...] = ()
 
   @property
   def needs_mask_token(self) -> bool:
@@ -158,7 +185,7 @@ class MaskedItemTask(AuxTask):
                                     masked=masked)
     h = h[:, :ids.shape[1]]  # drop a 'cls' token
     logits = head(h, encoder.embedding_table(self.feature))
-    logits = logits.at[..., 0].set(-1e9)  # padding is never an answer
+    logits = block_items(logits, self.held_out)  # never an answer
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, ids)
     weight = masked.astype(jnp.float32)
     return jnp.sum(ce * weight) / jnp.maximum(jnp.sum(weight), 1.0)
@@ -203,7 +230,12 @@ class NextItemSequenceTask(AuxTask):
   ('mlp', the default: the extra Dense+GELU+LayerNorm and bias are
   BERT4Rec's and also map a hidden width to the embedding width) or
   SASRec's 'dot': the raw encoder output against the shared item table, no
-  bias (needs hidden width == embedding width)."""
+  bias (needs hidden width == embedding width).
+
+  ``held_out``: items no training loss scores (a cold-start split's, see
+  the module doc): the softmaxes give them -1e9 like the padding item,
+  sampled negatives equal to one are dropped like accidental hits, and
+  bce's samplers redraw them."""
   targets: str = "seq_targets"
   loss_kind: str = "softmax"
   embed_dim: int = 0
@@ -220,6 +252,7 @@ class NextItemSequenceTask(AuxTask):
   # Share one encoder pass with the other unmasked-sequence tasks
   # (`aux.next_all.shared_pass`, `task_encoders`).
   shared_pass: bool = False
+  held_out: tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.softmax_impl not in NEXT_ALL_SOFTMAX_IMPLS:
@@ -252,6 +285,9 @@ class NextItemSequenceTask(AuxTask):
       if not seen[:, 0].all() or seen.all(axis=1).any():
         raise ValueError("next_all: seen_items must mark the padding id 0 "
                          "as seen and leave every user an unseen item")
+    if len(set(self.held_out) | {0}) >= self.num_items:
+      raise ValueError(f"next_all: held_out leaves no item to predict "
+                       f"({len(self.held_out)} of {self.num_items - 1})")
 
   @property
   def needs_causal_encoder(self) -> bool:
@@ -292,7 +328,7 @@ class NextItemSequenceTask(AuxTask):
   def _logits(self, encoder, head, ids, train):
     logits = self._score(head, self._hidden(encoder, ids, train),
                          encoder.embedding_table(self.feature))
-    return logits.at[..., 0].set(-1e9)  # padding is never an answer
+    return block_items(logits, self.held_out)  # never an answer
 
   def loss(self, encoder, head, batch, key, train):
     ids = jnp.asarray(batch[self.feature])
@@ -329,38 +365,51 @@ class NextItemSequenceTask(AuxTask):
     weight = ((targets != 0) & (ids != 0)).astype(jnp.float32)
     total = catalogue_softmax.catalogue_softmax_loss(
         x.reshape(-1, x.shape[-1]), table, targets.reshape(-1),
-        weight.reshape(-1), bias)
+        weight.reshape(-1), bias, excluded_items=self.held_out)
     return total / jnp.maximum(jnp.sum(weight), 1.0)
 
   def bce_negatives(self, key: jax.Array, targets: jax.Array,
                     batch: Mapping[str, Any]) -> jax.Array:
     """[B, L] negative item ids of the bce loss, one per position."""
     vocab = self.num_items
-    if self.negatives == "uniform":  # any item but the target
+    if self.negatives == "uniform" and not self.held_out:
+      # Any item but the target.
       shift = jax.random.randint(key, targets.shape, 1, vocab - 1)
       return 1 + (jnp.maximum(targets, 1) - 1 + shift) % (vocab - 1)
+    if self.negatives == "uniform":  # any item but the target and held_out
+      blocked = np.zeros(vocab, bool)
+      blocked[list(self.held_out)] = True
+      blocked = jnp.asarray(blocked)
+      return self._redraw(key, targets.shape,
+                          lambda items: blocked[items] | (items == targets))
     if self.user_feature not in batch:
       raise KeyError(f"next_all: negatives='unseen' needs the batch column "
                      f"{self.user_feature!r} (user ids); batch keys: "
                      f"{sorted(batch)}")
-    seen = jnp.asarray(self.seen_items)
+    seen = self.seen_items
+    if self.held_out:  # held-out items count as seen: never drawn
+      seen = seen.copy()
+      seen[:, list(self.held_out)] = True
+    seen = jnp.asarray(seen)
     users = jnp.asarray(batch[self.user_feature]).astype(jnp.int32)[:, None]
     users = jnp.broadcast_to(users, targets.shape)
+    return self._redraw(key, targets.shape,
+                        lambda items: seen[users, items])
 
-    # Rejection sampling: redraw every position whose item the user has
-    # seen until none is left; each accepted draw is uniform over the
-    # user's unseen items (ids 1..V-1; id 0 counts as seen).
-    def rejected(items):
-      return seen[users, items]
+  def _redraw(self, key: jax.Array, shape, rejected) -> jax.Array:
+    """Rejection sampling: ids uniform over 1..V-1, every position whose
+    draw is `rejected` redrawn until none is; each accepted draw is uniform
+    over the ids its position accepts."""
+    vocab = self.num_items
 
     def body(carry):
       items, k = carry
       k, sub = jax.random.split(k)
-      fresh = jax.random.randint(sub, targets.shape, 1, vocab)
+      fresh = jax.random.randint(sub, shape, 1, vocab)
       return jnp.where(rejected(items), fresh, items), k
 
     key, sub = jax.random.split(key)
-    first = jax.random.randint(sub, targets.shape, 1, vocab)
+    first = jax.random.randint(sub, shape, 1, vocab)
     items, _ = jax.lax.while_loop(lambda c: jnp.any(rejected(c[0])), body,
                                   (first, key))
     return items
@@ -375,7 +424,10 @@ class NextItemSequenceTask(AuxTask):
     negatives = self.sampled_negatives(key)
     positive = self._score(head, h, table, targets)  # [B, L]
     sampled = self._score(head, h, table, negatives)  # [B, L, S]
-    sampled = jnp.where(negatives == targets[..., None], -1e9, sampled)
+    hit = negatives == targets[..., None]
+    if self.held_out:  # a held-out item is dropped like an accidental hit
+      hit = hit | jnp.isin(negatives, jnp.asarray(self.held_out))
+    sampled = jnp.where(hit, -1e9, sampled)
     logits = jnp.concatenate([positive[..., None], sampled], axis=-1)
     return -jax.nn.log_softmax(logits, axis=-1)[..., 0]
 
@@ -627,7 +679,8 @@ def masked_items(cfg: Mapping[str, Any], dataset,
                  model_cfg=None) -> MaskedItemTask:
   spec = _feature_spec(dataset, cfg["feature"])
   return MaskedItemTask("mim", cfg["feature"], float(cfg["mask_prob"]),
-                        embed_dim=spec.embed_dim, num_items=spec.num_rows)
+                        embed_dim=spec.embed_dim, num_items=spec.num_rows,
+                        held_out=held_out_items(dataset))
 
 
 @AUX_TASKS.register("next_all")
@@ -661,7 +714,8 @@ def next_item_sequence(cfg: Mapping[str, Any], dataset,
       next_item_task=next_item,
       num_negatives=cfg.get("num_negatives", SAMPLED_NEGATIVES),
       head_kind=head_kind, negatives=negatives, seen_items=seen,
-      softmax_impl=str(cfg.get("softmax_impl", "full")))
+      softmax_impl=str(cfg.get("softmax_impl", "full")),
+      held_out=held_out_items(dataset))
 
 
 def training_items(dataset, feature: str, num_items: int,

@@ -33,14 +33,17 @@ max-shifted log-sum-exp per row as optax's, summed in another order and
 with matmuls blocked differently): not bit-identical, about 1e-7 relative
 in float32.  The padding column (``exclude_padding``) gets the logit -1e9,
 as the plain formula's ``.at[..., 0].set(-1e9)``: probability exactly 0 and
-no gradient to table row 0 or bias 0 through the logits.
+no gradient to table row 0 or bias 0 through the logits.  So do the columns
+of ``excluded_items`` (a cold-start split's held-out items, which must not
+be trained as everyone's negative: `tasks.auxiliary.NextItemSequenceTask`).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # The logit of the padding column (as `tasks.auxiliary`'s plain formula).
 PADDING_LOGIT = -1e9
@@ -76,6 +79,7 @@ def catalogue_softmax_loss(x: jax.Array, table: jax.Array,
                            targets: jax.Array, weights: jax.Array,
                            bias: Optional[jax.Array] = None, *,
                            exclude_padding: bool = True,
+                           excluded_items: Sequence[int] = (),
                            chunk_rows: Optional[int] = None) -> jax.Array:
   """sum_n weights[n] * CE(x[n] @ table.T + bias, targets[n]), a scalar.
 
@@ -90,6 +94,10 @@ def catalogue_softmax_loss(x: jax.Array, table: jax.Array,
     bias: optional [V] per-item bias added to every row's logits.
     exclude_padding: give item 0 (the padding id) the logit -1e9, so it is
       never an answer.
+    excluded_items: further item ids (static, e.g. held-out items) given
+      the logit -1e9 like the padding column: never an answer, no gradient
+      to their table rows or biases through the logits.  No row's target
+      may be one of them (its cross-entropy would be about 1e9).
     chunk_rows: rows per chunk (default: about `CHUNK_ELEMENTS` logits).
 
   Returns:
@@ -111,14 +119,39 @@ def catalogue_softmax_loss(x: jax.Array, table: jax.Array,
     raise ValueError(f"catalogue_softmax_loss: chunk_rows must be an int "
                      f">= 1, got {chunk_rows!r}")
   rows = min(rows, max(x.shape[0], 1))
-  fn = _loss_fn(rows, bool(exclude_padding))
+  excluded = _excluded_ids(excluded_items, num_items)
+  fn = _loss_fn(rows, bool(exclude_padding), excluded)
   return fn(x.astype(dtype), table.astype(dtype), bias.astype(dtype),
             jax.lax.stop_gradient(weights.astype(dtype)),
             targets.astype(jnp.int32))
 
 
+def _excluded_ids(items, num_items: int) -> tuple[int, ...]:
+  """`items` as a sorted tuple of distinct ids in [0, num_items)."""
+  ids = np.unique(np.asarray(items, np.int64).reshape(-1))
+  if ids.size and (ids[0] < 0 or ids[-1] >= num_items):
+    raise ValueError(f"catalogue_softmax_loss: excluded_items must be item "
+                     f"ids in [0, {num_items}), got {ids[0]}..{ids[-1]}")
+  return tuple(int(i) for i in ids)
+
+
+def _blocked_columns(columns: jax.Array, exclude_padding: bool,
+                     excluded: tuple[int, ...]):
+  """[V] bool, True where a column gets `PADDING_LOGIT` (None: no column).
+  Padding alone stays the comparison `columns == 0` inside the chunk's
+  step, as before `excluded_items` existed: runs without them trace the
+  same program."""
+  if not excluded:
+    return (columns == 0) if exclude_padding else None
+  mask = np.zeros(columns.shape[0], bool)
+  mask[list(excluded)] = True
+  mask[0] |= exclude_padding
+  return jnp.asarray(mask)
+
+
 def _chunked(x, table, bias, weights, targets, rows: int,
-             exclude_padding: bool, with_grads: bool):
+             exclude_padding: bool, excluded: tuple[int, ...],
+             with_grads: bool):
   """(sum of weighted CE, per-row CE [N], dx [N, E], dtable, dbias) of the
   loss; the gradient parts are None unless `with_grads`."""
   n, width = x.shape
@@ -142,8 +175,9 @@ def _chunked(x, table, bias, weights, targets, rows: int,
 
   def logits_of(xc):
     z = xc @ table.T + bias
-    if exclude_padding:
-      z = jnp.where(columns == 0, jnp.asarray(PADDING_LOGIT, z.dtype), z)
+    blocked = _blocked_columns(columns, exclude_padding, excluded)
+    if blocked is not None:
+      z = jnp.where(blocked, jnp.asarray(PADDING_LOGIT, z.dtype), z)
     return z
 
   def compute(xc, wc, tc):
@@ -158,8 +192,9 @@ def _chunked(x, table, bias, weights, targets, rows: int,
       return ce, None, None, None
     g = exp / total[:, None]
     g = g - (columns == tc[:, None]).astype(g.dtype)
-    if exclude_padding:  # the -1e9 column is a constant: no gradient
-      g = jnp.where(columns == 0, jnp.zeros((), g.dtype), g)
+    blocked = _blocked_columns(columns, exclude_padding, excluded)
+    if blocked is not None:  # the -1e9 columns are constants: no gradient
+      g = jnp.where(blocked, jnp.zeros((), g.dtype), g)
     g = g * wc[:, None]
     return ce, g @ table, g.T @ xc, jnp.sum(g, axis=0)
 
@@ -193,23 +228,24 @@ def _chunked(x, table, bias, weights, targets, rows: int,
 _FNS: dict = {}
 
 
-def _loss_fn(rows: int, exclude_padding: bool):
-  """The custom_jvp function for one (chunk size, padding rule)."""
-  key = (rows, exclude_padding)
+def _loss_fn(rows: int, exclude_padding: bool, excluded: tuple[int, ...]):
+  """The custom_jvp function for one (chunk size, excluded columns)."""
+  key = (rows, exclude_padding, excluded)
   if key in _FNS:
     return _FNS[key]
 
   @jax.custom_jvp
   def loss(x, table, bias, weights, targets):
     return _chunked(x, table, bias, weights, targets, rows, exclude_padding,
-                    with_grads=False)[0]
+                    excluded, with_grads=False)[0]
 
   @loss.defjvp
   def loss_jvp(primals, tangents):
     x, table, bias, weights, targets = primals
     dx, dtab, db = tangents[:3]  # weights and targets are constants
     total, _, gx, gtab, gb = _chunked(x, table, bias, weights, targets, rows,
-                                       exclude_padding, with_grads=True)
+                                       exclude_padding, excluded,
+                                       with_grads=True)
     tangent = jnp.vdot(gx, dx) + jnp.vdot(gtab, dtab) + jnp.vdot(gb, db)
     return total, tangent
 

@@ -196,3 +196,64 @@ def test_bad_inputs_name_the_problem():
 def test_chunk_rows_for():
   assert chunk_rows_for(1683) == (1 << 19) // 1683
   assert chunk_rows_for(10 ** 9) == 1
+
+
+def numpy_reference_excluding(x, table, targets, weights, bias, excluded):
+  """`numpy_reference` with the `excluded` columns given the padding logit
+  too (a constant: no gradient through them)."""
+  x, table = np.float64(x), np.float64(table)
+  z = x @ table.T + np.float64(bias)
+  z[:, [0, *excluded]] = PADDING_LOGIT
+  lse = logsumexp(z, axis=1)
+  ce = lse - z[np.arange(len(x)), targets]
+  g = np.exp(z - lse[:, None])
+  g[np.arange(len(x)), targets] -= 1.0
+  g[:, [0, *excluded]] = 0.0
+  g *= np.float64(weights)[:, None]
+  return float(np.sum(ce * weights)), g @ table, g.T @ x, g.sum(0)
+
+
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_excluded_items_are_never_scored_nor_trained(chunk):
+  """A cold-start split's held-out items: value and gradient as if their
+  columns were padding; their table rows and biases get exactly 0."""
+  x, table, targets, weights, bias = make(N, seed=4)
+  excluded = (3, 11, V - 1)
+  targets = np.where(np.isin(targets, excluded), 5, targets).astype(np.int32)
+  ref = numpy_reference_excluding(x, table, targets, weights, bias, excluded)
+  f = lambda x, t, b: fused(x, t, targets, weights, b, chunk_rows=chunk,
+                            excluded_items=excluded)
+  value, (gx, gtab, gb) = jax.value_and_grad(f, argnums=(0, 1, 2))(
+      x, table, bias)
+  np.testing.assert_allclose(value, ref[0], rtol=2e-6)
+  tol = dict(rtol=2e-4, atol=1e-6)
+  np.testing.assert_allclose(gx, ref[1], **tol)
+  np.testing.assert_allclose(gtab, ref[2], **tol)
+  np.testing.assert_allclose(gb, ref[3], **tol)
+  for item in (0, *excluded):
+    assert not np.any(np.asarray(gtab[item])) and float(gb[item]) == 0.0
+  # Left in, they are every row's negatives: a different loss and gradient.
+  assert not np.allclose(value, fused(x, table, targets, weights, bias))
+
+
+def test_no_excluded_items_is_the_program_without_them():
+  """excluded_items=() (every run without a cold-start split) gives
+  bit-identical values and gradients to the call without the argument."""
+  x, table, targets, weights, bias = (jnp.asarray(a) for a in make(N))
+  g = lambda **kw: jax.jit(jax.value_and_grad(
+      lambda x, t: fused(x, t, targets, weights, bias, **kw),
+      argnums=(0, 1)))(x, table)
+  plain_out, empty_out = g(), g(excluded_items=())
+  for a, b in zip(jax.tree_util.tree_leaves(plain_out),
+                  jax.tree_util.tree_leaves(empty_out)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_excluded_items_are_checked():
+  x, table, targets, weights, bias = make(5)
+  with pytest.raises(ValueError, match=r"excluded_items must be item ids in "
+                                       r"\[0, 37\)"):
+    fused(x, table, targets, weights, bias, excluded_items=(2, V))
+  excluded = fused(x, table, np.full(5, 2, np.int32), np.ones(5, np.float32),
+                   bias, excluded_items=(2,))
+  assert float(excluded) > 1e8  # a target among them: probability 0
