@@ -16,11 +16,17 @@ inside that chunk's step:
 * rows with weight 0 (padding) are moved behind the weighted ones (a stable
   partition by prefix sums) and chunks holding none are skipped (`jax.lax.cond`; under `vmap` both branches run, the result is the
   same);
+* the bias is folded into the logits' matmul (x gets a column of ones,
+  the table a column holding the bias; the padding and excluded items'
+  entries of it are -1e9), so no pass over [R, V] adds it or masks columns;
 * the gradient is computed in the same pass as the value (the fused linear
   cross-entropy of Liger-Kernel, Hsu et al. 2024, and of Wijmans et al.,
   "Cut Your Losses in Large-Vocabulary Language Models", 2024): per chunk,
-  G = softmax(z) - onehot(target) scaled by the row weights, dx = G table,
-  dtable += G^T x, dbias += sum G.  A `jax.custom_jvp` rule returns the
+  with G = softmax(z) - onehot(target) scaled by the row weights, dx =
+  G table, dtable += G^T x, dbias += sum G, computed from exp(z - max)
+  and each row's scale w / sum without writing G (the onehot part is a
+  gather and a scatter of the target rows; dbias is the ones column's
+  share of G^T [x, 1]).  A `jax.custom_jvp` rule returns the
   loss's tangent as <dx, x'> + <dtable, table'> + <dbias, bias'>, which
   JAX transposes for reverse mode, so `jax.grad`
   costs this one pass and no [N, V] array is kept for the backward pass;
@@ -30,8 +36,11 @@ inside that chunk's step:
 
 The value equals the plain formula's up to float rounding (the same
 max-shifted log-sum-exp per row as optax's, summed in another order and
-with matmuls blocked differently): not bit-identical, about 1e-7 relative
-in float32.  The padding column (``exclude_padding``) gets the logit -1e9,
+with matmuls blocked differently, the bias added inside the matmul): not
+bit-identical, about 1e-7 relative in float32.  (Before the bias was
+folded in, 2026-12-06, the kernel added it and masked the padding column
+in separate passes over the logits: runs of either kernel agree up to
+that rounding, not bit for bit.)  The padding column (``exclude_padding``) gets the logit -1e9,
 as the plain formula's ``.at[..., 0].set(-1e9)``: probability exactly 0 and
 no gradient to table row 0 or bias 0 through the logits.  So do the columns
 of ``excluded_items`` (a cold-start split's held-out items, which must not
@@ -135,18 +144,16 @@ def _excluded_ids(items, num_items: int) -> tuple[int, ...]:
   return tuple(int(i) for i in ids)
 
 
-def _blocked_columns(columns: jax.Array, exclude_padding: bool,
-                     excluded: tuple[int, ...]):
-  """[V] bool, True where a column gets `PADDING_LOGIT` (None: no column).
-  Padding alone stays the comparison `columns == 0` inside the chunk's
-  step, as before `excluded_items` existed: runs without them trace the
-  same program."""
-  if not excluded:
-    return (columns == 0) if exclude_padding else None
-  mask = np.zeros(columns.shape[0], bool)
+def _blocked_mask(num_items: int, exclude_padding: bool,
+                  excluded: tuple[int, ...]):
+  """[V] bool numpy, True where a column gets `PADDING_LOGIT` (None: no
+  column)."""
+  if not (exclude_padding or excluded):
+    return None
+  mask = np.zeros(num_items, bool)
   mask[list(excluded)] = True
   mask[0] |= exclude_padding
-  return jnp.asarray(mask)
+  return mask
 
 
 def _chunked(x, table, bias, weights, targets, rows: int,
@@ -168,53 +175,55 @@ def _chunked(x, table, bias, weights, targets, rows: int,
     return jnp.zeros((padded,) + a.shape[1:], a.dtype).at[dest].set(
         a, unique_indices=True)
 
-  xs = sort_pad(x).reshape(num_chunks, rows, width)
+  # The bias folded into the matmul: x gets a column of ones, the table a
+  # column holding the bias, PADDING_LOGIT at the blocked items (their
+  # exp(z - max) is exactly 0, as with the logit set to PADDING_LOGIT).
+  blocked = _blocked_mask(num_items, exclude_padding, excluded)
+  if blocked is not None:
+    bias = jnp.where(blocked, jnp.asarray(PADDING_LOGIT, bias.dtype), bias)
+  folded = jnp.concatenate([table, bias[:, None]], axis=1)  # [V, E + 1]
+  ones = jnp.ones((n, 1), x.dtype)
+  xs = sort_pad(jnp.concatenate([x, ones], axis=1)).reshape(
+      num_chunks, rows, width + 1)
   ws = sort_pad(weights).reshape(num_chunks, rows)
   ts = sort_pad(targets).reshape(num_chunks, rows)
-  columns = jnp.arange(num_items)
-
-  def logits_of(xc):
-    z = xc @ table.T + bias
-    blocked = _blocked_columns(columns, exclude_padding, excluded)
-    if blocked is not None:
-      z = jnp.where(blocked, jnp.asarray(PADDING_LOGIT, z.dtype), z)
-    return z
+  # A blocked target's logit is a constant: no gradient through it.
+  target_live = (jnp.ones((num_items,), x.dtype) if blocked is None
+                 else jnp.asarray(~blocked, x.dtype))
 
   def compute(xc, wc, tc):
-    z = logits_of(xc)
+    z = xc @ folded.T  # logits + bias, in one matmul
     # optax.softmax_cross_entropy_with_integer_labels, row by row.
-    shifted = z - jnp.max(z, axis=-1, keepdims=True)
-    label = jnp.take_along_axis(shifted, tc[:, None], axis=-1)[:, 0]
-    exp = jnp.exp(shifted)
+    top = jnp.max(z, axis=-1)
+    exp = jnp.exp(z - top[:, None])
     total = jnp.sum(exp, axis=-1)
-    ce = jnp.log(total) - label
+    label = jnp.take_along_axis(z, tc[:, None], axis=-1)[:, 0]
+    ce = jnp.log(total) + (top - label)
     if not with_grads:
-      return ce, None, None, None
-    g = exp / total[:, None]
-    g = g - (columns == tc[:, None]).astype(g.dtype)
-    blocked = _blocked_columns(columns, exclude_padding, excluded)
-    if blocked is not None:  # the -1e9 columns are constants: no gradient
-      g = jnp.where(blocked, jnp.zeros((), g.dtype), g)
-    g = g * wc[:, None]
-    return ce, g @ table, g.T @ xc, jnp.sum(g, axis=0)
+      return ce, None, None
+    # G = w (softmax - onehot), never materialised: G @ T and G^T @ x from
+    # exp, each row's scale w / total and the target rows.
+    scale = wc / total
+    hit = wc * target_live[tc]
+    dx = (exp @ table) * scale[:, None] - hit[:, None] * table[tc]
+    dfold = (exp.T @ (xc * scale[:, None])).at[tc].add(-hit[:, None] * xc)
+    return ce, dx, dfold
 
   def skip(xc, wc, tc):
     del wc, tc
     zeros = jnp.zeros((rows,), x.dtype)
     if not with_grads:
-      return zeros, None, None, None
-    return (zeros, jnp.zeros_like(xc), jnp.zeros_like(table),
-            jnp.zeros_like(bias))
+      return zeros, None, None
+    return zeros, jnp.zeros((rows, width), x.dtype), jnp.zeros_like(folded)
 
   def body(carry, chunk):
     i, xc, wc, tc = chunk
-    ce, dx, dtab, db = jax.lax.cond(i * rows < live, compute, skip,
-                                    xc, wc, tc)
+    ce, dx, dfold = jax.lax.cond(i * rows < live, compute, skip, xc, wc, tc)
     if with_grads:
-      carry = (carry[0] + dtab, carry[1] + db)
+      carry = carry + dfold
     return carry, (ce, dx)
 
-  init = (jnp.zeros_like(table), jnp.zeros_like(bias)) if with_grads else ()
+  init = jnp.zeros_like(folded) if with_grads else ()
   carry, (ce, dx) = jax.lax.scan(
       body, init, (jnp.arange(num_chunks), xs, ws, ts))
   ce = ce.reshape(padded)[dest]  # back to the callers' row order
@@ -222,7 +231,7 @@ def _chunked(x, table, bias, weights, targets, rows: int,
   if not with_grads:
     return total, ce, None, None, None
   dx = dx.reshape(padded, width)[dest]
-  return total, ce, dx, carry[0], carry[1]
+  return total, ce, dx, carry[:, :width], carry[:, width]
 
 
 _FNS: dict = {}
