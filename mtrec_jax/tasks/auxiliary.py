@@ -282,12 +282,27 @@ class NextItemSequenceTask(AuxTask):
                          f"[num_users + 1, {self.num_items}] (each user's "
                          f"training items), got "
                          f"{None if seen is None else seen.shape}")
-      if not seen[:, 0].all() or seen.all(axis=1).any():
+      if not seen[:, 0].all() or self.excluded_negatives().all(axis=1).any():
         raise ValueError("next_all: seen_items must mark the padding id 0 "
-                         "as seen and leave every user an unseen item")
-    if len(set(self.held_out) | {0}) >= self.num_items:
-      raise ValueError(f"next_all: held_out leaves no item to predict "
-                       f"({len(self.held_out)} of {self.num_items - 1})")
+                         "as seen and leave every user an item that is "
+                         "neither seen nor held out")
+    if any(not 0 < int(i) < self.num_items for i in self.held_out):
+      raise ValueError(f"next_all: held_out must be item ids in "
+                       f"[1, {self.num_items}), got {self.held_out}")
+    if len(set(self.held_out)) > self.num_items - 3:
+      # bce's sampler needs an item other than the target to draw.
+      raise ValueError(f"next_all: held_out leaves fewer than 2 of the "
+                       f"{self.num_items - 1} items to train on")
+
+  def excluded_negatives(self) -> np.ndarray:
+    """[num_users + 1, V] bool, True where bce's 'unseen' sampler must not
+    draw: each user's training items and the padding id (`seen_items`),
+    and the held-out items."""
+    seen = self.seen_items
+    if self.held_out:
+      seen = seen.copy()
+      seen[:, list(self.held_out)] = True
+    return seen
 
   @property
   def needs_causal_encoder(self) -> bool:
@@ -386,11 +401,7 @@ class NextItemSequenceTask(AuxTask):
       raise KeyError(f"next_all: negatives='unseen' needs the batch column "
                      f"{self.user_feature!r} (user ids); batch keys: "
                      f"{sorted(batch)}")
-    seen = self.seen_items
-    if self.held_out:  # held-out items count as seen: never drawn
-      seen = seen.copy()
-      seen[:, list(self.held_out)] = True
-    seen = jnp.asarray(seen)
+    seen = jnp.asarray(self.excluded_negatives())  # held-out items: never drawn
     users = jnp.asarray(batch[self.user_feature]).astype(jnp.int32)[:, None]
     users = jnp.broadcast_to(users, targets.shape)
     return self._redraw(key, targets.shape,

@@ -14,25 +14,25 @@ in one pass over chunks of rows, each chunk's [R, V] logits living only
 inside that chunk's step:
 
 * rows with weight 0 (padding) are moved behind the weighted ones (a stable
-  partition by prefix sums) and chunks holding none are skipped (`jax.lax.cond`; under `vmap` both branches run, the result is the
-  same);
-* the bias is folded into the logits' matmul (x gets a column of ones,
-  the table a column holding the bias; the padding and excluded items'
-  entries of it are -1e9), so no pass over [R, V] adds it or masks columns;
+  partition by prefix sums) and chunks holding none are skipped
+  (`jax.lax.cond`; under `vmap` both branches run, the result is the same);
+* the bias is folded into the logits' matmul (x gets a column of ones, the
+  table a column holding the bias, -1e9 at the padding and excluded
+  items), so no pass over [R, V] adds it or masks columns;
 * the gradient is computed in the same pass as the value (the fused linear
   cross-entropy of Liger-Kernel, Hsu et al. 2024, and of Wijmans et al.,
   "Cut Your Losses in Large-Vocabulary Language Models", 2024): per chunk,
   with G = softmax(z) - onehot(target) scaled by the row weights, dx =
-  G table, dtable += G^T x, dbias += sum G, computed from exp(z - max)
-  and each row's scale w / sum without writing G (the onehot part is a
-  gather and a scatter of the target rows; dbias is the ones column's
-  share of G^T [x, 1]).  A `jax.custom_jvp` rule returns the
-  loss's tangent as <dx, x'> + <dtable, table'> + <dbias, bias'>, which
-  JAX transposes for reverse mode, so `jax.grad`
-  costs this one pass and no [N, V] array is kept for the backward pass;
-  forward mode (`jax.jvp`, Auto-Lambda's meta-gradient) and `vmap` work
-  too, and so do higher derivatives (through the chunked computation of
-  the gradient, by JAX's own rules: correct, not fast).
+  G table, dtable += G^T x and dbias += sum G come from exp(z - max) and
+  each row's scale w / sum without writing G (the onehot part is a gather
+  and a scatter of the target rows; dbias is the ones column's share of
+  G^T [x, 1]).  A `jax.custom_jvp` rule returns the loss's tangent as
+  <dx, x'> + <dtable, table'> + <dbias, bias'>, which JAX transposes for
+  reverse mode, so `jax.grad` costs this one pass and no [N, V] array is
+  kept for the backward pass; forward mode (`jax.jvp`, Auto-Lambda's
+  meta-gradient) and `vmap` work too, and so do higher derivatives
+  (through the chunked computation of the gradient, by JAX's own rules:
+  correct, not fast).
 
 The value equals the plain formula's up to float rounding (the same
 max-shifted log-sum-exp per row as optax's, summed in another order and
@@ -40,11 +40,12 @@ with matmuls blocked differently, the bias added inside the matmul): not
 bit-identical, about 1e-7 relative in float32.  (Before the bias was
 folded in, 2026-12-06, the kernel added it and masked the padding column
 in separate passes over the logits: runs of either kernel agree up to
-that rounding, not bit for bit.)  The padding column (``exclude_padding``) gets the logit -1e9,
-as the plain formula's ``.at[..., 0].set(-1e9)``: probability exactly 0 and
-no gradient to table row 0 or bias 0 through the logits.  So do the columns
-of ``excluded_items`` (a cold-start split's held-out items, which must not
-be trained as everyone's negative: `tasks.auxiliary.NextItemSequenceTask`).
+that rounding, not bit for bit.)  The padding column (``exclude_padding``)
+gets the logit -1e9, as the plain formula's ``.at[..., 0].set(-1e9)``:
+probability exactly 0 and no gradient to table row 0 or bias 0 through
+the logits.  So do the columns of ``excluded_items`` (a cold-start
+split's held-out items, which must not be trained as everyone's
+negative: `tasks.auxiliary.NextItemSequenceTask`).
 """
 from __future__ import annotations
 

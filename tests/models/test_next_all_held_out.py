@@ -80,7 +80,8 @@ def test_builders_read_the_split(cold, tmp_path_factory):
   assert build_task(warm, "next_all", {}).held_out == ()
 
 
-@pytest.mark.parametrize("name,over", [("next_all", v) for v in NEXT_ALL.values()]
+@pytest.mark.parametrize("name,over",
+                         [("next_all", v) for v in NEXT_ALL.values()]
                          + [("mim", {"mask_prob": 0.5})],
                          ids=list(NEXT_ALL) + ["mim"])
 def test_held_out_rows_get_no_gradient(cold, name, over):
@@ -136,3 +137,22 @@ def test_evaluation_still_ranks_held_out_items(cold):
   scores = np.asarray(outputs["next_all"])
   assert np.all(scores[:, 0] == -1e9)
   assert np.all(np.abs(scores[:, list(task.held_out)]) < 1e3)
+
+
+def test_held_out_items_are_checked(cold):
+  task = build_task(cold, "next_all", {"loss": "bce",
+                                       "negatives": "unseen"})
+  v = task.num_items
+  with pytest.raises(ValueError, match=r"held_out must be item ids in "
+                                       rf"\[1, {v}\)"):
+    dataclasses.replace(task, held_out=(0, 2))
+  with pytest.raises(ValueError, match="fewer than 2 of the"):
+    dataclasses.replace(task, held_out=tuple(range(2, v)))
+  # A user whose every item but one is seen: holding that one out leaves
+  # the 'unseen' sampler nothing to draw for them.
+  seen = task.seen_items.copy()
+  seen[1, :] = True
+  seen[1, 5] = False
+  with pytest.raises(ValueError, match="neither seen nor held out"):
+    dataclasses.replace(task, seen_items=seen, held_out=(5,))
+  assert dataclasses.replace(task, seen_items=seen, held_out=(6,))
