@@ -11,9 +11,31 @@ PACKAGES = ("mtrec-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
             "chex", "numpy", "ml-collections", "grain", "tensorflow-datasets")
 
 
+# path -> git_state's answer the first time this process asked.
+_GIT_STATES: dict[str, dict] = {}
+
+
 def git_state(path: pathlib.Path | None = None) -> dict:
-  """{'commit': sha or None, 'dirty': bool or None} of the source checkout."""
+  """{'commit': sha or None, 'dirty': bool or None} of the source checkout,
+  read once per process: the code a process runs is what it imported when
+  it started, so a commit or an edit made while it trains (a long sweep,
+  or the next population of one) must not be recorded as that run's code.
+  The first call (`sweep.run_sweep`, `train.loop.train_and_evaluate`)
+  comes right after the imports; `refresh_git_state` forgets the
+  answers."""
   path = path or pathlib.Path(__file__).resolve().parents[2]
+  key = str(path)
+  if key not in _GIT_STATES:
+    _GIT_STATES[key] = _read_git_state(path)
+  return dict(_GIT_STATES[key])
+
+
+def refresh_git_state() -> None:
+  """Forget what `git_state` read (for a process that reloads its code)."""
+  _GIT_STATES.clear()
+
+
+def _read_git_state(path: pathlib.Path) -> dict:
   def git(*args):
     return subprocess.run(["git", "-C", str(path), *args], capture_output=True,
                           text=True, timeout=10)
