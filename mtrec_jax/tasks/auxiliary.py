@@ -47,7 +47,7 @@ negatives, mim's softmax) never score the dataset's
 ``info['cold_start']['items']`` in training, as they never score the
 padding item, so their id rows and head biases are not trained as every
 position's negative and stay at their initial values; evaluation still
-ranks them (`scores`).  Without the split every program is the one it was.
+ranks them (`scores`).  Without the split these losses are unchanged.
 
 This module is the task logic (specs, targets, losses, evaluation scores,
 builders, the ``aux`` config section) and imports no Flax: the heads are
