@@ -142,10 +142,10 @@ def held_out_rows(dataset) -> np.ndarray:
   """bool [num test rows]: the target item is held out of training (the
   cold-start split's ``info['cold_start']['items']``); all False without
   the split."""
+  from mtrec_jax.tasks.auxiliary import held_out_items  # loads JAX
   task = next(t for t in dataset.tasks if t.name == "next_item")
   target = np.asarray(dataset.split("test")[task.label])
-  held = (dataset.info.get("cold_start") or {}).get("items", [])
-  return np.isin(target, np.asarray(held, np.int64))
+  return np.isin(target, np.asarray(held_out_items(dataset), np.int64))
 
 
 def slice_report(result, dataset, slices: dict) -> dict:

@@ -257,3 +257,28 @@ def test_excluded_items_are_checked():
   excluded = fused(x, table, np.full(5, 2, np.int32), np.ones(5, np.float32),
                    bias, excluded_items=(2,))
   assert float(excluded) > 1e8  # a target among them: probability 0
+
+
+def test_empty_batch_gives_zero_loss_and_zero_gradient():
+  x, table, targets, weights, bias = make(0)
+  value, grads = jax.value_and_grad(
+      lambda x, t, b: fused(x, t, targets, weights, b), argnums=(0, 1, 2))(
+          x, table, bias)
+  assert float(value) == 0.0 and grads[0].shape == (0, E)
+  assert not np.any(np.asarray(grads[1])) and not np.any(np.asarray(grads[2]))
+
+
+@pytest.mark.parametrize("bias_scale", [1e-3, 30.0, 300.0])
+def test_extreme_biases_fold_into_the_matmul_exactly(bias_scale):
+  """The bias rides in the logits' matmul (a ones column): tiny and huge
+  biases still give the closed form's value and gradient."""
+  x, table, targets, weights, bias = make(N, seed=6)
+  bias = (bias * bias_scale).astype(np.float32)
+  ref = numpy_reference(x, table, targets, weights, bias)
+  value, (gx, gtab, gb) = jax.value_and_grad(
+      lambda x, t, b: fused(x, t, targets, weights, b, chunk_rows=7),
+      argnums=(0, 1, 2))(x, table, bias)
+  np.testing.assert_allclose(value, ref[0], rtol=2e-6,
+                             atol=1e-5 * max(1.0, abs(ref[0])))
+  for mine, theirs in zip((gx, gtab, gb), ref[1:4]):
+    np.testing.assert_allclose(mine, theirs, rtol=2e-4, atol=1e-5)
