@@ -48,6 +48,9 @@ _ENCODER_KEYS = {"num_layers": "num_layers", "num_heads": "num_heads",
                  "attention_dropout": "attention_dropout_rate",
                  "causal": "causal", "pooling": "pooling",
                  "layout": "layout"}
+# Optional encoder keys (issue 15): not in the default config, so stored
+# runs keep their hashes; an experiment that sets one is hashed with it.
+_OPTIONAL_ENCODER_KEYS = {"attention": "attention"}
 
 
 def connection_fields(cls) -> dict[str, Any]:
@@ -137,8 +140,9 @@ def _check_keys(where: str, given: Iterable[str], valid: Iterable[str]) -> None:
 def encoder_config(cfg: Mapping[str, Any]) -> EncoderConfig:
   """The `encoder` sub-config -> `EncoderConfig` (unknown keys raise)."""
   cfg = _as_dict(cfg)
-  _check_keys("model.encoder config", cfg, _ENCODER_KEYS)
-  return EncoderConfig(**{_ENCODER_KEYS[k]: v for k, v in cfg.items()})
+  keys = {**_ENCODER_KEYS, **_OPTIONAL_ENCODER_KEYS}
+  _check_keys("model.encoder config", cfg, keys)
+  return EncoderConfig(**{keys[k]: v for k, v in cfg.items()})
 
 
 def build_model(model_cfg: Mapping[str, Any] | ml_collections.ConfigDict,

@@ -44,6 +44,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtrec_jax.models import causal_attention
+
 Dtype = Any
 POOLINGS = ("last", "mean", "cls")
 LAYOUTS = ("pre_ln", "sasrec")
@@ -82,6 +84,9 @@ class EncoderConfig:
     layout: 'pre_ln' (BERT-style blocks, the default) or 'sasrec' (the
       reference SASRec's blocks, inputs and initialisation; module
       docstring).
+    attention: 'dense' (flax's attention over every [L, L] score, the
+      default) or 'real_rows' ('sasrec' and causal only: the scores a
+      left-padded batch needs, `causal_attention`; another dropout stream).
   """
   num_layers: int = 1
   num_heads: int = 2
@@ -92,6 +97,7 @@ class EncoderConfig:
   causal: bool = False
   pooling: str = "mean"
   layout: str = "pre_ln"
+  attention: str = "dense"
 
   def __post_init__(self):
     if self.num_layers < 0:
@@ -112,6 +118,16 @@ class EncoderConfig:
     if self.layout not in LAYOUTS:
       raise ValueError(f"encoder layout must be one of {LAYOUTS}, got "
                        f"{self.layout!r}")
+    if self.attention not in causal_attention.IMPLS:
+      raise ValueError(f"encoder attention must be one of "
+                       f"{causal_attention.IMPLS}, got {self.attention!r}")
+    if self.attention == "real_rows" and not (self.layout == "sasrec"
+                                              and self.causal):
+      raise ValueError("encoder attention 'real_rows' needs layout 'sasrec' "
+                       "and causal=True (it relies on a causal mask and on "
+                       "zero inputs at the leading padding); got layout "
+                       f"{self.layout!r}, causal={self.causal}; use "
+                       "attention 'dense'")
     if self.layout == "sasrec" and self.pooling == "cls":
       raise ValueError("encoder layout 'sasrec' has no [cls] token (its "
                        "inputs are the reference's); use pooling 'last' or "
@@ -188,21 +204,30 @@ class SASRecBlock(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  attention: str = "dense"
+  position: str = "dense"  # causal_attention.MODES, for 'real_rows'
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool
-               ) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool,
+               lead: Optional[jax.Array] = None) -> jax.Array:
     deterministic = not train
     width = x.shape[-1]
-    a = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype,
-        dropout_rate=self.attention_dropout_rate, broadcast_dropout=False,
+    inits = dict(
         # torch keeps q/k/v as one [3E, E] in_proj_weight.
         kernel_init=xavier_normal(width, 3 * width),
         out_kernel_init=xavier_normal(width, width),
-        bias_init=nn.initializers.zeros, out_bias_init=nn.initializers.zeros,
-        force_fp32_for_softmax=True, name="attention")(
-            x, x, mask=mask, deterministic=deterministic)
+        bias_init=nn.initializers.zeros, out_bias_init=nn.initializers.zeros)
+    if self.attention == "real_rows":
+      a = causal_attention.RealRowAttention(
+          num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
+          dtype=self.dtype, name="attention", **inits)(
+              x, lead, mode=self.position, deterministic=deterministic)
+    else:
+      a = nn.MultiHeadDotProductAttention(
+          num_heads=self.num_heads, dtype=self.dtype,
+          dropout_rate=self.attention_dropout_rate, broadcast_dropout=False,
+          force_fp32_for_softmax=True, name="attention", **inits)(
+              x, x, mask=mask, deterministic=deterministic)
     x = nn.LayerNorm(epsilon=SASREC_LN_EPS, dtype=self.dtype,
                      name="attention_norm")(x + a)
     y = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=xavier_normal(),
@@ -233,6 +258,7 @@ class TransformerEncoder(nn.Module):
   causal: bool = False
   layout: str = "pre_ln"
   dtype: Dtype = jnp.float32
+  attention: str = "dense"
 
   @classmethod
   def from_config(cls, cfg: EncoderConfig, dtype: Dtype = jnp.float32,
@@ -242,7 +268,7 @@ class TransformerEncoder(nn.Module):
                dropout_rate=cfg.dropout_rate,
                attention_dropout_rate=cfg.attention_dropout_rate,
                causal=cfg.causal, layout=cfg.layout, dtype=dtype,
-               name=name)
+               attention=cfg.attention, name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, padding_mask: jax.Array, *,
@@ -263,10 +289,26 @@ class TransformerEncoder(nn.Module):
     mask = attention_mask(real, self.causal)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(
         x.astype(self.dtype))
-    block = SASRecBlock if sasrec else EncoderBlock
-    for i in range(self.num_layers):
-      x = block(self.num_heads, self.mlp_dim, self.dropout_rate,
-                self.attention_dropout_rate, self.dtype,
-                name=f"block_{i}")(x, mask, train=train)
+    if self.attention == "real_rows":
+      if not (sasrec and self.causal):
+        raise ValueError("attention 'real_rows' needs layout 'sasrec' and "
+                         "causal=True")
+      # Leading padding positions of each row (all of them if none is real).
+      lead = jnp.where(padding_mask.any(-1),
+                       jnp.argmax(padding_mask.astype(bool), axis=-1),
+                       x.shape[1])
+      for i in range(self.num_layers):
+        position = ("first" if i == 0 else
+                    "last" if i == self.num_layers - 1 else "dense")
+        x = SASRecBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
+                        self.attention_dropout_rate, self.dtype,
+                        attention="real_rows", position=position,
+                        name=f"block_{i}")(x, mask, train=train, lead=lead)
+    else:
+      block = SASRecBlock if sasrec else EncoderBlock
+      for i in range(self.num_layers):
+        x = block(self.num_heads, self.mlp_dim, self.dropout_rate,
+                  self.attention_dropout_rate, self.dtype,
+                  name=f"block_{i}")(x, mask, train=train)
     eps = SASREC_LN_EPS if sasrec else 1e-6
     return nn.LayerNorm(epsilon=eps, dtype=self.dtype, name="final_norm")(x)
