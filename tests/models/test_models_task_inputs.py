@@ -7,7 +7,10 @@ import pytest
 
 from mtrec_jax.models import build_model, default_model_config
 
-from conftest import light_batch, light_features
+try:  # by package path: a bare `conftest` may be another folder's
+  from tests.models.conftest import light_batch, light_features
+except ImportError:  # tests/ not importable as a package.
+  from conftest import light_batch, light_features  # type: ignore
 
 
 def _model(task_inputs, tasks=(("rating", 1), ("next", 3)), name="mmoe"):
