@@ -70,6 +70,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from mtrec_jax import config as config_lib
 from mtrec_jax import weighting
 from mtrec_jax.data.pipeline import num_rows, train_batches
+from mtrec_jax.models.causal_attention import POPULATION_AXIS
 from mtrec_jax.registry import STRATEGIES
 from mtrec_jax.results import loggers
 from mtrec_jax.results import provenance as provenance_lib
@@ -291,7 +292,8 @@ class _Evaluator:
                   "aux_eval_tasks": predict.aux_eval_tasks}
     self.shared = all(m.dataset is c.dataset for m in comps)
     vm = jax.vmap(lambda p, b, i: predict(p, b, i),
-                  in_axes=(0, None if self.shared else 0, None))
+                  in_axes=(0, None if self.shared else 0, None),
+                  axis_name=POPULATION_AXIS)
     self.fn = jax.jit(vm)  # sharded as the params are
     self.splits = {}
 
@@ -425,7 +427,8 @@ def train_population(claimed: Sequence, *, experiment: str = "",
   size = len(members)
   mesh = population_mesh(size, devices)
   sharding = None if mesh is None else NamedSharding(mesh, P(POPULATION))
-  vstep = jax.vmap(make_member_step(c0, tuple(hp)))
+  vstep = jax.vmap(make_member_step(c0, tuple(hp)),
+                   axis_name=POPULATION_AXIS)
   options = compiler.compiler_options(
       c0.config.train.get("compiler", "default"))  # as the solo loop
   if sharding is None:

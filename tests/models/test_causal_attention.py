@@ -169,3 +169,32 @@ def test_config_checks_and_hash_stability():
   assert cfg.attention == "real_rows"
   # An optional key: the default config (so every stored hash) lacks it.
   assert "attention" not in default_model_config().encoder
+
+
+def test_population_vmap_keeps_one_branch_and_each_members_numbers():
+  """In the population's vmap (axis `POPULATION_AXIS`) a group takes the
+  largest bucket its members need: still a `cond` (one branch computed),
+  and every member's context equals its solo one."""
+  members, batch, length, heads, depth = 3, 9, 16, 1, 4
+  rng = np.random.default_rng(11)
+  q, k, v = (jnp.asarray(rng.normal(size=(members, batch, length, heads,
+                                          depth)), jnp.float32)
+             for _ in range(3))
+  lead = jnp.asarray(rng.integers(0, length + 1, size=(members, batch)))
+  pad = jnp.asarray(rng.normal(size=(heads, depth)), jnp.float32)
+
+  def attend(q, k, v, lead):
+    return ca.real_row_attention(q, k, v, lead, mode="last", pad_key=pad,
+                                 pad_value=pad, masks=None, keep=1.0,
+                                 group_size=4, num_buckets=4)
+
+  population = jax.vmap(attend, axis_name=ca.POPULATION_AXIS)
+  assert "cond[" in str(jax.make_jaxpr(population)(q, k, v, lead))
+  # An unnamed vmap batches the index: every bucket, selected after.
+  assert "cond[" not in str(jax.make_jaxpr(jax.vmap(attend))(q, k, v, lead))
+  got = np.asarray(jax.jit(population)(q, k, v, lead))
+  for m in range(members):
+    want = np.asarray(jax.jit(attend)(q[m], k[m], v[m], lead[m]))
+    real = np.arange(length)[None, :] >= np.asarray(lead[m])[:, None]
+    np.testing.assert_allclose(got[m][real], want[real], rtol=1e-6,
+                               atol=1e-6)
