@@ -1,14 +1,15 @@
 """Causal self-attention that computes only the rows a left-padded batch
 needs: the SASRec encoder's ``model.encoder.attention = 'real_rows'``.
 
-Why: at SASRec's reference configuration (length 200, 2 blocks) most of a
-step is attention, and most of that attention is padding.  A user's
-training window is left-padded (`data/movielens._windows`), so a row of
-MovieLens-100K holds on average well under half real tokens, and the dense
-[B, L, L] scores spend most of their work on rows and keys that are
-padding.  The dense layout (`encoder.SASRecBlock` with flax's attention)
-is the reference's computation; this module computes the same numbers
-from a fraction of the scores:
+Why: at SASRec's reference configuration (length 200, 2 blocks) about
+half of a CPU step is attention, and much of that attention is padding.  A
+user's training window is left-padded (`data/movielens._windows`), so a
+MovieLens-100K row holds on average fewer real tokens than padding, and
+the dense [B, L, L] scores spend much of their work on rows and keys that
+are padding.  The dense layout (`encoder.SASRecBlock` with flax's
+attention) is the reference's computation; this module computes the same
+numbers from a part of the scores (the measured epoch times are in
+references/results/sasrec_reference.md):
 
 * The batch is sorted by the length of each row's real part, ``L - lead``
   (``lead`` = how many leading positions are padding), and cut into groups
@@ -169,6 +170,8 @@ def real_row_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   q_all, k_all, v_all, counts_all = map(widen, (q, k, v, counts))
   lead_all = jnp.pad(lead, (0, extra), constant_values=length)
   sizes = bucket_sizes(length, num_buckets)
+  # Checkpointed: differentiating a switch otherwise keeps the union of
+  # every branch's residuals (zero-filled), which cost more than it saved.
   branches = [jax.checkpoint(functools.partial(
       _group_rows, size=size, mode=mode, masks=masks, scale=scale))
               for size in sizes]
