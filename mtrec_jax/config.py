@@ -86,9 +86,15 @@ class Section:
     keep: () -> the `Keep` rule of the keys that can change a run (what
       `config_hash` covers); called on each use, so it sees every
       registration made so far.
+    optional: () -> keys the defaults leave out, so that stored runs keep
+      their hashes, which `--set` may still add ({dotted key below the
+      section: its default, the type a value is coerced to}).
   """
   defaults: Callable[[], Mapping[str, Any]]
   keep: Callable[[], Keep]
+  # A factory, not a class attribute (one description in the docs site).
+  optional: Callable[[], Mapping[str, Any]] = dataclasses.field(
+      default_factory=lambda: dict)
 
   def identity(self, section: dict, config: dict) -> dict:
     """The part of `section` (a plain dict) that can change a run; `config`
@@ -152,15 +158,17 @@ def section_snapshot() -> dict:
   for name in CONFIG_SECTIONS.names():
     section = CONFIG_SECTIONS.get(name)
     out[name] = _encode({"defaults": dict(section.defaults()),
-                         "keep": dataclasses.asdict(section.keep())})
+                         "keep": dataclasses.asdict(section.keep()),
+                         "optional": dict(section.optional())})
   return out
 
 
 def _from_snapshot(data: dict) -> Section:
   keep = _decode(data["keep"])
   keep = Keep(**{**keep, "always": tuple(keep["always"])})
+  optional = _decode(data.get("optional", {}))
   return Section(defaults=lambda: _decode(data["defaults"]),
-                 keep=lambda: keep)
+                 keep=lambda: keep, optional=lambda: optional)
 
 
 _SNAPSHOT: dict[str, Section] | None = None
@@ -364,14 +372,28 @@ def _coerce(old: Any, new: Any, key: str) -> Any:
                   f"({type(new).__name__})")
 
 
+_MISSING = object()
+
+
+def _optional_default(key: str) -> Any:
+  """The default of `key` if its section declares it optional, else
+  `_MISSING`."""
+  section, _, rest = key.partition(".")
+  declared = sections().get(section)
+  if declared is None or not rest:
+    return _MISSING
+  return dict(declared.optional()).get(rest, _MISSING)
+
+
 def apply_overrides(config: ConfigDict, overrides: Mapping[str, Any] | Iterable[str]
                     ) -> ConfigDict:
   """Returns a copy of `config` with dotted-key overrides applied.
 
   `overrides` is a mapping ``{"model.num_experts": 8}`` or a list of
   ``"key=value"`` strings.  Keys under ``strategy.hparams`` may be new (each
-  strategy has its own keyword arguments, checked when it is built); every
-  other key must exist and keeps its type.
+  strategy has its own keyword arguments, checked when it is built), and so
+  may a section's optional keys (`Section.optional`, typed by their
+  default); every other key must exist and keeps its type.
   """
   if not isinstance(overrides, Mapping):
     pairs = {}
@@ -385,9 +407,13 @@ def apply_overrides(config: ConfigDict, overrides: Mapping[str, Any] | Iterable[
   config = ConfigDict(config.to_dict())
   for key, value in overrides.items():
     open_section = key.startswith("strategy.hparams.")
-    node, leaf = _parent_and_leaf(config, key, create_ok=open_section)
+    optional = _optional_default(key)
+    node, leaf = _parent_and_leaf(
+        config, key, create_ok=open_section or optional is not _MISSING)
     if leaf in node:
       value = _coerce(node[leaf], value, key)
+    elif optional is not _MISSING:
+      value = _coerce(optional, value, key)
     elif isinstance(value, list):
       value = tuple(value)
     with node.ignore_type():

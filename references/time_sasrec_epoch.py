@@ -2,7 +2,7 @@
 (`ml100k-sasrec-ref`): the jitted train step of `mtrec run`, timed.
 
     MTREC_DATA_DIR=../shared/data python -m references.time_sasrec_epoch \
-        --epochs 3 [--loss-path gather|full] [--attention real_rows]
+        --epochs 3 [--loss-path gather|full] [--set KEY=VALUE ...]
 
 An epoch is the reference's: ceil(943 / 128) = 8 steps of batch 128.
 Compilation and a first warm-up epoch are excluded; wall time and this
@@ -49,9 +49,6 @@ def main(argv=None):
   p.add_argument("--epochs", type=int, default=3)
   p.add_argument("--loss-path", choices=("gather", "full"), default="gather")
   p.add_argument("--experiment", default="ml100k-sasrec-ref")
-  p.add_argument("--attention", choices=("dense", "real_rows"),
-                 default=None, help="model.encoder.attention, an optional "
-                 "key (`--set` only changes keys the config holds)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="config overrides, as `mtrec run --set` (ablations)")
   a = p.parse_args(argv)
@@ -59,9 +56,6 @@ def main(argv=None):
     auxiliary.NextItemSequenceTask.loss = _full_logits_bce
   cfg = config_lib.apply_overrides(get_experiment(a.experiment).config,
                                    a.set)
-  if a.attention is not None:
-    with cfg.model.encoder.ignore_type():
-      cfg.model.encoder.attention = a.attention
   c = loop.Components(cfg)
   state = loop.init_state(c)
   mesh = parallel.make_mesh(None, 1)
@@ -92,11 +86,9 @@ def main(argv=None):
     times.append((time.perf_counter() - w0, time.process_time() - c0))
   times = times[1:]  # the first epoch is a warm-up
   flags = os.environ.get("XLA_FLAGS", "")
-  sets = [*a.set] + ([f"model.encoder.attention={a.attention}"]
-                     if a.attention else [])
   out = {"impl": f"mtrec-jax ({a.loss_path})" + "".join(
-             f" {kv}" for kv in sets) + (f" XLA_FLAGS={flags}" if flags
-                                         else ""), "steps_per_epoch": per_epoch,
+             f" {kv}" for kv in a.set) + (f" XLA_FLAGS={flags}" if flags
+                                          else ""), "steps_per_epoch": per_epoch,
          "batch_size": cfg.train.batch_size, "max_len": cfg.data.max_len,
          "compile_s": compile_s, "load_avg_1m": load,
          "wall_s_per_epoch": [t[0] for t in times],

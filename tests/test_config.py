@@ -25,6 +25,25 @@ def test_override_keeps_types_and_copies():
   assert base.model.num_experts != 8 or base is not cfg
 
 
+def test_override_adds_a_declared_optional_key():
+  """`Section.optional` keys (absent from the defaults so that stored hashes
+  hold) can be added by `--set`, typed by their default; the live section
+  and its snapshot agree on them."""
+  base = config_lib.base_config()
+  assert "attention" not in base.model.encoder
+  cfg = config_lib.apply_overrides(base, ["model.encoder.attention=real_rows"])
+  assert cfg.model.encoder.attention == "real_rows"
+  assert config_lib.config_hash(cfg) != config_lib.config_hash(base)
+  with pytest.raises(TypeError, match="model.encoder.attention"):
+    config_lib.apply_overrides(base, ["model.encoder.attention=3"])
+  with pytest.raises(UnknownNameError, match="model.encoder"):
+    config_lib.apply_overrides(base, ["model.encoder.atention=real_rows"])
+  live = config_lib.sections()["model"]
+  snap = config_lib._from_snapshot(config_lib.section_snapshot()["model"])
+  assert dict(snap.optional()) == dict(live.optional()) == {
+      "encoder.attention": "dense"}
+
+
 def test_unknown_key_names_closest():
   with pytest.raises(UnknownNameError, match="model.num_experts"):
     config_lib.apply_overrides(config_lib.base_config(), ["model.num_expert=8"])

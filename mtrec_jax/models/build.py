@@ -106,8 +106,16 @@ def model_keep() -> config_lib.Keep:
              for name in MODELS.names()})
 
 
+def model_optional() -> dict[str, Any]:
+  """The optional encoder keys `--set` may add, with their defaults."""
+  enc = EncoderConfig()
+  return {f"encoder.{key}": getattr(enc, field)
+          for key, field in _OPTIONAL_ENCODER_KEYS.items()}
+
+
 CONFIG_SECTIONS.register("model")(config_lib.Section(
-    defaults=default_model_config, keep=model_keep))
+    defaults=default_model_config, keep=model_keep,
+    optional=model_optional))
 
 
 def _plain(value: Any) -> Any:
