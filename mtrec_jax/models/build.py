@@ -49,7 +49,8 @@ _ENCODER_KEYS = {"num_layers": "num_layers", "num_heads": "num_heads",
                  "causal": "causal", "pooling": "pooling",
                  "layout": "layout"}
 # Optional encoder keys (issue 15): not in the default config, so stored
-# runs keep their hashes; an experiment that sets one is hashed with it.
+# runs keep their hashes; a config that sets one (an experiment's, or
+# `--set`, through `model_optional`) is hashed with it.
 _OPTIONAL_ENCODER_KEYS = {"attention": "attention"}
 
 
