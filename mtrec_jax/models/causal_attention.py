@@ -143,6 +143,8 @@ def real_row_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   if mode == "dense":
     return _dense(q, k, v, masks, keep)
   batch, length = q.shape[:2]
+  if batch == 0:  # nothing to group (lax.map needs a whole group)
+    return jnp.zeros_like(q)
   heads = q.shape[2]
   pos = jnp.arange(length)
   lead = jnp.clip(lead.astype(jnp.int32), 0, length)

@@ -198,3 +198,42 @@ def test_population_vmap_keeps_one_branch_and_each_members_numbers():
     real = np.arange(length)[None, :] >= np.asarray(lead[m])[:, None]
     np.testing.assert_allclose(got[m][real], want[real], rtol=1e-6,
                                atol=1e-6)
+
+
+def test_empty_batch():
+  q = jnp.zeros((0, 8, 1, 4))
+  pad = jnp.zeros((1, 4))
+  for mode in ca.MODES:
+    out = ca.real_row_attention(q, q, q, jnp.zeros((0,), jnp.int32),
+                                mode=mode, pad_key=pad, pad_value=pad,
+                                masks=None, keep=1.0, group_size=4,
+                                num_buckets=3)
+    assert out.shape == q.shape
+
+
+@pytest.mark.parametrize("scale", [1e-3, 30.0, 300.0])
+def test_extreme_logit_scales(scale):
+  """Near-uniform and near-one-hot softmaxes (queries scaled by 1e-3 and
+  by 30/300) against the float64 reference, padding rows and keys
+  included."""
+  batch, length, heads, depth = 6, 10, 1, 4
+  rng = np.random.default_rng(int(scale * 1000) % 97)
+  lead = np.array([0, 3, 10, 5, 1, 9])
+  q, k, v = (rng.normal(size=(batch, length, heads, depth)).astype(np.float32)
+             for _ in range(3))
+  q = q * np.float32(scale)
+  pad_key, pad_value = (rng.normal(size=(heads, depth)).astype(np.float32)
+                        for _ in range(2))
+  padding = (np.arange(length)[None, :] < lead[:, None])[..., None, None]
+  k, v = np.where(padding, pad_key, k), np.where(padding, pad_value, v)
+  want = numpy_attention(q, k, v, np.ones((batch, heads, length, length),
+                                          bool), 1.0)
+  real = np.arange(length)[None, :] >= lead[:, None]
+  for mode in ("first", "last"):
+    got = np.asarray(ca.real_row_attention(
+        jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(lead),
+        mode=mode, pad_key=jnp.asarray(pad_key),
+        pad_value=jnp.asarray(pad_value), masks=None, keep=1.0,
+        group_size=4, num_buckets=3))
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got[real], want[real], rtol=1e-5, atol=1e-5)
