@@ -17,11 +17,23 @@ round); also reported: the steady-state step time of the solo step and of
 the population step, timed interleaved (`common.time_interleaved`), which
 shows how much of the gain is shared compilation and dispatch rather than
 step throughput.
+
+``--cores 1,2`` measures only those steady-state step times, each core count
+in its own subprocess pinned to that many cores (`os.sched_setaffinity`,
+before JAX starts, so XLA sizes its thread pools to them).  It answers
+where the population's gain can come from: if the second core already
+speeds one run up by s, the M members' work spread over k cores cannot
+take less than M * (1-core step) / k, which is M * s / k times the solo
+step on k cores (a floor of CPU work, not a measurement of waste).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -73,6 +85,71 @@ def step_times(runs, rounds: int, iters: int) -> tuple[float, float]:
   return solo_ms, pop_ms
 
 
+def _pinned_step_times(cores: int, args) -> dict:
+  """`step_times` in a subprocess pinned to the first `cores` cores."""
+  code = ("import json, os, sys; os.sched_setaffinity(0, range({k}));"
+          "from benchmarks import population as p;"
+          "print(json.dumps(p._step_only(sys.argv[1:])))").format(k=cores)
+  out = subprocess.run(
+      [sys.executable, "-c", code, "--experiment", args.experiment,
+       "--only", args.only, "--seeds", args.seeds],
+      check=True, capture_output=True, text=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _step_only(argv) -> dict:
+  p = argparse.ArgumentParser()
+  p.add_argument("--experiment"), p.add_argument("--only")
+  p.add_argument("--seeds")
+  args = p.parse_args(argv)
+  runs = _selection(args, steps=None).runs(
+      experiment_lib.get_experiment(args.experiment))
+  solo_ms, pop_ms = step_times(runs, rounds=5, iters=10)
+  return {"cores": len(os.sched_getaffinity(0)), "solo_step_ms": solo_ms,
+          "population_step_ms": pop_ms, "members": len(runs)}
+
+
+def _selection(args, steps: int | None) -> sweep.Selection:
+  axis, _, value = args.only.partition("=")
+  overrides = {"log.tensorboard": False}
+  if steps is not None:
+    overrides["train.num_steps"] = steps
+  return sweep.Selection(
+      overrides=overrides, seeds=tuple(int(s) for s in args.seeds.split(",")),
+      only={axis: [value]} if value else {})
+
+
+def cores_main(args) -> None:
+  """`--cores`: the solo and population steps on each core count."""
+  rows = [_pinned_step_times(int(k), args) for k in args.cores.split(",")]
+  m = rows[0]["members"]
+  device = describe_device()
+  lines = [f"# Population of {m}: step time by core count on {device}", "",
+           f"{args.experiment} ({args.only}), seeds {args.seeds}: the "
+           "steady-state train step of one run and of the population, "
+           "timed interleaved in a process pinned to that many cores.", "",
+           "| cores | solo step ms | population step ms | population / "
+           "solo | floor / solo |", "|---|---|---|---|---|"]
+  one = next((r for r in rows if r["cores"] == 1), None)
+  for r in rows:
+    r["floor_ratio"] = (None if one is None else
+                        m * one["solo_step_ms"] / r["cores"]
+                        / r["solo_step_ms"])
+    floor = "-" if one is None else f"{r['floor_ratio']:.2f}x"
+    lines.append(f"| {r['cores']} | {r['solo_step_ms']:.1f} | "
+                 f"{r['population_step_ms']:.1f} | "
+                 f"{r['population_step_ms'] / r['solo_step_ms']:.2f}x | "
+                 f"{floor} |")
+  lines += ["", "floor / solo: M x (the 1-core solo step) / cores, over the "
+            "solo step on that many cores: the least the population's step "
+            "can cost, relative to one run's, if it kept every core busy "
+            "with the members' work and did nothing more."]
+  write_outputs("population_cores", {"device": device, "rows": rows,
+                                     "experiment": args.experiment,
+                                     "only": args.only, "seeds": args.seeds},
+                args.json, "\n".join(lines) + "\n")
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument("--experiment", default="census-strategies")
@@ -83,13 +160,15 @@ def main(argv=None) -> None:
                  help="train.num_steps of every run")
   p.add_argument("--rounds", type=int, default=2)
   p.add_argument("--json", default=None, help="output JSON path")
+  p.add_argument("--cores", default=None,
+                 help="e.g. 1,2: only the step times, pinned to each core "
+                      "count (population_cores.json)")
   args = p.parse_args(argv)
+  if args.cores:
+    return cores_main(args)
   exp = experiment_lib.get_experiment(args.experiment)
-  axis, _, value = args.only.partition("=")
   seeds = tuple(int(s) for s in args.seeds.split(","))
-  selection = sweep.Selection(
-      overrides={"train.num_steps": args.steps, "log.tensorboard": False},
-      seeds=seeds, only={axis: [value]} if value else {})
+  selection = _selection(args, args.steps)
   runs = selection.runs(exp)
   for r in runs:  # datasets loaded once, outside the timings
     loop.load_dataset(r.config)
