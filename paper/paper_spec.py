@@ -259,6 +259,17 @@ BLOCKS = [
           caption="The same runs on the cold-item slice: the test users "
                   "whose target item has fewer than 5 interactions in the "
                   "training histories."),
+    Table("ml100k-text-best", "ml100k-text-best",
+          metrics=("test/next_all/ndcg@10", "test/next_all/hr@10",
+                   "test/next_all/s_ndcg@10",
+                   "report/cold/test/next_all/ndcg@10",
+                   "report/cold/test/next_all/hr@10",
+                   "report/cold/test/next_all/s_hr@10"),
+          baseline={"item": "ids"}, partial=True,
+          caption="The ids and frozen rows trained under the best "
+                  "strategy of section 6.5b (experiments/ml100k_text.py, "
+                  "BEST_STRATEGY) instead of equal weights: every test "
+                  "user, then the cold-item slice."),
     Table("ml100k-text-coldstart", "ml100k-text-coldstart",
           metrics=("report/coldstart/test/next_all/ndcg@10",
                    "report/coldstart/test/next_all/hr@10",
