@@ -44,6 +44,7 @@ from benchmarks.common import describe_device, time_interleaved, write_outputs
 from mtrec_jax import experiment as experiment_lib
 from mtrec_jax import sweep
 from mtrec_jax.data.pipeline import train_batches
+from mtrec_jax.population_axis import POPULATION_AXIS
 from mtrec_jax.train import loop, population
 
 
@@ -72,7 +73,8 @@ def step_times(runs, rounds: int, iters: int) -> tuple[float, float]:
   c0 = comps[0]
   states = [loop.init_state(c) for c in comps]
   solo = jax.jit(population.make_member_step(c0, ()))
-  pop = jax.jit(jax.vmap(population.make_member_step(c0, ())))
+  pop = jax.jit(jax.vmap(population.make_member_step(c0, ()),
+                         axis_name=POPULATION_AXIS))  # as the trainer
   batches = [next(train_batches(c.dataset.splits["train"],
                                 c.config.train.batch_size, c.config.seed))
              for c in comps]

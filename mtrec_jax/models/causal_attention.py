@@ -45,10 +45,10 @@ checks the dropout path against a dense reference fed the same masks).
 
 Cost and limits: each group's branch runs one bucket.  Under `jax.vmap` a
 per-member branch index would make `lax.switch` evaluate every bucket, so
-inside the population's vmap (`train/population.py` names its axis
-`POPULATION_AXIS`) a group takes the largest bucket any member's group
-needs (`jax.lax.pmax`, an unbatched index); under another unnamed vmap
-every bucket is computed (correct, slower than dense).  The parameters are those of flax's
+inside the population's vmap (`mtrec_jax/population_axis.py`) a group
+takes the largest bucket any member's group needs (`population_max`, an
+unbatched index); under another unnamed vmap every bucket is computed
+(correct, slower than dense).  The parameters are those of flax's
 `MultiHeadDotProductAttention` (the same names and initialisers), so a
 checkpoint trained with one implementation loads in the other.
 """
@@ -63,11 +63,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtrec_jax.population_axis import population_max
+
 Dtype = Any
 MODES = ("first", "last", "dense")
 IMPLS = ("dense", "real_rows")
-# The axis name of the population's vmap (train/population.py).
-POPULATION_AXIS = "population_members"
 
 
 def bucket_sizes(length: int, num_buckets: int) -> tuple[int, ...]:
@@ -181,7 +181,7 @@ def real_row_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   def one_group(group):
     rows = jax.lax.dynamic_slice(order, (group * group_size,), (group_size,))
     need = length - jnp.min(lead_all[rows])
-    branch = _population_max(jnp.searchsorted(jnp.asarray(sizes), need))
+    branch = population_max(jnp.searchsorted(jnp.asarray(sizes), need))
     return jax.lax.switch(branch, branches, q_all[rows], k_all[rows],
                           v_all[rows], lead_all[rows], counts_all[rows],
                           rows, group, pad_key, pad_value)
@@ -191,15 +191,6 @@ def real_row_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   ctx = jnp.zeros_like(q_all).at[order].set(sorted_out)[:batch]
   real = pos[None, :] >= lead[:, None]
   return jnp.where(real[:, :, None, None], ctx, fill)
-
-
-def _population_max(branch: jax.Array) -> jax.Array:
-  """The largest branch over the population's members when inside its
-  vmap (one unbatched index, so `lax.switch` stays a switch)."""
-  try:
-    return jax.lax.pmax(branch, POPULATION_AXIS)
-  except NameError:  # no population axis bound: a solo run
-    return branch
 
 
 def _group_rows(q, k, v, lead, counts, rows, group, pad_key, pad_value, *,

@@ -15,7 +15,10 @@ inside that chunk's step:
 
 * rows with weight 0 (padding) are moved behind the weighted ones (a stable
   partition by prefix sums) and chunks holding none are skipped
-  (`jax.lax.cond`; under `vmap` both branches run, the result is the same);
+  (`jax.lax.cond`; inside a population's vmap a chunk is computed when
+  any member has a weighted row in it, `mtrec_jax/population_axis.py`, so
+  the cond stays a cond; under another vmap both branches run; the result
+  is the same);
 * the bias is folded into the logits' matmul (x gets a column of ones, the
   table a column holding the bias, -1e9 at the padding and excluded
   items), so no pass over [R, V] adds it or masks columns;
@@ -54,6 +57,8 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mtrec_jax.population_axis import population_max
 
 # The logit of the padding column (as `tasks.auxiliary`'s plain formula).
 PADDING_LOGIT = -1e9
@@ -161,7 +166,8 @@ def _chunked(x, table, bias, weights, targets, rows: int,
              exclude_padding: bool, excluded: tuple[int, ...],
              with_grads: bool):
   """(sum of weighted CE, per-row CE [N], dx [N, E], dtable, dbias) of the
-  loss; the gradient parts are None unless `with_grads`."""
+  loss; the gradient parts are None unless `with_grads`.  A row of weight
+  0 has a CE of 0 or, when its chunk is computed, its actual CE."""
   n, width = x.shape
   num_items = table.shape[0]
   num_chunks = -(-n // rows)
@@ -170,6 +176,9 @@ def _chunked(x, table, bias, weights, targets, rows: int,
   # `dest[i]` (a stable partition by prefix sums; no sort).
   keep = weights != 0
   live = jnp.sum(keep)
+  # Chunks past every population member's weighted rows are skipped (one
+  # decision for all members: a chunk of weight-0 rows adds exactly 0).
+  live_any = population_max(live)
   dest = jnp.where(keep, jnp.cumsum(keep) - 1, live + jnp.cumsum(~keep) - 1)
 
   def sort_pad(a):  # rows n..padded-1 are zeros (weight 0, skipped)
@@ -219,7 +228,8 @@ def _chunked(x, table, bias, weights, targets, rows: int,
 
   def body(carry, chunk):
     i, xc, wc, tc = chunk
-    ce, dx, dfold = jax.lax.cond(i * rows < live, compute, skip, xc, wc, tc)
+    ce, dx, dfold = jax.lax.cond(i * rows < live_any, compute, skip, xc,
+                                 wc, tc)
     if with_grads:
       carry = carry + dfold
     return carry, (ce, dx)

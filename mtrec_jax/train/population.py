@@ -70,7 +70,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from mtrec_jax import config as config_lib
 from mtrec_jax import weighting
 from mtrec_jax.data.pipeline import num_rows, train_batches
-from mtrec_jax.models.causal_attention import POPULATION_AXIS
+from mtrec_jax.population_axis import POPULATION_AXIS
 from mtrec_jax.registry import STRATEGIES
 from mtrec_jax.results import loggers
 from mtrec_jax.results import provenance as provenance_lib

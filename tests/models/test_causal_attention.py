@@ -15,6 +15,7 @@ import pytest
 from mtrec_jax.models import causal_attention as ca
 from mtrec_jax.models.build import default_model_config, encoder_config
 from mtrec_jax.models.encoder import EncoderConfig, TransformerEncoder
+from mtrec_jax.population_axis import POPULATION_AXIS
 
 
 def left_padded(batch, length, width, seed, lengths=None):
@@ -188,7 +189,7 @@ def test_population_vmap_keeps_one_branch_and_each_members_numbers():
                                  pad_value=pad, masks=None, keep=1.0,
                                  group_size=4, num_buckets=4)
 
-  population = jax.vmap(attend, axis_name=ca.POPULATION_AXIS)
+  population = jax.vmap(attend, axis_name=POPULATION_AXIS)
   assert "cond[" in str(jax.make_jaxpr(population)(q, k, v, lead))
   # An unnamed vmap batches the index: every bucket, selected after.
   assert "cond[" not in str(jax.make_jaxpr(jax.vmap(attend))(q, k, v, lead))

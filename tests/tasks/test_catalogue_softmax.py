@@ -20,6 +20,7 @@ import optax
 import pytest
 from scipy.special import logsumexp
 
+from mtrec_jax.population_axis import POPULATION_AXIS
 from mtrec_jax.tasks.catalogue_softmax import (PADDING_LOGIT,
                                                catalogue_softmax_loss,
                                                chunk_rows_for)
@@ -155,6 +156,34 @@ def test_forward_mode_and_vmap_match_reverse_mode():
   batched = jax.vmap(vjp)(jnp.asarray([1.0, -2.0, 0.5]))
   for k, c in enumerate((1.0, -2.0, 0.5)):
     np.testing.assert_allclose(batched[0][k], c * gx, rtol=1e-5, atol=1e-7)
+
+
+def test_population_vmap_keeps_the_chunk_skip_and_each_members_numbers():
+  """Inside the population's vmap a chunk is skipped only when no member
+  has a weighted row in it: still a `cond`, and each member's loss and
+  gradients equal its solo ones, for members with many, few and no
+  weighted rows (the padding rows a member computes only because another
+  needs the chunk add exactly 0)."""
+  members = [make(N, seed=20 + m, live=live)
+             for m, live in enumerate((0.9, 0.2, 0.0))]
+  x, table, targets, weights, bias = (
+      jnp.asarray(np.stack(a)) for a in zip(*members))
+
+  def value_and_grads(x, table, targets, weights, bias):
+    f = lambda x, t, b: fused(x, t, targets, weights, b, chunk_rows=4)
+    return jax.value_and_grad(f, argnums=(0, 1, 2))(x, table, bias)
+
+  population = jax.vmap(value_and_grads, axis_name=POPULATION_AXIS)
+  args = (x, table, targets, weights, bias)
+  assert "cond[" in str(jax.make_jaxpr(population)(*args))
+  # An unnamed vmap batches the predicate: every chunk, selected after.
+  assert "cond[" not in str(jax.make_jaxpr(jax.vmap(value_and_grads))(*args))
+  got = jax.jit(population)(*args)
+  for m in range(len(members)):
+    want = jax.jit(value_and_grads)(*(a[m] for a in args))
+    for g, w in zip(jax.tree_util.tree_leaves(got),
+                    jax.tree_util.tree_leaves(want)):
+      np.testing.assert_allclose(g[m], w, rtol=1e-6, atol=1e-7)
 
 
 def test_second_derivative_matches_the_plain_formula():
