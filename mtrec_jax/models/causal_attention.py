@@ -188,7 +188,10 @@ def real_row_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 
   sorted_out = jax.lax.map(one_group, jnp.arange(groups))
   sorted_out = sorted_out.reshape((groups * group_size,) + q.shape[1:])
-  ctx = jnp.zeros_like(q_all).at[order].set(sorted_out)[:batch]
+  # `order` is a permutation: unique indices (else JAX's derivative of the
+  # scatter scatters ids to find which update wins, a pass over [B, L]).
+  ctx = jnp.zeros_like(q_all).at[order].set(sorted_out,
+                                            unique_indices=True)[:batch]
   real = pos[None, :] >= lead[:, None]
   return jnp.where(real[:, :, None, None], ctx, fill)
 
