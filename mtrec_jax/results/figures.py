@@ -391,11 +391,37 @@ def _pareto_points(results, x, y, by, where):
   return x, y, points, every
 
 
+def axis_limits(lim, name: str) -> tuple[float, float] | None:
+  """`lim` as (low, high) finite floats with low < high; None stays None."""
+  if lim is None:
+    return None
+  try:
+    low, high = (float(v) for v in lim)
+  except (TypeError, ValueError):
+    raise ValueError(f"pareto figure: {name} must be two numbers (low, "
+                     f"high), got {lim!r}") from None
+  if not (math.isfinite(low) and math.isfinite(high) and low < high):
+    raise ValueError(f"pareto figure: {name} must be finite with low < "
+                     f"high, got {lim!r}")
+  return low, high
+
+
+def clip_to(value: float, lim: tuple[float, float] | None
+            ) -> tuple[float, int]:
+  """(where to draw `value` on an axis limited to `lim`, -1/0/+1: below,
+  inside or above it)."""
+  if lim is None or lim[0] <= value <= lim[1]:
+    return value, 0
+  return (lim[0], -1) if value < lim[0] else (lim[1], 1)
+
+
 def pareto(results: Sequence[dict], base: str | pathlib.Path, *,
            x: str | None = None, y: str | None = None,
            by: Sequence[str] | None = None,
            where: Mapping[str, Any] | None = None,
            highlight: Sequence[str] = (), annotate: bool = False,
+           xlim: Sequence[float] | None = None,
+           ylim: Sequence[float] | None = None,
            title: str = "") -> list[pathlib.Path]:
   """Two metrics, one point per group (seed means, ±1 std bars); the points
   no other point beats on both metrics (`pareto_front`) are joined as the
@@ -406,8 +432,13 @@ def pareto(results: Sequence[dict], base: str | pathlib.Path, *,
   highlighted group with only one of the two metrics (e.g. a single-task
   run) is a line at its mean, with its ±1 std band.  annotate: name every
   point next to it instead of a legend entry per point (for many groups).
+  xlim, ylim: (low, high) of an axis, so that one far point does not
+  squeeze the others into a corner; a point beyond them is drawn at the
+  edge as a triangle pointing its way, without error bars, and named with
+  its value (never dropped).  The front is computed from the true means.
   """
   what = "pareto figure"
+  xlim, ylim = axis_limits(xlim, "xlim"), axis_limits(ylim, "ylim")
   x, y, points, every = _pareto_points(results, x, y, by, where)
   if isinstance(highlight, str):
     highlight = (highlight,)
@@ -433,6 +464,19 @@ def pareto(results: Sequence[dict], base: str | pathlib.Path, *,
       elif annotate or highlight:
         color = "0.35"
       plain = (annotate or highlight) and label not in marked
+      (px, side_x), (py, side_y) = clip_to(mx, xlim), clip_to(my, ylim)
+      if side_x or side_y:  # beyond a limit: at the edge, named with value
+        marker = ({-1: "<", 1: ">"}[side_x] if side_x
+                  else {-1: "v", 1: "^"}[side_y])
+        ax.plot(px, py, marker=marker, color=color, linestyle="none",
+                markersize=6, clip_on=False, zorder=3)
+        shown = ", ".join(f"{k} {m:.4g}" for k, m, side in (
+            ("x", mx, side_x), ("y", my, side_y)) if side)
+        ax.annotate(f"{label} ({shown})", (px, py),
+                    textcoords="offset points", xytext=(-3, -9),
+                    ha="right" if side_x == 1 else "left",
+                    fontsize=6, color=color)
+        continue
       ax.errorbar(mx, my, xerr=sx or None, yerr=sy or None,
                   fmt="s" if label in marked else "o", color=color,
                   ecolor="0.8" if plain else None,  # bars behind points
@@ -452,8 +496,13 @@ def pareto(results: Sequence[dict], base: str | pathlib.Path, *,
           if s:
             span(m - s, m + s, color=color, alpha=0.12, linewidth=0)
     if len(front) > 1:
-      ax.plot([p[1] for p in front], [p[3] for p in front], color="0.4",
+      ax.plot([clip_to(p[1], xlim)[0] for p in front],
+              [clip_to(p[3], ylim)[0] for p in front], color="0.4",
               linestyle="--", linewidth=0.8, label="Pareto front")
+    if xlim:
+      ax.set_xlim(*xlim)
+    if ylim:
+      ax.set_ylim(*ylim)
     ax.set_xlabel(f"{x} ({_direction_word(x)})")
     ax.set_ylabel(f"{y} ({_direction_word(y)})")
     ax.legend(loc="best")

@@ -103,3 +103,42 @@ def test_nothing_to_plot():
   assert figures.nothing_to_plot("pareto", failed, **OPTIONS) == (
       "no run is done yet")
   assert figures.nothing_to_plot("validation", failed) == "no run is done yet"
+
+
+def test_clip_to_and_axis_limits():
+  assert figures.clip_to(1.1, (1.0, 1.2)) == (1.1, 0)
+  assert figures.clip_to(1.0, (1.0, 1.2)) == (1.0, 0)  # the edge is inside
+  assert figures.clip_to(1.78, (1.0, 1.2)) == (1.2, 1)
+  assert figures.clip_to(-3.0, (1.0, 1.2)) == (1.0, -1)
+  assert figures.clip_to(5.0, None) == (5.0, 0)
+  assert figures.axis_limits(None, "ylim") is None
+  assert figures.axis_limits([1, 2], "ylim") == (1.0, 2.0)
+  for bad in ((2, 1), (1, 1), (0, float("nan")), (1,), "ab", 3):
+    with pytest.raises(ValueError, match="ylim"):
+      figures.axis_limits(bad, "ylim")
+
+
+def test_a_point_beyond_the_limits_is_drawn_at_the_edge_not_dropped(
+    tmp_path, monkeypatch):
+  """'bad' (RMSE 1.2) lies above ylim: drawn as a triangle at the top edge
+  and named with its value; the others keep their error bars."""
+  import matplotlib.axes
+  drawn, named = [], []
+  real_plot, real_annotate = matplotlib.axes.Axes.plot, \
+      matplotlib.axes.Axes.annotate
+  monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, *a, **k: (
+      drawn.append((a, k)), real_plot(self, *a, **k))[1])
+  monkeypatch.setattr(matplotlib.axes.Axes, "annotate",
+                      lambda self, text, *a, **k: (
+                          named.append(text),
+                          real_annotate(self, text, *a, **k))[1])
+  paths = figures.pareto(_runs(), tmp_path / "p", **OPTIONS,
+                         highlight=("mean", "single_task"), annotate=True,
+                         ylim=(0.85, 1.1))
+  assert all(p.stat().st_size > 1000 for p in paths)
+  edge = [(a, k) for a, k in drawn if k.get("marker") == "^"]
+  assert len(edge) == 1 and edge[0][0][1] == 1.1  # at the top limit
+  assert any(t.startswith("bad (y 1.205") for t in named), named
+  assert {"mean", "pcgrad", "mgda"} <= set(named)
+  with pytest.raises(ValueError, match="xlim"):
+    figures.pareto(_runs(), tmp_path / "q", **OPTIONS, xlim=(0.1, 0.0))
