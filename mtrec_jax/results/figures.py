@@ -335,6 +335,82 @@ def validation(results: Sequence[dict], base: str | pathlib.Path, *,
   return _render(draw, base)
 
 
+# Label offsets tried in turn, in points: the nearest first, then ever
+# farther around the point (with a leader line beyond the first ring).
+_LABEL_RADII = (3, 9, 15, 22, 30)
+_LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (0, 1), (0, -1),
+                     (1, 0), (-1, 0))
+_MARKER_PX = 4  # half the side of the box a point's marker is taken to fill
+
+
+def place_labels(ax, items: Sequence[tuple[str, float, float, Any]], *,
+                 fontsize: float = 5) -> list:
+  """Names each point (text, x, y, color) beside it without covering another
+  name or another point's marker, where the axes leave room.
+
+  Why: a cluster of close strategies (the better group of a Pareto figure)
+  printed every name at the same offset, one over the other.  Greedy, in the
+  order given: each name takes the first offset of `_LABEL_RADII` x
+  `_LABEL_DIRECTIONS` whose box stays inside the axes and overlaps no name
+  placed before and no other marker; if none does, the offset with the least
+  overlap.  Names away from their point get a thin leader line.  The
+  figure's layout is fixed first (the layout engine is turned off), so the
+  boxes measured here are the ones saved.  Deterministic: no randomness, no
+  dependence on anything but the figure.
+  """
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  fig = ax.figure
+  fig.draw_without_rendering()
+  fig.set_layout_engine("none")
+  renderer = FigureCanvasAgg(fig).get_renderer()
+  frame = ax.get_window_extent(renderer)
+  pixels = fig.dpi / 72.0
+  markers = [ax.transData.transform((x, y)) for _, x, y, _ in items]
+  placed: list = []  # the boxes of the names drawn so far
+  out = []
+  for i, (text, x, y, color) in enumerate(items):
+    obstacles = placed + [
+        (mx - _MARKER_PX, my - _MARKER_PX, mx + _MARKER_PX, my + _MARKER_PX)
+        for j, (mx, my) in enumerate(markers) if j != i]
+    best = None  # (cost, radius, style, box)
+    for radius in _LABEL_RADII:
+      for dx, dy in _LABEL_DIRECTIONS:
+        style = dict(xytext=(dx * radius, dy * radius),
+                     ha={1: "left", -1: "right", 0: "center"}[dx],
+                     va={1: "bottom", -1: "top", 0: "center"}[dy])
+        probe = ax.annotate(text, (x, y), textcoords="offset points",
+                            fontsize=fontsize, **style)
+        extent = probe.get_window_extent(renderer)
+        probe.remove()
+        box = (extent.x0, extent.y0, extent.x1, extent.y1)
+        cost = sum(_overlap(box, o) for o in obstacles)
+        if not (frame.x0 <= box[0] and box[2] <= frame.x1
+                and frame.y0 <= box[1] and box[3] <= frame.y1):
+          cost += (box[2] - box[0]) * (box[3] - box[1])  # (partly) outside
+        if best is None or cost < best[0]:
+          best = (cost, radius, style, box)
+        if cost == 0:
+          break
+      if best[0] == 0:
+        break
+    _, radius, style, box = best
+    leader = {} if radius == _LABEL_RADII[0] else {"arrowprops": dict(
+        arrowstyle="-", color="0.6", linewidth=0.4, shrinkA=0,
+        shrinkB=_MARKER_PX / pixels)}
+    out.append(ax.annotate(text, (x, y), textcoords="offset points",
+                           fontsize=fontsize, color=color, **style,
+                           **leader))
+    placed.append(box)
+  return out
+
+
+def _overlap(a, b) -> float:
+  """The area two (x0, y0, x1, y1) boxes share."""
+  w = min(a[2], b[2]) - max(a[0], b[0])
+  h = min(a[3], b[3]) - max(a[1], b[1])
+  return w * h if w > 0 and h > 0 else 0.0
+
+
 def _direction_word(column: str) -> str:
   return ("higher is better" if tables.column_direction(column, {}) == "max"
           else "lower is better")
@@ -458,6 +534,7 @@ def pareto(results: Sequence[dict], base: str | pathlib.Path, *,
       fig.set_size_inches(2 * PANEL_W, 2 * PANEL_H)
     colors = _colors(len(points))
     marked = {h: c for h, c in zip(highlight, _colors(len(highlight) + 3)[3:])}
+    names = []  # (label, x, y, color) of the points to name
     for (label, mx, sx, my, sy), color in zip(points, colors):
       if label in marked:
         color = marked[label]
@@ -484,8 +561,7 @@ def pareto(results: Sequence[dict], base: str | pathlib.Path, *,
                   capsize=2, markersize=5 if label in marked else 4,
                   zorder=3 if label in marked else 2)
       if annotate:
-        ax.annotate(label, (mx, my), textcoords="offset points",
-                    xytext=(3, 3), fontsize=5, color=color)
+        names.append((label, mx, my, color))
     for h, color in marked.items():  # one metric only: a line and a band
       mx, sx, my, sy = every[h]
       for m, s, line, span in ((mx, sx, ax.axvline, ax.axvspan),
@@ -508,6 +584,7 @@ def pareto(results: Sequence[dict], base: str | pathlib.Path, *,
     ax.legend(loc="best")
     if title:
       ax.set_title(title)
+    place_labels(ax, names)  # last: it fixes the layout
     return fig
 
   return _render(draw, base)

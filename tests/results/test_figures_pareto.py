@@ -1,9 +1,12 @@
 """The Pareto front against a brute-force check, and the Pareto figure's
-highlight / annotate options (a single-task group with one metric)."""
+highlight / annotate options (a single-task group with one metric) and
+the placement of its point names."""
 from __future__ import annotations
 
 import itertools
 
+import matplotlib.text
+import matplotlib.transforms
 import numpy as np
 import pytest
 
@@ -142,3 +145,53 @@ def test_a_point_beyond_the_limits_is_drawn_at_the_edge_not_dropped(
   assert {"mean", "pcgrad", "mgda"} <= set(named)
   with pytest.raises(ValueError, match="xlim"):
     figures.pareto(_runs(), tmp_path / "q", **OPTIONS, xlim=(0.1, 0.0))
+
+
+def _boxes_overlap(a, b) -> bool:
+  return (min(a.x1, b.x1) > max(a.x0, b.x0)
+          and min(a.y1, b.y1) > max(a.y0, b.y0))
+
+
+def test_names_of_a_cluster_cover_no_other_name_or_point():
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(7.2, 5.6), dpi=figures.DPI, layout="constrained")
+  ax = fig.add_subplot()
+  rng = np.random.default_rng(0)
+  # Eight strategies in a small corner, as the better group of ml100k, and
+  # two far away: one fixed offset put every name of the corner on another.
+  xs = np.concatenate([0.07 + 0.004 * rng.random(8), [0.03, 0.05]])
+  ys = np.concatenate([1.09 + 0.01 * rng.random(8), [1.15, 1.2]])
+  ax.plot(xs, ys, "o", markersize=4)
+  items = [(f"strategy_{i}", x, y, "0.35")
+           for i, (x, y) in enumerate(zip(xs, ys))]
+  notes = figures.place_labels(ax, items)
+  renderer = FigureCanvasAgg(fig).get_renderer()
+  boxes = []
+  for note in notes:  # the text alone, not its leader line
+    note.update_positions(renderer)
+    boxes.append(matplotlib.text.Text.get_window_extent(note, renderer))
+  frame = ax.get_window_extent(renderer)
+  px = ax.transData.transform(np.stack([xs, ys], 1))
+  for i, box in enumerate(boxes):
+    assert notes[i].get_text() == items[i][0]
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1
+    assert frame.y0 <= box.y0 and box.y1 <= frame.y1
+    for j, other in enumerate(boxes[:i]):
+      assert not _boxes_overlap(box, other), (i, j)
+    for j, (mx, my) in enumerate(px):
+      if j != i:
+        marker = matplotlib.transforms.Bbox.from_extents(
+            mx - 4, my - 4, mx + 4, my + 4)
+        assert not _boxes_overlap(box, marker), (i, j)
+  # A name placed next to its point has no leader line; one moved away has.
+  near = [n for n in notes if max(map(abs, n.xyann)) <= 3]
+  assert near and all(n.arrow_patch is None for n in near)
+  assert all(n.arrow_patch is not None for n in notes if n not in near)
+
+
+def test_placing_names_is_deterministic(tmp_path):
+  runs = _runs()
+  a = figures.pareto(runs, tmp_path / "a", **OPTIONS, annotate=True)
+  b = figures.pareto(runs, tmp_path / "b", **OPTIONS, annotate=True)
+  assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
