@@ -358,6 +358,8 @@ def place_labels(ax, items: Sequence[tuple[str, float, float, Any]], *,
   boxes measured here are the ones saved.  Deterministic: no randomness, no
   dependence on anything but the figure.
   """
+  if not items:
+    return []
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   fig = ax.figure
   fig.draw_without_rendering()
