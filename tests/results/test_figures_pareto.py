@@ -186,12 +186,8 @@ def test_names_of_a_cluster_cover_no_other_name_or_point():
         assert not _boxes_overlap(box, marker), (i, j)
   # A name placed next to its point has no leader line; one moved away has.
   near = [n for n in notes if max(map(abs, n.xyann)) <= 3]
-  assert near and all(n.arrow_patch is None for n in near)
-  assert all(n.arrow_patch is not None for n in notes if n not in near)
+  moved = [n for n in notes if n not in near]
+  assert near and moved  # the corner is too crowded for every name to stay
+  assert all(n.arrow_patch is None for n in near)
+  assert all(n.arrow_patch is not None for n in moved)
 
-
-def test_placing_names_is_deterministic(tmp_path):
-  runs = _runs()
-  a = figures.pareto(runs, tmp_path / "a", **OPTIONS, annotate=True)
-  b = figures.pareto(runs, tmp_path / "b", **OPTIONS, annotate=True)
-  assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
