@@ -191,3 +191,30 @@ def test_names_of_a_cluster_cover_no_other_name_or_point():
   assert all(n.arrow_patch is None for n in near)
   assert all(n.arrow_patch is not None for n in moved)
 
+
+
+def test_names_at_the_corners_and_on_one_spot_stay_apart_and_inside():
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(3.6, 2.8), dpi=figures.DPI, layout="constrained")
+  ax = fig.add_subplot()
+  ax.set_xlim(0.0, 1.0)
+  ax.set_ylim(0.0, 1.0)
+  # Two points on one spot, and points in the four corners of the axes:
+  # the default offset (up and right) would leave the frame at three.
+  xs = [0.5, 0.5, 0.999, 0.999, 0.001, 0.001]
+  ys = [0.5, 0.5, 0.999, 0.001, 0.999, 0.001]
+  items = [(f"name_{i}", x, y, "k") for i, (x, y) in enumerate(zip(xs, ys))]
+  notes = figures.place_labels(ax, items)
+  renderer = FigureCanvasAgg(fig).get_renderer()
+  frame = ax.get_window_extent(renderer)
+  boxes = []
+  for note in notes:
+    note.update_positions(renderer)
+    boxes.append(matplotlib.text.Text.get_window_extent(note, renderer))
+  for i, box in enumerate(boxes):
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1, i
+    assert frame.y0 <= box.y0 and box.y1 <= frame.y1, i
+    for j in range(i):
+      assert not _boxes_overlap(box, boxes[j]), (i, j)
+  assert figures.place_labels(ax, []) == []
