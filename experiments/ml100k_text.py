@@ -88,7 +88,12 @@ BEST_ITEMS = ("ids", "frozen")
 # `ml100k-text-coldstart`'s data.cold_start_items: the fraction of the
 # test-target items held out of training.
 COLD_START_FRACTION = 0.2
-FINETUNE_FREEZE = 4  # of MiniLM's 6 layers: the top 2 learn
+# Of MiniLM's 6 layers, the lower 5 (and the token embeddings) stay
+# frozen and the top one learns: one trainable layer over every title is
+# ~18x the ids-only step on 2 cores, two are ~36x
+# (benchmarks/results/text_encoder_steps_cpu.md), and with one a run of
+# 2,000 steps fits a working session's CPU time.
+FINETUNE_FREEZE = 5
 FINETUNE_LR_SCALE = 0.1
 
 ITEM = {

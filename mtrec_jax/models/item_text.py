@@ -186,14 +186,15 @@ def frozen_names(freeze_layers: int) -> list[str]:
 
 
 def length_buckets(mask: np.ndarray) -> list[tuple[int, np.ndarray]]:
-  """(width, rows) groups of the titles: power-of-two widths >= 8 tokens,
-  each group encoded at its own width.  Padding never changes a row
-  (padded keys are masked), and most titles fit 16 of the 32 tokens the
-  longest needs."""
+  """(width, rows) groups of the titles: one group per title length, each
+  encoded at exactly its length, so no token of the trainable layers is
+  padding: their cost is per token, and the power-of-two widths used
+  before ran the padding of most titles through them too.  Padding never
+  changes a row, as padded keys are masked, so the grouping changes only
+  the work, not the function (up to float rounding)."""
   lengths = mask.sum(1)
-  width = np.array([max(8, 1 << int(n - 1).bit_length()) for n in lengths])
-  return [(min(w, mask.shape[1]), np.flatnonzero(width == w))
-          for w in sorted(set(width.tolist()))]
+  return [(int(w), np.flatnonzero(lengths == w))
+          for w in sorted(set(lengths.tolist()))]
 
 
 def frozen_layer_states(pre: Pretrained, token_ids: np.ndarray,

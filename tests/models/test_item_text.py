@@ -247,6 +247,19 @@ def finetuned_model_and_whole_bert(items, text):
   return model, params, full
 
 
+def test_length_buckets_encode_every_title_once_without_padding():
+  """Each title lands in exactly one group, at a width equal to its own
+  length: the trainable layers see no padding token."""
+  lengths = np.array([3, 7, 7, 12, 3, 30, 9])
+  mask = np.arange(32)[None, :] < lengths[:, None]
+  groups = model_text.length_buckets(mask)
+  rows = np.concatenate([r for _, r in groups])
+  assert sorted(rows.tolist()) == list(range(len(lengths)))
+  for width, r in groups:
+    assert (lengths[r] == width).all()
+  assert sum(w * len(r) for w, r in groups) == lengths.sum()
+
+
 def test_finetuned_table_is_the_uncut_bert():
   items, text = finetune_items()
   _, params, _ = finetuned_model_and_whole_bert(items, text)
