@@ -249,7 +249,7 @@ BLOCKS = [
           metrics=("test/next_all/ndcg@10", "test/next_all/hr@10",
                    "test/next_all/s_ndcg@10", "test/next_all/s_hr@10",
                    "test/rating_all/rmse"),
-          baseline={"item": "ids"}, partial=True,
+          baseline=({"item": "ids"}, {"item": "frozen"}), partial=True,
           caption="MovieLens-100K, next item + rating + like + genre "
                   "(equal weights): every test user, by item "
                   "representation: learned ids, ids + frozen title "
@@ -258,7 +258,7 @@ BLOCKS = [
     Table("ml100k-text-cold", "ml100k-text",
           metrics=tuple(f"report/cold/test/next_all/{m}" for m in (
               "ndcg@10", "hr@10", "s_ndcg@10", "s_hr@10")),
-          baseline={"item": "ids"}, partial=True,
+          baseline=({"item": "ids"}, {"item": "frozen"}), partial=True,
           caption="The same runs on the cold-item slice: the test users "
                   "whose target item has fewer than 5 interactions in the "
                   "training histories."),
