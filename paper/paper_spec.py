@@ -278,7 +278,7 @@ BLOCKS = [
                    "report/coldstart/test/next_all/hr@10",
                    "report/coldstart/test/next_all/s_ndcg@10",
                    "test/next_all/ndcg@10", "test/next_all/hr@10"),
-          baseline={"item": "ids"}, partial=True,
+          baseline=({"item": "ids"}, {"item": "frozen"}), partial=True,
           caption="Cold-start split: 20% of the test-target items held out "
                   "of training entirely; next-item metrics on the test "
                   "users whose target is held out (coldstart/), and on "
